@@ -3,8 +3,6 @@ samples run one by one (nothing leaks across sample boundaries: masks, positions
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
 
@@ -38,8 +36,8 @@ def test_packed_loss_equals_the_per_sample_losses(tmp_path, fusion):
     ]
     stream = TrainStream(sources, encoder, seed=0)
     loaded = stream.open_sources()
-    planned = list(itertools.islice(stream.planned_samples(), 7))
-    encoded = [encoder.encode(loaded[p.source].full_sample(p.index)) for p in planned]
+    planned = stream.planned_items(7)
+    encoded = [encoder.encode(loaded[source].full_sample(record)) for source, record, _ in planned]
     rows = pack_rows(encoded, 256)
     assert any(len(row) > 1 for row in rows)
     batch = collate_packed(rows, 256, encoder.pad_id)

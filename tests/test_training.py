@@ -121,13 +121,14 @@ def run_cli(*args: str, **kwargs) -> subprocess.Popen:
     )
 
 
-def test_kill_9_mid_run_then_resume_gives_the_same_weights(tmp_path):
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_kill_9_mid_run_then_resume_gives_the_same_weights(tmp_path, num_workers):
     steps = dict(max_steps=30, checkpoint_every_n_steps=3, deterministic=True)
-    straight = run_cli(str(write_config(tmp_path, "straight", **steps)))
+    straight = run_cli(str(write_config(tmp_path, "straight", **steps)), f"data.num_workers={num_workers}")
     assert straight.wait(timeout=300) == 0, straight.stderr.read()
 
     victim_config = write_config(tmp_path, "victim", **steps)
-    victim = run_cli(str(victim_config))
+    victim = run_cli(str(victim_config), f"data.num_workers={num_workers}")
     last = tmp_path / "victim" / "checkpoints" / "last.ckpt"
     deadline = time.time() + 240
     while time.time() < deadline and victim.poll() is None:
@@ -142,7 +143,7 @@ def test_kill_9_mid_run_then_resume_gives_the_same_weights(tmp_path):
     killed_at = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
     assert 6 <= killed_at < 30 and not (tmp_path / "victim" / "result.json").exists()
 
-    resumed = run_cli(str(victim_config))
+    resumed = run_cli(str(victim_config), f"data.num_workers={num_workers}")
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
     a = load_file(str(tmp_path / "straight" / "final" / "weights.safetensors"))
     b = load_file(str(tmp_path / "victim" / "final" / "weights.safetensors"))
@@ -157,6 +158,27 @@ def test_two_process_ddp_on_cpu(tmp_path):
     assert run.wait(timeout=300) == 0, run.stderr.read()[-3000:]
     record = json.loads((tmp_path / "ddp" / "result.json").read_text())
     assert record["timings"]["steps"] == 3
+
+
+def test_two_process_ddp_resumes_every_rank_exactly(tmp_path):
+    """Each rank's stream position is checkpointed (rank 0 inside last.ckpt, rank 1 beside it): a 2-rank run
+    stopped after step 2 and resumed to step 4 ends with the weights of an uninterrupted 4-step run."""
+    ddp = ["train.strategy=ddp", "train.devices=2", "train.accelerator=cpu", "data.num_workers=1"]
+    common = dict(checkpoint_every_n_steps=2, deterministic=True, schedule_steps=4)
+    straight = run_cli(str(write_config(tmp_path, "straight", max_steps=4, **common)), *ddp)
+    assert straight.wait(timeout=300) == 0, straight.stderr.read()[-3000:]
+    first = run_cli(str(write_config(tmp_path, "split", max_steps=2, **common)), *ddp)
+    assert first.wait(timeout=300) == 0, first.stderr.read()[-3000:]
+    assert [p.name for p in (tmp_path / "split" / "checkpoints" / "data_state").iterdir()] == [
+        "step000000002-rank1.pt"
+    ]
+    (tmp_path / "split" / "result.json").unlink()  # pretend the run had been stopped after step 2
+    second = run_cli(str(write_config(tmp_path, "split", max_steps=4, **common)), *ddp)
+    assert second.wait(timeout=300) == 0, second.stderr.read()[-3000:]
+    a = load_file(str(tmp_path / "straight" / "final" / "weights.safetensors"))
+    b = load_file(str(tmp_path / "split" / "final" / "weights.safetensors"))
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
 
 
 def test_non_finite_values_stop_the_run_naming_step_and_groups():

@@ -41,8 +41,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ConfigError as error:
-        print(f"vlmlab: error: {error}", file=sys.stderr)
+        print(f"vlmlab: error: {one_line(error)}", file=sys.stderr)
         return 2
+
+
+def one_line(error: ConfigError) -> str:
+    """The message itself; an error re-raised from a data-loader worker carries the worker's traceback,
+    whose last line is the original message."""
+    text = str(error).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1].split(": ", 1)[-1]
+    return text
 
 
 if __name__ == "__main__":

@@ -40,7 +40,9 @@ class DataSourceConfig:
 
     name: str = ""  # shown in logs and validation metric names
     kind: str = "synthetic"  # synthetic | webdataset
-    path: str | None = None  # webdataset: shard path or brace pattern, e.g. /data/coco-{000..009}.tar
+    # webdataset: shards as a file, URL (pipe:, http(s)://), brace pattern (/data/coyo-{00000..06999}.tar),
+    # directory, or the manifest `vlmlab data index` writes (gives epoch sizes)
+    path: str | None = None
     weight: float = 1.0  # relative sampling weight in the training mixture
     task: str = "spatialmap"  # synthetic: spatialmap | grid | ring
     mode: str = "vqa"  # synthetic: caption (stage 1) | vqa (image question) | tqa (text-only question)
@@ -60,7 +62,8 @@ class DataConfig:
     max_length: int = 256  # tokens per row (packed or padded)
     packing: bool = True
     micro_batch_size: int = 8  # rows per device per forward
-    num_workers: int = 0
+    num_workers: int = 0  # loader workers per rank; a resume needs the same number (vlmlab/data/stream.py)
+    max_bad_fraction: float = 1e-3  # more bad samples than this share of a source stops the run
     val_samples: int = 200  # per validation source
     lomo: dict[str, Any] = field(default_factory=dict)  # LoMo transform settings for text-only samples
 

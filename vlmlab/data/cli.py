@@ -23,7 +23,7 @@ def _objects(value: str) -> int | tuple[int, int]:
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    data = subparsers.add_parser("data", help="synthetic datasets: generate and inspect")
+    data = subparsers.add_parser("data", help="datasets: index shards, generate and inspect synthetic splits")
     commands = data.add_subparsers(dest="data_command", required=True)
 
     synth = commands.add_parser("synth", help="generate one split of a synthetic task as webdataset shards")
@@ -44,6 +44,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--stats", action="store_true", help="print split statistics afterwards")
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
     synth.set_defaults(func=_synth)
+
+    index = commands.add_parser(
+        "index", help="count the samples of webdataset shards once: the manifest that gives epoch sizes"
+    )
+    index.add_argument("pattern", help="shards: brace pattern, directory, file or URL (pipe:, http://)")
+    index.add_argument("--out", help="manifest path (default: shards.json next to the first local shard)")
+    index.set_defaults(func=_index)
 
     stats = commands.add_parser("stats", help="answer balance, path lengths and chance accuracy of splits")
     stats.add_argument("directory", help="directory holding the JSONL indexes written by `data synth`")
@@ -84,4 +91,24 @@ def _stats(args: argparse.Namespace) -> int:
     if not os.path.isdir(args.directory):
         raise ConfigError(f"{args.directory!r} is not a directory.")
     print(format_stats(split_stats(load_records(args.directory))))
+    return 0
+
+
+def _index(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from vlmlab.data.shards import MANIFEST_NAME, expand_shards, write_manifest
+
+    shards = expand_shards(args.pattern)
+    if args.out:
+        out = Path(args.out)
+    elif "://" not in shards.urls[0] and not shards.urls[0].startswith("pipe:"):
+        out = Path(shards.urls[0]).parent / MANIFEST_NAME
+    else:
+        raise ConfigError(f"{args.pattern!r} names remote shards: give the manifest's path with --out.")
+    index = write_manifest(shards.urls, out)
+    total = sum(entry["nsamples"] for entry in index["shardlist"])
+    print(f"{out}: {len(index['shardlist'])} shards, {total} samples")
+    for problem in index["problems"]:
+        print(f"  unreadable to its end: {problem}")
     return 0

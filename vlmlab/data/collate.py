@@ -118,6 +118,19 @@ class RowPacker(Generic[T]):
         self._open = []
         return closed
 
+    def state_dict(self) -> dict[str, Any]:
+        """The queued items and open rows (plain lists: checkpointable when the items are)."""
+        return {
+            "buffer": [[length, item] for length, item in self._buffer],
+            "open": [[used, list(items)] for used, items in self._open],
+            "shortest": self._shortest,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._buffer = [(int(length), item) for length, item in state["buffer"]]
+        self._open = [(int(used), list(items)) for used, items in state["open"]]
+        self._shortest = int(state["shortest"])
+
     def _drain(self) -> list[list[T]]:
         ordered = sorted(range(len(self._buffer)), key=lambda i: (-self._buffer[i][0], i))
         items, self._buffer = [self._buffer[i] for i in ordered], []

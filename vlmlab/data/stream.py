@@ -1,66 +1,45 @@
-"""The training stream: a weighted mixture of sources -> encoded, packed (or padded) micro-batches.
+"""The training stream: each reader's weighted source mixture -> encoded, packed (or padded) micro-batches.
 
-Determinism and exact resumption
---------------------------------
-The sequence of batches is a pure function of (seed, sources, encoder settings, micro_batch_size,
-packing), built in two passes:
+Readers
+-------
+Every data-loader worker of every rank is one *reader*: reader g = rank + world_size x worker of
+G = world_size x max(num_workers, 1). Each source gives reader g its own disjoint share (webdataset: its
+own shards, read front to back; synthetic: its own indices; see `vlmlab.data.sources`), and the reader
+mixes, packs and batches only what it read: nothing plans another reader's batches. A rank's loader takes
+one batch from each of its workers in turn (torch's in-order round robin).
 
-1. *Plan* (cheap, text only). Slot i = 0, 1, 2, ... of the mixture picks its source by a weighted draw
-   from a generator seeded with (seed, i // 1024) - so the choice depends on nothing else. Each source
-   walks its own sample order: a fixed-size source (a synthetic split of `num_samples`, a set of shards)
-   goes through a fresh seeded permutation every epoch, an endless synthetic source through indices
-   0, 1, 2, ... of a generator seeded with `seed`. The sample's token length is computed from its text
-   alone (image segments count `tokens_per_image` each, nothing is rendered or decoded) and the sample
-   is placed into a row by `RowPacker` (or into its own row without packing); every `micro_batch_size`
-   finished rows form the next batch.
-2. *Materialize* (expensive): only for the batches this process yields, samples are loaded again with
-   their images, encoded and collated.
+Per reader, mixture slot i picks its source by a weighted draw seeded by (seed, g, i // 1024); the
+record's token length is counted from its text alone (images are neither decoded nor rendered), the
+record joins `RowPacker` (online best-fit-decreasing; or its own row without packing), and each
+`micro_batch_size` finished rows are built into a batch: images decoded, samples encoded, rows collated.
 
-So `TrainStream(..., start_batch=k)` re-plans batches 0..k-1 from text only and yields exactly batches
-k, k+1, ... of a fresh stream: the training loop passes k = batches already consumed on resume. The plan
-of a fixed-size source caches lengths, so its later epochs cost nothing to re-plan.
+State and resume
+----------------
+A reader's position is small and complete: per source its reader position (synthetic: a counter;
+webdataset: epoch, shard, offset in shard), the mixture slot, the packer's queued items and open rows,
+the finished rows not yet emitted (as records: a webdataset record is its member bytes, so nothing needs
+re-reading), and the bad-data counters. `state_dict()` / `load_state_dict()` expose it to torchdata's
+`StatefulDataLoader`, which snapshots it in each worker with every batch; `ResumableLoader` keeps the
+loader state after each of the last few batches so a checkpoint can take exactly the state after the
+batches the optimizer consumed (Lightning fetches one batch ahead). Restoring costs the same at any step:
+reopen one shard per webdataset source and skip at most one shard's records, undecoded.
 
-Workers and ranks: in data-loader worker w of W, the stream yields batches k+w, k+w+W, ...; torch's
-DataLoader takes one batch from each worker in turn, so `DataLoader(stream, batch_size=None,
-num_workers=W)` gives the same global order for every W (W = 0 included). With `world_size` R > 1
-(data parallel), rank r sees global batches r, r+R, r+2R, ... and `start_batch` counts that rank's batches.
-
-Webdataset shards (`kind: webdataset`)
---------------------------------------
-`path` is a shard file, a brace pattern (`/data/mix-{000..009}.tar`) or a directory (all its `*.tar`,
-sorted). Shards are local, uncompressed tar files; each sample is the group of members sharing a key
-(the member name up to the first dot of its base name):
-
-- `<key>.json`: the sample (vlmlab/data/samples.py schema) with every field but the images. An image
-  segment is `{"type": "image", "image": "<suffix>"}` naming the member `<key>.<suffix>` (e.g.
-  `"0.png"` -> `<key>.0.png`, `"png"` -> `<key>.png`, LoMo's `"img0.png"` -> `<key>.img0.png`);
-  without a name, the i-th image segment is `<key>.<i>.png`, or `<key>.png` for a single image.
-  `id` defaults to the key; `source` to the source's name.
-- image members: any format PIL reads (PNG recommended).
-- A raw synthetic record (as `vlmlab data synthetic` writes: `question`, `answer`, ... + `<key>.png`) is
-  converted with the source's `mode`, so written synthetic splits can be trained on directly.
-
-Shards are indexed (tar headers only) in each process and read by random access. A missing, truncated
-or unreadable shard, or a sample that breaks the schema, raises ConfigError naming the shard file.
+Rule: the same seed, sources, world size and `data.num_workers` give the same batches, and a checkpoint
+resumes only with the world size and worker count it was written with (anything else would re-partition
+the shards mid-epoch); a mismatch is a ConfigError naming both layouts.
 """
 
 from __future__ import annotations
 
 import bisect
-import io
 import itertools
-import json
-import os
 import random
-import tarfile
+import warnings
+from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 
 from vlmlab.config import DataConfig, DataSourceConfig
 from vlmlab.data.collate import (
@@ -71,340 +50,34 @@ from vlmlab.data.collate import (
     collate_padded,
 )
 from vlmlab.data.encode import SampleEncoder
-from vlmlab.data.samples import SYNTHETIC_MODES, check_sample, is_synthetic_record, synthetic_to_sample
-from vlmlab.data.synthetic.generate import (
-    DEFAULT_IMAGE_SIZE,
-    build_sample,
-    check_image_size,
-    get_task,
-    resolve_params,
+from vlmlab.data.shards import write_shard
+from vlmlab.data.sources import (
+    BadSample,
+    DataHealth,
+    LomoSource,
+    Source,
+    merge_health,
+    open_source,
+    source_name,
 )
-from vlmlab.errors import ConfigError, unknown_choice
+from vlmlab.data.sources.base import log
+from vlmlab.errors import ConfigError
 
-SOURCE_KINDS = ("synthetic", "webdataset")
+STATE_FORMAT = 1
+# torchdata 0.11 calls a deprecated torch API on every iterator start; nothing for a user to act on
+warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
 _CHOICE_BLOCK = 1024
 _MAX_CONSECUTIVE_DROPS = 1000
-_UNKNOWN, _DROPPED = -2, -1  # entries of the per-source length cache
-
-
-def source_name(config: DataSourceConfig) -> str:
-    """The name shown in logs and metrics: `name`, else a description of the source."""
-    if config.name:
-        return config.name
-    if config.kind == "synthetic":
-        return f"{config.task}-{config.mode}-{config.split}"
-    return Path(str(config.path)).name.split(".")[0] if config.path else config.kind
-
-
-class SyntheticSource:
-    """A synthetic task in one mode: a fixed split of `num_samples` or an endless stream.
-
-    A fixed split is the same dataset whatever the training seed (generator seed `config.seed`, 0 by
-    default like the shards `vlmlab data synth` writes), so runs that differ in seed differ only in order;
-    an endless stream draws fresh samples from a generator seeded with the training seed.
-    """
-
-    def __init__(self, config: DataSourceConfig, seed: int, image_size: int | None) -> None:
-        self.config = config
-        self.name = source_name(config)
-        self.mode = config.mode
-        get_task(config.task)
-        if config.mode not in SYNTHETIC_MODES:
-            raise unknown_choice(f"synthetic mode (source {self.name!r})", config.mode, SYNTHETIC_MODES)
-        self.params = resolve_params(config.task, config.split, **dict(config.difficulty or {}))
-        self.image_size = check_image_size(config.image_size or image_size or DEFAULT_IMAGE_SIZE)
-        if config.num_samples is not None and config.num_samples < 1:
-            raise ConfigError(
-                f"source {self.name!r}: num_samples must be >= 1 or null, got {config.num_samples}."
-            )
-        self.size: int | None = config.num_samples
-        self.generator_seed = config.seed if self.size is not None else seed
-        if config.response not in ("answer", "solution"):
-            raise unknown_choice(f"response (source {self.name!r})", config.response, ("answer", "solution"))
-
-    def _raw(self, index: int) -> dict[str, Any]:
-        c = self.config
-        return build_sample(
-            c.task, c.split, index, self.generator_seed, self.image_size, self.params, image=False
-        )
-
-    def text_sample(self, index: int) -> dict[str, Any]:
-        """The sample with its images left as None (enough to count tokens)."""
-        return synthetic_to_sample(
-            self._raw(index), self.mode, source=self.name, response=self.config.response
-        )
-
-    def full_sample(self, index: int) -> dict[str, Any]:
-        """The sample with its image rendered (only for batches this process yields)."""
-        raw = self._raw(index)
-        if self.mode != "tqa":
-            raw["image"] = get_task(self.config.task).render(raw["meta"], self.image_size)
-        return synthetic_to_sample(raw, self.mode, source=self.name, response=self.config.response)
-
-
-@dataclass(frozen=True)
-class _Entry:
-    shard: str
-    key: str
-    members: dict[str, tuple[int, int]]  # suffix -> (data offset, size)
-
-
-def expand_shards(path: str) -> list[str]:
-    """Shard files of a webdataset `path`: one file, a brace pattern, or a directory of `*.tar`."""
-    from webdataset.shardlists import expand_urls
-
-    if os.path.isdir(path):
-        shards = sorted(str(p) for p in Path(path).glob("*.tar"))
-        if not shards:
-            raise ConfigError(f"webdataset directory {path!r} contains no .tar shards.")
-        return shards
-    shards = expand_urls(path)
-    for shard in shards:
-        if not os.path.isfile(shard):
-            raise ConfigError(f"webdataset shard {shard!r} does not exist (path {path!r}).")
-    return shards
-
-
-def _index_shard(shard: str) -> list[_Entry]:
-    """Scan one tar's headers: members grouped by key, in order of first appearance."""
-    size = os.path.getsize(shard)
-    groups: dict[str, dict[str, tuple[int, int]]] = {}
-    try:
-        with tarfile.open(shard, "r:") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                folder, base = os.path.split(member.name)
-                stem, dot, suffix = base.partition(".")
-                if not dot or not stem:
-                    continue  # not part of a sample (webdataset ignores these too)
-                if member.offset_data + member.size > size:
-                    raise tarfile.ReadError(f"member {member.name!r} is truncated")
-                key = os.path.join(folder, stem) if folder else stem
-                groups.setdefault(key, {})[suffix] = (member.offset_data, member.size)
-    except (tarfile.TarError, OSError, EOFError) as error:
-        raise ConfigError(f"corrupt or unreadable webdataset shard {shard!r}: {error}") from error
-    entries = []
-    for key, members in groups.items():
-        if "json" not in members:
-            raise ConfigError(f"webdataset shard {shard!r}: sample {key!r} has no {key}.json member.")
-        entries.append(_Entry(shard, key, members))
-    return entries
-
-
-class WebDatasetSource:
-    """Samples stored in tar shards (schema in this module's docstring), read by random access."""
-
-    def __init__(self, config: DataSourceConfig) -> None:
-        if not config.path:
-            raise ConfigError(
-                f"webdataset source {source_name(config)!r} needs a `path` (shard file or pattern)."
-            )
-        self.config = config
-        self.name = source_name(config)
-        self.shards = expand_shards(str(config.path))
-        self._entries: list[_Entry] | None = None
-
-    @property
-    def entries(self) -> list[_Entry]:
-        if self._entries is None:  # built lazily: in each data-loader worker, never shared across fork
-            self._entries = [entry for shard in self.shards for entry in _index_shard(shard)]
-            if not self._entries:
-                raise ConfigError(f"webdataset source {self.name!r} ({self.config.path}) holds no samples.")
-        return self._entries
-
-    @property
-    def size(self) -> int:
-        return len(self.entries)
-
-    def _read(self, entry: _Entry, suffix: str) -> bytes:
-        offset, size = entry.members[suffix]
-        try:
-            with open(entry.shard, "rb") as handle:
-                handle.seek(offset)
-                data = handle.read(size)
-        except OSError as error:
-            raise ConfigError(f"unreadable webdataset shard {entry.shard!r}: {error}") from error
-        if len(data) != size:
-            raise ConfigError(f"corrupt webdataset shard {entry.shard!r}: {entry.key}.{suffix} is truncated.")
-        return data
-
-    def _image(self, entry: _Entry, suffix: str) -> Image.Image:
-        try:
-            image = Image.open(io.BytesIO(self._read(entry, suffix)))
-            image.load()
-        except (OSError, ValueError, Image.DecompressionBombError) as error:
-            raise ConfigError(
-                f"corrupt webdataset shard {entry.shard!r}: image {entry.key}.{suffix} cannot be decoded ({error})."
-            ) from error
-        return image.convert("RGB")
-
-    def record(self, index: int) -> dict[str, Any]:
-        """The raw JSON record of sample `index` (no images)."""
-        entry = self.entries[index]
-        try:
-            record = json.loads(self._read(entry, "json").decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ConfigError(
-                f"corrupt webdataset shard {entry.shard!r}: {entry.key}.json is not valid JSON ({error})."
-            ) from error
-        if not isinstance(record, dict):
-            raise ConfigError(f"webdataset shard {entry.shard!r}: {entry.key}.json must hold a JSON object.")
-        return record
-
-    def _image_suffix(self, entry: _Entry, reference: Any, position: int, count: int) -> str:
-        if reference is None:
-            reference = f"{position}.png" if f"{position}.png" in entry.members or count > 1 else "png"
-        if not isinstance(reference, str) or reference not in entry.members:
-            raise ConfigError(
-                f"webdataset shard {entry.shard!r}: sample {entry.key!r} refers to image {reference!r} but the "
-                f"shard has no member {entry.key}.{reference} (members: {', '.join(sorted(entry.members))})."
-            )
-        return reference
-
-    def _sample(self, index: int, load: bool) -> dict[str, Any]:
-        entry = self.entries[index]
-        record = self.record(index)
-        record.pop("__key__", None)
-        if is_synthetic_record(record):
-            suffix = self._image_suffix(entry, None, 0, 1) if self.config.mode != "tqa" else None
-            record["image"] = self._image(entry, suffix) if load and suffix else None
-            record.setdefault("id", entry.key)
-            return synthetic_to_sample(record, self.config.mode, source=self.config.name or self.name)
-        if "segments" in record and isinstance(record["segments"], list):
-            images = [s for s in record["segments"] if isinstance(s, dict) and s.get("type") == "image"]
-            segments, position = [], 0
-            for segment in record["segments"]:
-                if isinstance(segment, dict) and segment.get("type") == "image":
-                    suffix = self._image_suffix(entry, segment.get("image"), position, len(images))
-                    segment = {**segment, "image": self._image(entry, suffix) if load else None}
-                    position += 1
-                segments.append(segment)
-            record["segments"] = segments
-        record.setdefault("id", entry.key)
-        if self.config.name or "source" not in record:
-            record["source"] = self.name
-        try:
-            return check_sample(record)
-        except ConfigError as error:
-            raise ConfigError(f"webdataset shard {entry.shard!r}: {error}") from error
-
-    def text_sample(self, index: int) -> dict[str, Any]:
-        """Sample `index` with image segments left as None: planning reads no pixels."""
-        return self._sample(index, load=False)
-
-    def full_sample(self, index: int) -> dict[str, Any]:
-        """Sample `index` with decoded RGB images."""
-        return self._sample(index, load=True)
-
-
-def _text_only_source(config: DataSourceConfig) -> bool:
-    return config.mode in ("tqa", "text")
-
-
-class LomoSource:
-    """A source whose text-only samples LoMo rewrites on the fly (in the data-loader workers).
-
-    Which samples are rewritten and how they are split depends only on (LoMo seed, source, index), so
-    planning lengths from text (images left unrendered) and materialising (rendered) always agree.
-    """
-
-    def __init__(self, inner: SyntheticSource | WebDatasetSource, lomo: dict[str, Any]) -> None:
-        from vlmlab.data.lomo.transform import LomoConfig, LomoTransform
-
-        self.inner = inner
-        self.name = inner.name
-        self.size = inner.size
-        self.transform = LomoTransform(LomoConfig.from_mapping(lomo))
-
-    def _seed(self, index: int) -> str:
-        return f"{self.name}:{index}"
-
-    def group(self, index: int, text_only_source: bool) -> str:
-        """LoMo's Table 5 groups: multimodal, rendered (text-only rewritten) or text_only."""
-        if not text_only_source:
-            return "multimodal"
-        return "rendered" if self.transform.selects(self._seed(index)) else "text_only"
-
-    def text_sample(self, index: int) -> dict[str, Any]:
-        return self.transform(self.inner.text_sample(index), self._seed(index), render_images=False)
-
-    def full_sample(self, index: int) -> dict[str, Any]:
-        return self.transform(self.inner.full_sample(index), self._seed(index))
-
-
-def open_source(
-    config: DataSourceConfig,
-    *,
-    seed: int = 0,
-    image_size: int | None = None,
-    lomo: dict[str, Any] | None = None,
-) -> SyntheticSource | WebDatasetSource | LomoSource:
-    """The reader for one DataSourceConfig (`text_sample`, `full_sample`, `size`: None when endless);
-    with `lomo` settings, its text-only samples are rewritten by LoMo."""
-    if lomo:
-        return LomoSource(open_source(config, seed=seed, image_size=image_size), lomo)
-    if config.kind == "synthetic":
-        return SyntheticSource(config, seed, image_size)
-    if config.kind == "webdataset":
-        return WebDatasetSource(config)
-    raise unknown_choice(f"data source kind (source {source_name(config)!r})", config.kind, SOURCE_KINDS)
-
-
-def write_shard(samples: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
-    """Write samples (with PIL images in their segments) as one shard in the documented schema.
-
-    Image i of a sample is stored as `<key>.<i>.png`; keys are the sample ids. Written under a temporary
-    name and renamed, so readers never see a partial shard.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-
-    def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-        info = tarfile.TarInfo(name)
-        info.size, info.mtime, info.mode = len(data), 0, 0o444
-        tar.addfile(info, io.BytesIO(data))
-
-    try:
-        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
-            for sample in samples:
-                key = str(sample["id"])
-                if "." in key or "/" in key:
-                    raise ConfigError(f"sample id {key!r} cannot be a shard key (no '.' or '/').")
-                record, members, count = dict(sample), [], 0
-                if "segments" in sample:
-                    segments = []
-                    for segment in sample["segments"]:
-                        if segment["type"] == "image":
-                            buffer = io.BytesIO()
-                            segment["image"].save(buffer, format="PNG")
-                            members.append((f"{key}.{count}.png", buffer.getvalue()))
-                            segment = {**segment, "image": f"{count}.png"}
-                            count += 1
-                        segments.append(segment)
-                    record["segments"] = segments
-                add(tar, f"{key}.json", json.dumps(record, sort_keys=True).encode("utf-8"))
-                for name, data in members:
-                    add(tar, name, data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-@dataclass(frozen=True)
-class PlannedSample:
-    source: int  # position in the stream's source list
-    index: int  # sample index within that source
-    length: int  # encoded tokens
+DEFAULT_MAX_BAD_FRACTION = 1e-3
+Item = tuple  # (source index, record, token length): what the packer holds
 
 
 class TrainStream(torch.utils.data.IterableDataset):
     """Endless, exactly resumable micro-batches of a source mixture (see the module docstring).
 
-    Use with `DataLoader(stream, batch_size=None, num_workers=W)` (`train_loader` does this): encoding,
-    image preprocessing and packing then run in the workers. `stop_batch` (exclusive) makes it finite.
-    `data_config`, when given, supplies `micro_batch_size` and `packing` and must agree on `max_length`.
+    Use through `train_loader(stream, num_workers=W)` (a `ResumableLoader`): reading, decoding, encoding
+    and packing then run in the workers. `data_config`, when given, supplies `micro_batch_size`,
+    `packing`, `lomo` and `max_bad_fraction` and must agree on `max_length`.
     """
 
     def __init__(
@@ -415,8 +88,6 @@ class TrainStream(torch.utils.data.IterableDataset):
         seed: int = 0,
         micro_batch_size: int = 8,
         packing: bool = True,
-        start_batch: int = 0,
-        stop_batch: int | None = None,
         image_size: int | None = None,
         rank: int = 0,
         world_size: int = 1,
@@ -424,6 +95,7 @@ class TrainStream(torch.utils.data.IterableDataset):
         pack_buffer: int = DEFAULT_PACK_BUFFER,
         data_config: DataConfig | None = None,
         lomo: dict[str, Any] | None = None,
+        max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
     ) -> None:
         super().__init__()
         self.lomo = dict(lomo or {})
@@ -436,34 +108,35 @@ class TrainStream(torch.utils.data.IterableDataset):
                     f"{data_config.max_length}."
                 )
             micro_batch_size, packing = data_config.micro_batch_size, data_config.packing
+            max_bad_fraction = data_config.max_bad_fraction
         if not sources:
             raise ConfigError("The training stream needs at least one data source (data.train is empty).")
         weights = [float(s.weight) for s in sources]
-        if any(w < 0 for w in weights) or sum(weights) <= 0:
-            raise ConfigError(f"Source weights must be >= 0 with a positive sum, got {weights}.")
+        if any(not w >= 0 for w in weights) or sum(weights) <= 0 or sum(weights) == float("inf"):
+            raise ConfigError(f"Source weights must be finite and >= 0 with a positive sum, got {weights}.")
         if micro_batch_size < 1:
             raise ConfigError(f"micro_batch_size must be >= 1, got {micro_batch_size}.")
-        if start_batch < 0 or (stop_batch is not None and stop_batch < start_batch):
-            raise ConfigError(f"need 0 <= start_batch <= stop_batch, got {start_batch}, {stop_batch}.")
         if not 0 <= rank < world_size:
             raise ConfigError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}.")
+        DataHealth(max_bad_fraction)  # validates the fraction here, in the main process
         self.configs = list(sources)
         self.encoder = encoder
         self.seed = seed
         self.micro_batch_size = micro_batch_size
         self.packing = packing
-        self.start_batch = start_batch
-        self.stop_batch = stop_batch
         self.image_size = image_size
         self.rank, self.world_size = rank, world_size
         self.max_open_rows = max_open_rows
         self.pack_buffer = pack_buffer
+        self.max_bad_fraction = max_bad_fraction
         total = sum(weights)
         self.weights = [w / total for w in weights]
         self._cumulative = list(itertools.accumulate(self.weights))
+        # fail on bad configs now, in the main process, not in a worker
+        self.names = [source.name for source in self.open_sources()]
         self._acceptance = self._matched_ratio_acceptance()
-        for config in self.configs:  # fail on bad configs now, in the main process, not in a worker
-            open_source(config, seed=seed, image_size=image_size, lomo=self.lomo)
+        self._restore: dict[str, Any] | None = None
+        self._reader: _Reader | None = None
 
     @classmethod
     def from_config(
@@ -478,6 +151,23 @@ class TrainStream(torch.utils.data.IterableDataset):
         """The stream `data` describes (train sources, packing, micro-batch size)."""
         return cls(data.train, encoder, seed=seed, image_size=image_size, data_config=data, **kwargs)
 
+    def open_sources(self) -> list[Source]:
+        """Fresh source objects (in each worker: nothing is shared across processes)."""
+        return [
+            open_source(c, seed=self.seed, image_size=self.image_size, lomo=self.lomo) for c in self.configs
+        ]
+
+    def describe(self) -> list[str]:
+        """One line per source: its weight and what is known of its epoch."""
+        lines = []
+        for source, weight in zip(self.open_sources(), self.weights):
+            size = source.num_samples()
+            known = f"{size} samples per epoch" if size is not None else "epoch size unknown"
+            if size is None and source.__class__.__name__ == "WebDatasetSource":
+                known += " (no shard manifest: run `vlmlab data index` to count the shards once)"
+            lines.append(f"{source.name}: weight {weight:.3f}, {known}")
+        return lines
+
     def _matched_ratio_acceptance(self) -> dict[str, float] | None:
         """LoMo's matched image:text ratio (Table 5): per-group acceptance probabilities that resample the
         mixture so image-bearing : text-only samples equal `lomo.image_text_ratio`."""
@@ -485,147 +175,302 @@ class TrainStream(torch.utils.data.IterableDataset):
             return None
         from vlmlab.data.lomo.transform import LomoConfig, mixture_weights
 
-        text_share = sum(w for w, c in zip(self.weights, self.configs) if _text_only_source(c))
+        sources = self.open_sources()
+        text_share = sum(w for w, s in zip(self.weights, sources) if s.text_only)
         weights = mixture_weights(1.0 - text_share, text_share, LomoConfig.from_mapping(self.lomo))
         top = max(weights.values())
         return {group: weight / top for group, weight in weights.items()}
 
-    def _accepted(self, sources: list, choice: int, index: int, slot: int) -> bool:
-        if self._acceptance is None:
-            return True
-        group = sources[choice].group(index, _text_only_source(self.configs[choice]))
-        probability = self._acceptance[group]
-        return probability >= 1.0 or random.Random(f"vlmlab.accept:{self.seed}:{slot}").random() < probability
+    def planned_items(self, count: int, worker: int = 0, num_workers: int = 1) -> list[Item]:
+        """The first `count` (source index, record, token length) items one reader accepts, in reading
+        order, before packing; nothing is decoded (mixture statistics, tests)."""
+        reader = _Reader(self, worker, num_workers)
+        items: list[Item] = []
+        while len(items) < count:
+            item = reader.read_one()
+            if item is not None:
+                items.append(item)
+        return items
 
-    def open_sources(self) -> list[SyntheticSource | WebDatasetSource]:
-        """Fresh readers for the sources (in each worker: nothing is shared across processes)."""
-        return [
-            open_source(c, seed=self.seed, image_size=self.image_size, lomo=self.lomo) for c in self.configs
-        ]
+    def source(self, index: int) -> Source:
+        """A fresh object for source `index` (to turn planned records into samples)."""
+        return self.open_sources()[index]
 
-    # -- the plan
-    def source_choices(self, start: int, count: int) -> list[int]:
-        """Which source mixture slots start..start+count-1 draw from (a pure function of the seed)."""
-        out: list[int] = []
-        block, rng_block, draws = -1, None, []
-        last = len(self.weights) - 1
-        for slot in range(start, start + count):
-            if slot // _CHOICE_BLOCK != block:
-                block = slot // _CHOICE_BLOCK
-                rng_block = random.Random(f"vlmlab.stream:{self.seed}:{block}")
-                draws = [rng_block.random() for _ in range(_CHOICE_BLOCK)]
-            out.append(min(bisect.bisect_right(self._cumulative, draws[slot % _CHOICE_BLOCK]), last))
-        return out
+    # -- resumable state (torchdata's StatefulDataLoader calls these, in each worker)
+    def state_dict(self) -> dict[str, Any]:
+        if self._reader is not None:
+            return self._reader.state_dict()
+        return dict(self._restore or {})
 
-    def _order(self, source: int, size: int, epoch: int) -> list[int]:
-        order = list(range(size))
-        random.Random(f"vlmlab.stream:{self.seed}:{source}:{epoch}").shuffle(order)
-        return order
-
-    def planned_samples(self, sources: list | None = None) -> Iterator[PlannedSample]:
-        """The mixture's samples in order, with their token lengths; samples too long are skipped."""
-        sources = sources or self.open_sources()
-        counters = [0] * len(sources)
-        drops = [0] * len(sources)
-        lengths = [np.full(s.size, _UNKNOWN, dtype=np.int64) if s.size is not None else None for s in sources]
-        orders: dict[int, tuple[int, list[int]]] = {}
-        for start in itertools.count(0, _CHOICE_BLOCK):
-            for offset, choice in enumerate(self.source_choices(start, _CHOICE_BLOCK)):
-                source = sources[choice]
-                position = counters[choice]
-                counters[choice] += 1
-                if source.size is None:
-                    index = position
-                    if not self._accepted(sources, choice, index, start + offset):
-                        continue
-                    length = self._length(source, index)
-                else:
-                    epoch = position // source.size
-                    if orders.get(choice, (None,))[0] != epoch:
-                        orders[choice] = (epoch, self._order(choice, source.size, epoch))
-                    index = orders[choice][1][position % source.size]
-                    if not self._accepted(sources, choice, index, start + offset):
-                        continue
-                    length = int(lengths[choice][index])
-                    if length == _UNKNOWN:
-                        length = lengths[choice][index] = self._length(source, index)
-                if length == _DROPPED:
-                    drops[choice] += 1
-                    # 2 * size consecutive drops span a whole epoch: then every sample is too long
-                    limit = _MAX_CONSECUTIVE_DROPS if source.size is None else 2 * source.size
-                    if drops[choice] >= limit:
-                        raise ConfigError(
-                            f"Source {source.name!r}: {drops[choice]} samples in a row are longer than "
-                            f"max_length={self.encoder.max_length} even after truncating their prompt text."
-                        )
-                    continue
-                drops[choice] = 0
-                yield PlannedSample(choice, index, length)
-
-    def _length(self, source: SyntheticSource | WebDatasetSource, index: int) -> int:
-        length = self.encoder.length(source.text_sample(index))
-        return _DROPPED if length is None else length
-
-    def planned_batches(self, sources: list | None = None) -> Iterator[list[list[PlannedSample]]]:
-        """Every batch of the (global, all ranks) stream as rows of planned samples."""
-        packer: RowPacker[PlannedSample] = RowPacker(
-            self.encoder.max_length, self.max_open_rows, self.pack_buffer
-        )
-        rows: list[list[PlannedSample]] = []
-        for sample in self.planned_samples(sources):
-            rows.extend(packer.add(sample, sample.length) if self.packing else [[sample]])
-            while len(rows) >= self.micro_batch_size:
-                yield rows[: self.micro_batch_size]
-                rows = rows[self.micro_batch_size :]
-
-    # -- materialization
-    def materialize(self, rows: list[list[PlannedSample]], sources: list) -> dict[str, Any]:
-        """Load, encode and collate one planned batch (the expensive half, done only for owned batches)."""
-        encoded_rows = []
-        for row in rows:
-            encoded_row = []
-            for planned in row:
-                tokens = self.encoder.tokenize(sources[planned.source].full_sample(planned.index))
-                if tokens is None or len(tokens["input_ids"]) != planned.length:
-                    raise RuntimeError(
-                        f"source {sources[planned.source].name!r} sample {planned.index} encodes differently "
-                        "with and without its images; the stream would not be reproducible."
-                    )
-                encoded_row.append(self.encoder.finish(tokens))
-            encoded_rows.append(encoded_row)
-        if self.packing:
-            return collate_packed(encoded_rows, self.encoder.max_length, self.encoder.pad_id)
-        return collate_padded([row[0] for row in encoded_rows], self.encoder.pad_id)
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state` (checked now: in a worker, a mismatch fails the loader's start)."""
+        if state:
+            info = torch.utils.data.get_worker_info()
+            worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+            check_state(state, self, worker, num_workers)
+        self._restore = dict(state) if state else None
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = torch.utils.data.get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        sources = self.open_sources()
-        for global_index, rows in enumerate(self.planned_batches(sources)):
-            if global_index % self.world_size != self.rank:
-                continue
-            local = global_index // self.world_size
-            if self.stop_batch is not None and local >= self.stop_batch:
-                return
-            if local < self.start_batch or (local - self.start_batch) % num_workers != worker:
-                continue
-            yield self.materialize(rows, sources)
+        reader = _Reader(self, worker, num_workers)
+        if self._restore:
+            reader.load_state_dict(self._restore)
+        self._reader = reader
+        while True:
+            yield reader.next_batch()
 
 
-def train_loader(stream: TrainStream, num_workers: int = 0, **kwargs: Any) -> torch.utils.data.DataLoader:
-    """A DataLoader that yields the stream's batches in the stream's order for any `num_workers`."""
-    return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=num_workers, **kwargs)
+class _Reader:
+    """One reader's mixture, packer and batches (the module docstring's "reader")."""
+
+    def __init__(self, stream: TrainStream, worker: int, num_workers: int) -> None:
+        self.stream = stream
+        self.worker, self.num_workers = worker, num_workers
+        self.reader_id = stream.rank + stream.world_size * worker
+        self.num_readers = stream.world_size * num_workers
+        self.sources = stream.open_sources()
+        self.health = DataHealth(stream.max_bad_fraction, self.reader_id)
+        self.readers = [
+            s.reader(self.reader_id, self.num_readers, stream.seed, self.health) for s in self.sources
+        ]
+        self.packer: RowPacker[Item] = RowPacker(
+            stream.encoder.max_length, stream.max_open_rows, stream.pack_buffer
+        )
+        self.rows: list[list[Item]] = []  # finished rows not yet emitted
+        self.slot = 0
+        self.batches = 0
+        self.drops = [0] * len(self.sources)
+        self._block: tuple[int, list[float]] = (-1, [])
+
+    # -- the mixture
+    def choice(self, slot: int) -> int:
+        block = slot // _CHOICE_BLOCK
+        if self._block[0] != block:
+            rng = random.Random(f"vlmlab.stream:{self.stream.seed}:{self.reader_id}:{block}")
+            self._block = (block, [rng.random() for _ in range(_CHOICE_BLOCK)])
+        draw = self._block[1][slot % _CHOICE_BLOCK]
+        return min(bisect.bisect_right(self.stream._cumulative, draw), len(self.sources) - 1)
+
+    def _accepted(self, source: Source, record: dict[str, Any], slot: int) -> bool:
+        acceptance = self.stream._acceptance
+        if acceptance is None or not isinstance(source, LomoSource):
+            return True
+        probability = acceptance[source.group(record)]
+        rng = random.Random(f"vlmlab.accept:{self.stream.seed}:{self.reader_id}:{slot}")
+        return probability >= 1.0 or rng.random() < probability
+
+    def read_one(self) -> Item | None:
+        """Read the next mixture slot's record; the packer's item, or None when it is skipped (counted)."""
+        slot = self.slot
+        self.slot += 1
+        choice = self.choice(slot)
+        source = self.sources[choice]
+        record = next(self.readers[choice])
+        if not self._accepted(source, record, slot):
+            return None
+        try:
+            length = self.stream.encoder.length(source.text_sample(record))
+        except BadSample as error:
+            self.health.skip(source.name, source.where(record), source.key(record), "bad sample", str(error))
+            return None
+        if length is None:
+            self.health.drop(source.name)
+            self.drops[choice] += 1
+            if self.drops[choice] >= _MAX_CONSECUTIVE_DROPS:
+                raise ConfigError(
+                    f"Source {source.name!r}: {self.drops[choice]} samples in a row are longer than "
+                    f"max_length={self.stream.encoder.max_length} even after truncating their prompt text."
+                )
+            return None
+        self.drops[choice] = 0
+        return (choice, record, length)
+
+    # -- batches
+    def next_batch(self) -> dict[str, Any]:
+        while True:
+            while len(self.rows) < self.stream.micro_batch_size:
+                item = self.read_one()
+                if item is not None:
+                    self.rows.extend(self.packer.add(item, item[2]) if self.stream.packing else [[item]])
+            rows = self.rows[: self.stream.micro_batch_size]
+            self.rows = self.rows[self.stream.micro_batch_size :]
+            self.batches += 1
+            batch = self.materialize(rows)
+            if batch is not None:
+                return batch
+
+    def materialize(self, rows: list[list[Item]]) -> dict[str, Any] | None:
+        """Decode, encode and collate one batch of rows; a sample whose image fails to decode is left out
+        (and counted); None when nothing of the batch is left."""
+        encoder = self.stream.encoder
+        encoded_rows = []
+        for row in rows:
+            encoded_row = []
+            for choice, record, length in row:
+                source = self.sources[choice]
+                try:
+                    sample = source.full_sample(record)
+                except BadSample as error:
+                    self.health.skip(
+                        source.name, source.where(record), source.key(record), "bad image", str(error)
+                    )
+                    continue
+                tokens = encoder.tokenize(sample)
+                if tokens is None or len(tokens["input_ids"]) != length:
+                    raise RuntimeError(
+                        f"source {source.name!r} sample {source.key(record)!r} encodes differently with and "
+                        "without its images; the stream would not be reproducible."
+                    )
+                encoded_row.append(encoder.finish(tokens))
+            if encoded_row:
+                encoded_rows.append(encoded_row)
+        if not encoded_rows:
+            return None
+        if self.stream.packing:
+            return collate_packed(encoded_rows, encoder.max_length, encoder.pad_id)
+        return collate_padded([row[0] for row in encoded_rows], encoder.pad_id)
+
+    # -- state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "vlmlab_stream": STATE_FORMAT,
+            "reader_id": self.reader_id,
+            "num_readers": self.num_readers,
+            "world_size": self.stream.world_size,
+            "num_workers": self.num_workers,
+            "sources": list(self.stream.names),
+            "slot": self.slot,
+            "batches": self.batches,
+            "readers": [reader.state_dict() for reader in self.readers],
+            "packer": self.packer.state_dict(),
+            "rows": [list(row) for row in self.rows],
+            "drops": list(self.drops),
+            "health": self.health.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        check_state(state, self.stream, self.worker, self.num_workers)
+        self.slot, self.batches = int(state["slot"]), int(state["batches"])
+        for reader, reader_state in zip(self.readers, state["readers"]):
+            reader.load_state_dict(reader_state)
+        self.packer.load_state_dict(state["packer"])
+        self.rows = [[tuple(item) for item in row] for row in state["rows"]]
+        self.drops = [int(d) for d in state["drops"]]
+        self.health.load_state_dict(state["health"])
+
+
+def check_state(state: dict[str, Any], stream: TrainStream, worker: int | None, num_workers: int) -> None:
+    """Raise a ConfigError when `state` was not written by this reader (any, when `worker` is None) of
+    this stream's layout and sources."""
+    if state.get("vlmlab_stream") != STATE_FORMAT:
+        raise ConfigError("The checkpoint's data state is not a vlmlab stream state of this version.")
+    num_readers = stream.world_size * max(num_workers, 1)
+    reader_id = state["reader_id"] if worker is None else stream.rank + stream.world_size * worker
+    if (state["reader_id"], state["num_readers"]) != (reader_id, num_readers):
+        raise ConfigError(layout_mismatch(state, stream.world_size, num_workers))
+    if list(state["sources"]) != list(stream.names):
+        raise ConfigError(
+            f"The checkpoint's data stream mixed sources {state['sources']}, this run has "
+            f"{stream.names}; change sources in a new run (train.init_from), not on resume."
+        )
+
+
+def layout_mismatch(state: dict[str, Any], world_size: int, num_workers: int) -> str:
+    return (
+        f"The checkpoint's data stream was read by world_size={state['world_size']} x "
+        f"data.num_workers={max(state['num_workers'], 1)} readers; this run has world_size={world_size} x "
+        f"data.num_workers={max(num_workers, 1)}. Exact resume needs the same layout: resume with "
+        f"{state['world_size']} device(s) in all and data.num_workers={state['num_workers']}, or start a "
+        "new run from this one's weights (train.init_from)."
+    )
+
+
+class ResumableLoader:
+    """torchdata's `StatefulDataLoader` over a TrainStream, keeping the loader state after each of the last
+    `keep` batches: `state_after(n)` is the state with exactly n batches consumed, whatever was prefetched.
+
+    It has no `state_dict` method on purpose: Lightning would save rank 0's state for every rank; the
+    training module saves each rank's `state_after(...)` itself.
+    """
+
+    def __init__(self, stream: TrainStream, num_workers: int = 0, keep: int = 4, **kwargs: Any) -> None:
+        from torchdata.stateful_dataloader import StatefulDataLoader
+
+        if num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}.")
+        self.stream = stream
+        self.num_workers = num_workers
+        self.loader = StatefulDataLoader(stream, batch_size=None, num_workers=num_workers, **kwargs)
+        self.batches = 0  # batches yielded, counting those before a resume
+        self._states: deque[tuple[int, dict[str, Any]]] = deque(maxlen=max(keep, 2))
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        iterator = iter(self.loader)
+        self._states.append((self.batches, self.loader.state_dict()))
+        for batch in iterator:
+            self.batches += 1
+            self._states.append((self.batches, self.loader.state_dict()))
+            yield batch
+
+    def state_after(self, batches: int) -> dict[str, Any]:
+        """The resumable state after exactly `batches` batches (one of the last `keep` yielded)."""
+        for count, state in self._states:
+            if count == batches:
+                return {
+                    "vlmlab_loader": STATE_FORMAT,
+                    "batches": count,
+                    "rank": self.stream.rank,
+                    "world_size": self.stream.world_size,
+                    "num_workers": self.num_workers,
+                    "loader": state,
+                }
+        kept = [count for count, _ in self._states]
+        raise RuntimeError(f"no loader state after {batches} batches is kept (kept: {kept}).")
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue exactly after the batches `state` had consumed (from `state_after`)."""
+        if state.get("vlmlab_loader") != STATE_FORMAT:
+            raise ConfigError("The checkpoint's data state is not a vlmlab loader state of this version.")
+        if (state["world_size"], state["num_workers"]) != (self.stream.world_size, self.num_workers):
+            raise ConfigError(layout_mismatch(state, self.stream.world_size, self.num_workers))
+        if state["rank"] != self.stream.rank:
+            raise ConfigError(f"data state of rank {state['rank']} given to rank {self.stream.rank}.")
+        for reader_state in stream_states(state["loader"]):  # here, before any worker starts
+            check_state(reader_state, self.stream, None, self.num_workers)
+        self.loader.load_state_dict(state["loader"])
+        self.batches = int(state["batches"])
+        self._states.clear()
+
+
+def stream_states(state: Any) -> list[dict[str, Any]]:
+    """Every reader state inside a (loader) state, wherever torchdata nests the workers' snapshots."""
+    if isinstance(state, dict):
+        if state.get("vlmlab_stream") == STATE_FORMAT:
+            return [state]
+        return [found for value in state.values() for found in stream_states(value)]
+    if isinstance(state, (list, tuple)):
+        return [found for value in state for found in stream_states(value)]
+    return []
+
+
+def data_health(state: dict[str, Any]) -> dict[str, Any]:
+    """Samples read, skipped (by reason and place) and dropped as too long, summed over the readers."""
+    return merge_health([reader["health"] for reader in stream_states(state)])
+
+
+def train_loader(stream: TrainStream, num_workers: int = 0, **kwargs: Any) -> ResumableLoader:
+    """The stream's resumable loader (`batch_size=None`: the stream yields whole batches)."""
+    return ResumableLoader(stream, num_workers=num_workers, **kwargs)
 
 
 __all__ = [
-    "SOURCE_KINDS",
-    "PlannedSample",
-    "SyntheticSource",
+    "ResumableLoader",
     "TrainStream",
-    "WebDatasetSource",
-    "expand_shards",
-    "open_source",
+    "data_health",
+    "log",
     "source_name",
+    "stream_states",
     "train_loader",
     "write_shard",
 ]

@@ -17,7 +17,7 @@ import torch
 from vlmlab.config import DataSourceConfig
 from vlmlab.data.encode import SampleEncoder
 from vlmlab.data.samples import synthetic_to_sample
-from vlmlab.data.stream import WebDatasetSource, source_name
+from vlmlab.data.sources import WebDatasetSource, source_name
 from vlmlab.data.synthetic.generate import DEFAULT_IMAGE_SIZE, generate_split
 from vlmlab.errors import ConfigError, unknown_choice
 
@@ -38,9 +38,7 @@ def _val_samples(source: DataSourceConfig, num_samples: int, seed: int, image_si
         for raw in raws:
             yield synthetic_to_sample(raw, source.mode, source=name)
     elif source.kind == "webdataset":
-        reader = WebDatasetSource(source)
-        for index in range(min(num_samples, reader.size)):
-            yield reader.full_sample(index)
+        yield from WebDatasetSource(source).samples_in_order(num_samples)
     else:
         raise unknown_choice(f"data source kind (source {name!r})", source.kind, ("synthetic", "webdataset"))
 

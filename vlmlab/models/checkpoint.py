@@ -26,14 +26,6 @@ from vlmlab.errors import ConfigError
 WEIGHTS, META = "weights.safetensors", "meta.json"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint folder, or a run folder (its `best/` if validation chose one, else `final/`)."""
     path = Path(path)

@@ -35,6 +35,7 @@ from omegaconf import OmegaConf
 
 from vlmlab.config import ExperimentConfig, check_keys, load_config, to_dict
 from vlmlab.errors import ConfigError
+from vlmlab.files import atomic_write_text
 from vlmlab.sweep.dag import Run, SweepDag
 from vlmlab.sweep.spec import (
     VAR_PREFIX,
@@ -47,7 +48,6 @@ from vlmlab.sweep.spec import (
     stage1_recipe,
     tokenizer_kind,
 )
-from vlmlab.sweep.state import atomic_write_text
 
 # Keys that say how a run executes (hardware layout, logging), not what it learns: left out of run ids so the
 # same run has the same folder on a laptop and on a 4-node allocation. init_from is replaced by parent ids.

@@ -30,10 +30,11 @@ from pathlib import Path
 from typing import IO
 
 from vlmlab.errors import ConfigError
+from vlmlab.files import atomic_write_text
 from vlmlab.sweep.dag import Run, SweepDag
 from vlmlab.sweep.expand import write_run_files
 from vlmlab.sweep.spec import Resources, SweepSpec
-from vlmlab.sweep.state import SweepState, atomic_write_text, local_process_alive, sweep_lock
+from vlmlab.sweep.state import SweepState, local_process_alive, sweep_lock
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "slurm" / "stage.sbatch"
 MAX_ARRAY = 1000  # Slurm's default MaxArraySize is 1001 (indices 0-1000)

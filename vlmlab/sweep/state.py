@@ -21,21 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from vlmlab.errors import ConfigError
+from vlmlab.files import atomic_write_text
 
 STATE_FILE = "sweep_state.json"
 STATES = ("done", "running", "pending", "failed", "blocked", "not submitted")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder + rename, so readers see the old or the new file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def now() -> str:
@@ -230,7 +219,6 @@ __all__ = [
     "blocked_by",
     "STATES",
     "SweepState",
-    "atomic_write_text",
     "format_statuses",
     "local_process_alive",
     "process_start",

@@ -7,16 +7,17 @@ data-loader workers.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from torch.utils.data import DataLoader
-
 from vlmlab.config import ExperimentConfig
-from vlmlab.data.stream import TrainStream
+from vlmlab.data.stream import ResumableLoader, TrainStream, train_loader
 from vlmlab.data.validation import build_val_set
 from vlmlab.eval.accuracy import multiple_choice_accuracy
 from vlmlab.eval.runs import text_side
 from vlmlab.models.vlm import VisionLanguageModel
+
+log = logging.getLogger("vlmlab.train")
 
 
 class TrainData:
@@ -26,22 +27,20 @@ class TrainData:
         self.text_tokenizer, self.encoder = text_side(config, model)
         self._val_sets: dict[str, list[dict[str, Any]]] | None = None
 
-    def train_loader(self, start_batch: int = 0, rank: int = 0, world_size: int = 1) -> DataLoader:
+    def train_loader(self, rank: int = 0, world_size: int = 1, keep: int = 4) -> ResumableLoader:
+        """This rank's resumable loader; it keeps the states of its last `keep` batches."""
         stream = TrainStream.from_config(
             self.config.data,
             self.encoder,
             seed=self.config.train.seed,
-            start_batch=start_batch,
             image_size=self.model.image_tokenizer.spec.image_size,
             rank=rank,
             world_size=world_size,
         )
-        return DataLoader(
-            stream,
-            batch_size=None,
-            num_workers=self.config.data.num_workers,
-            persistent_workers=False,
-        )
+        if rank == 0:
+            for line in stream.describe():
+                log.info("data: %s", line)
+        return train_loader(stream, num_workers=self.config.data.num_workers, keep=keep)
 
     # -- validation: generation + the paper's "Final answer:" extraction
     def val_sets(self) -> dict[str, list[dict[str, Any]]]:

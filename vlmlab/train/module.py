@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import io
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 
 from vlmlab.config import ExperimentConfig
+from vlmlab.errors import ConfigError
+from vlmlab.files import atomic_write_bytes
 from vlmlab.models.vlm import VisionLanguageModel
 from vlmlab.train.schedule import build_optimizer, build_scheduler
 
 BATCH_KEYS = ("input_ids", "labels", "segment_ids", "position_ids", "pixel_values")
+DATA_STATE_KEY = "vlmlab_data_state"  # rank 0's stream state inside every checkpoint
+KEEP_DATA_STATES = 3  # side files per rank kept (the newest), for checkpoints of recent steps
 
 
 class NonFiniteLossError(RuntimeError):
@@ -27,10 +33,57 @@ class VLMModule(L.LightningModule):
         self.model = model
         self._last_time: float | None = None
         self._tokens_since = 0
-        self.loader_factory: Any = None  # (rank, world_size) -> DataLoader, set by the run
+        self.loader_factory: Any = None  # (rank, world_size) -> ResumableLoader, set by the run
+        self.data_state_dir: Path | None = None  # where ranks > 0 keep their stream states
+        self._loader: Any = None
+        self._data_state: dict[str, Any] | None = None
 
     def train_dataloader(self) -> Any:
-        return self.loader_factory(self.global_rank, self.trainer.world_size)
+        loader = self.loader_factory(self.global_rank, self.trainer.world_size)
+        if self._data_state is not None:  # resuming: continue this rank's stream where it stopped
+            loader.restore(self._data_state)
+            self._data_state = None
+        self._loader = loader
+        return loader
+
+    # -- the data stream's position travels with every checkpoint (last.ckpt and Slurm's hpc_ckpt)
+    def _data_state_file(self, step: int, rank: int) -> Path:
+        if self.data_state_dir is None:
+            raise ConfigError("multi-process training needs VLMModule.data_state_dir for the stream states.")
+        return self.data_state_dir / f"step{step:09d}-rank{rank}.pt"
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._loader is None:
+            return
+        # the batches behind the weights: whole accumulation windows (Lightning has prefetched one more)
+        consumed = self.trainer.global_step * self.trainer.accumulate_grad_batches
+        state = self._loader.state_after(consumed)
+        if self.global_rank == 0:
+            checkpoint[DATA_STATE_KEY] = state
+            return
+        # other ranks keep theirs next to the checkpoint: no collective inside a (signal-time) save
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        atomic_write_bytes(
+            self._data_state_file(self.trainer.global_step, self.global_rank), buffer.getvalue()
+        )
+        mine = sorted(self.data_state_dir.glob(f"step*-rank{self.global_rank}.pt"))
+        for old in mine[:-KEEP_DATA_STATES]:
+            old.unlink(missing_ok=True)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        step = int(checkpoint["global_step"])
+        if self.global_rank == 0:
+            state = checkpoint.get(DATA_STATE_KEY)
+        else:
+            path = self._data_state_file(step, self.global_rank)
+            state = torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
+        if state is None:
+            raise ConfigError(
+                f"The checkpoint of step {step} holds no data-stream state for rank {self.global_rank}, so the "
+                "run cannot resume exactly; start a new run from its weights (train.init_from)."
+            )
+        self._data_state = state
 
     def forward(self, batch: dict[str, Any]) -> Any:
         inputs = {k: batch[k] for k in BATCH_KEYS if k in batch and batch[k] is not None}

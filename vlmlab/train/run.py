@@ -22,10 +22,12 @@ import torch
 from omegaconf import OmegaConf
 
 from vlmlab.config import ExperimentConfig, to_dict
+from vlmlab.data.sources import merge_health
+from vlmlab.data.stream import data_health
 from vlmlab.errors import ConfigError
 from vlmlab.eval.results import config_hash
+from vlmlab.files import atomic_write_text
 from vlmlab.models.checkpoint import (
-    atomic_write_text,
     load_stage_checkpoint,
     resolve_checkpoint,
     save_stage_checkpoint,
@@ -150,8 +152,9 @@ def train(config: ExperimentConfig) -> dict[str, Any]:
 
     # built once the strategy knows this process's rank: each rank reads its own share of every batch slot
     module.loader_factory = lambda rank, world_size: data.train_loader(
-        start_batch=done_steps * accumulate, rank=rank, world_size=world_size
+        rank=rank, world_size=world_size, keep=accumulate + 3
     )
+    module.data_state_dir = out / "checkpoints" / "data_state"
     callbacks = [
         AtomicLastCheckpoint(last_ckpt, config.train.checkpoint_every_n_steps),
         PeriodicValidation(config.train.val_every_n_steps, data.evaluate, on_validation),
@@ -192,6 +195,11 @@ def train(config: ExperimentConfig) -> dict[str, Any]:
         final = save_stage_checkpoint(
             model, out / "final", resolved, parent, include_frozen, best.get("last", {}), state
         )
+    health = data_health(module._loader.state_after(module._loader.batches)) if module._loader else {}
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        gathered: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, health)
+        health = merge_health(gathered)
     record = {
         "run_id": out.name,
         "config_hash": config_hash(resolved),
@@ -203,6 +211,7 @@ def train(config: ExperimentConfig) -> dict[str, Any]:
         "checkpoint": str((out / "best") if best["step"] is not None else final),
         "parent": str(parent) if parent else None,
         "freezing": freezing,
+        "data": health,  # samples read, skipped as bad (by reason and shard), dropped as too long
         "timings": {"train_seconds": round(time.time() - started, 1), "steps": trainer.global_step},
         "created": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
     }

@@ -1,0 +1,239 @@
+"""The data layer at scale: start-up and memory vs dataset size, resume cost vs step, decode throughput.
+
+Prints each figure with its goal beside it (wall and CPU time); not a test. Shards are generated once into
+--data-dir (small JPEG + JSON samples, img2dataset-like sizes at --image-size for the throughput part).
+
+    python benchmarks/bench_data.py                      # 2,000 x 500 samples (about 2.5 GB, ~2 min once)
+    python benchmarks/bench_data.py --shards 200         # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import itertools
+import json
+import os
+import resource
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def jpeg_bytes(size: int, seed: int) -> bytes:
+    """A photo-like JPEG (smooth gradients plus noise) of size x size pixels."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size] / size
+    base = np.stack([x, y, (x + y) / 2], axis=-1) * rng.uniform(80, 255, 3)
+    array = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def write_shards(folder: Path, num_shards: int, per_shard: int, image_size: int, distinct: int) -> str:
+    """Shards `shard-00000.tar` ...; returns their brace pattern. Skips work already on disk."""
+    folder.mkdir(parents=True, exist_ok=True)
+    images = [jpeg_bytes(image_size, seed) for seed in range(distinct)]
+    pattern = str(folder / f"shard-{{00000..{num_shards - 1:05d}}}.tar")
+    for shard in range(num_shards):
+        path = folder / f"shard-{shard:05d}.tar"
+        if path.exists():
+            continue
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            for i in range(per_shard):
+                key = f"{shard:05d}{i:05d}"
+                record = {"segments": [{"type": "image"}, {"type": "text", "text": "Describe the image."}]}
+                record["response"] = f"a photo number {i % 97} with some colours"
+                for name, data in (
+                    (f"{key}.json", json.dumps(record).encode()),
+                    (f"{key}.jpg", images[i % distinct]),
+                ):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(buffer.getvalue())
+        tmp.replace(path)
+    return pattern
+
+
+def build_encoder(tokenizer: str = "clip-tiny", max_length: int = 256):
+    from vlmlab.data.encode import SampleEncoder
+    from vlmlab.data.text_tokenizer import load_text_tokenizer
+    from vlmlab.models.tokenizers import load_tokenizer_spec
+    from vlmlab.models.tokenizers.preprocess import build_image_transform
+
+    spec = load_tokenizer_spec(tokenizer)
+    text = load_text_tokenizer("tiny", 512, 511)
+    return SampleEncoder(text, build_image_transform(spec), 16, 511, max_length)
+
+
+def child_startup(pattern: str) -> None:
+    """In a fresh process: time and peak RSS from building the stream to its first batch."""
+    import torch
+
+    from vlmlab.config import DataSourceConfig
+    from vlmlab.data.stream import TrainStream, train_loader
+
+    torch.set_num_threads(1)
+    encoder = build_encoder()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    wall, cpu = time.perf_counter(), time.process_time()
+    stream = TrainStream([DataSourceConfig(name="coyo", kind="webdataset", path=pattern)], encoder)
+    next(iter(train_loader(stream)))
+    print(
+        json.dumps(
+            {
+                "wall": time.perf_counter() - wall,
+                "cpu": time.process_time() - cpu,
+                "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "rss_before_mb": before,
+            }
+        )
+    )
+
+
+def startup(pattern: str) -> dict:
+    run = subprocess.run(
+        [sys.executable, __file__, "--child-startup", pattern], capture_output=True, text=True, check=True
+    )
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=str(Path(tempfile.gettempdir()) / "vlmlab-bench-data"))
+    parser.add_argument("--shards", type=int, default=2000)
+    parser.add_argument("--per-shard", type=int, default=500)
+    parser.add_argument("--resume-batch", type=int, default=100_000)
+    parser.add_argument("--image-size", type=int, default=256, help="JPEG side for the throughput part")
+    parser.add_argument("--throughput-samples", type=int, default=600)
+    parser.add_argument("--child-startup")
+    args = parser.parse_args()
+    if args.child_startup:
+        child_startup(args.child_startup)
+        return
+
+    import torch
+
+    from vlmlab.config import DataSourceConfig
+    from vlmlab.data.stream import TrainStream, _Reader, stream_states, train_loader
+
+    torch.set_num_threads(1)
+    root = Path(args.data_dir)
+    start = time.perf_counter()
+    small = write_shards(root / "small", 20, args.per_shard, 16, 8)
+    large = write_shards(root / "large", args.shards, args.per_shard, 16, 8)
+    photos = write_shards(root / f"photos{args.image_size}", 4, 250, args.image_size, 50)
+    print(f"shards ready in {time.perf_counter() - start:.0f} s under {root}")
+
+    # 1. start-up and memory: 20 shards vs --shards shards, each in a fresh process
+    few, many = startup(small), startup(large)
+    n_few, n_many = 20 * args.per_shard, args.shards * args.per_shard
+    print("\n1. start-up until the first batch (fresh process, 0 workers)")
+    for name, n, figures in (("small", n_few, few), ("large", n_many, many)):
+        print(
+            f"   {name}: {n:>9,} samples  wall {figures['wall']:.3f} s  cpu {figures['cpu']:.3f} s  "
+            f"peak RSS {figures['rss_mb']:.0f} MB ({figures['rss_mb'] - figures['rss_before_mb']:+.0f} MB "
+            "for the stream)"
+        )
+    extra = many["rss_mb"] - few["rss_mb"]
+    print(
+        f"   {n_many // n_few}x the samples: start-up x{many['wall'] / few['wall']:.2f} (goal: independent of "
+        f"the sample count), extra memory {extra:+.1f} MB (goal: <= 50 MB for the index)"
+    )
+
+    # 2. resume cost at batch 0 vs --resume-batch (micro-batch 1, padded: one sample per batch)
+    encoder = build_encoder()
+    source = [DataSourceConfig(name="coyo", kind="webdataset", path=large)]
+
+    def stream() -> TrainStream:
+        return TrainStream(source, encoder, micro_batch_size=1, packing=False)
+
+    template = train_loader(stream(), keep=4)
+    next(iter(template))
+    early = template.state_after(1)
+    wall = time.perf_counter()
+    reader = _Reader(stream(), 0, 1)  # the reader's own code path, without building the batches
+    for _ in range(args.resume_batch - 1):
+        while not reader.rows:
+            item = reader.read_one()
+            if item is not None:
+                reader.rows.append([item])
+        reader.rows.pop(0)
+        reader.batches += 1
+    late = {**early, "loader": _replace_stream_state(early["loader"], reader.state_dict())}
+    late["batches"] = args.resume_batch
+    print(
+        f"\n2. resume (reached batch {args.resume_batch:,} in {time.perf_counter() - wall:.0f} s by reading "
+        f"records only; reader position: {reader.state_dict()['readers'][0]})"
+    )
+    timings = {}
+    for name, state in (("batch 0", template.state_after(0)), (f"batch {args.resume_batch:,}", late)):
+        wall, cpu = time.perf_counter(), time.process_time()
+        loader = train_loader(stream())
+        loader.restore(state)
+        next(iter(loader))
+        timings[name] = (time.perf_counter() - wall, time.process_time() - cpu)
+        print(f"   resume at {name:>14}: wall {timings[name][0]:.3f} s  cpu {timings[name][1]:.3f} s")
+    (w0, _), (w1, _) = timings.values()
+    print(f"   ratio {w1 / w0:.2f} (goal <= 1.2; bounded by one shard's skip: <= {args.per_shard} records)")
+    assert stream_states(late["loader"])[0]["batches"] == args.resume_batch
+
+    # 3. one loader worker decoding --image-size JPEGs and encoding them for a tiny model (clip-tiny, 64 px)
+    photo_stream = TrainStream(
+        [DataSourceConfig(name="photos", kind="webdataset", path=photos)], encoder, micro_batch_size=8
+    )
+    loader = iter(train_loader(photo_stream, num_workers=1))
+    next(loader)  # worker start-up
+    samples, wall, batches = 0, time.perf_counter(), 0
+    while samples < args.throughput_samples:
+        batch = next(loader)
+        samples += int(batch["segment_ids"].max(dim=1).values.add(1).sum())
+        batches += 1
+    seconds = time.perf_counter() - wall
+    fill = batch["num_real_tokens"] / batch["input_ids"].numel()
+    print(
+        f"\n3. one worker, {args.image_size} px JPEGs -> clip-tiny pixels + packed rows: {samples / seconds:.0f} "
+        f"samples/s (goal >= 150/s/worker); wall {seconds:.1f} s for {samples} samples"
+    )
+    print(
+        f"   (last batch real-token fraction {fill:.1%}; the stage-2 mix figure: benchmarks/bench_packing.py)"
+    )
+
+    # 4. packing on the stage-2-like synthetic mix
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_packing import sources as stage2_mix
+
+    mix = TrainStream(stage2_mix(True, 64), encoder, micro_batch_size=8)
+    batches = list(itertools.islice(train_loader(mix), 100))
+    fraction = sum(b["num_real_tokens"] for b in batches) / sum(b["input_ids"].numel() for b in batches)
+    print(
+        f"\n4. packing, stage-2-like mix, 100 batches x 8 rows x 256: {fraction:.1%} real tokens (goal >= 95%)"
+    )
+
+
+def _replace_stream_state(loader_state: dict, reader_state: dict) -> dict:
+    """The loader state with its (single) reader's state swapped for `reader_state`."""
+    out = {}
+    for key, value in loader_state.items():
+        if isinstance(value, dict) and value.get("vlmlab_stream"):
+            out[key] = reader_state
+        elif isinstance(value, dict):
+            out[key] = _replace_stream_state(value, reader_state)
+        else:
+            out[key] = value
+    return out
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    main()

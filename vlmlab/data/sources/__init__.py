@@ -1,0 +1,61 @@
+"""Training sources: one reader per kind behind one interface (`base.Source`), chosen by `config.kind`.
+
+Adding a format is one file here that defines a `Source` subclass, plus one line in `SOURCE_KINDS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from vlmlab.config import DataSourceConfig
+from vlmlab.data.sources.base import (
+    BadSample,
+    DataHealth,
+    Record,
+    Source,
+    SourceReader,
+    merge_health,
+    source_name,
+)
+from vlmlab.data.sources.lomo import LomoSource
+from vlmlab.data.sources.synthetic import SyntheticSource
+from vlmlab.data.sources.webdataset import WebDatasetSource
+from vlmlab.errors import unknown_choice
+
+# kind -> factory(config, seed, image_size)
+SOURCE_KINDS: dict[str, Callable[[DataSourceConfig, int, int | None], Source]] = {
+    "synthetic": lambda config, seed, image_size: SyntheticSource(config, seed, image_size),
+    "webdataset": lambda config, seed, image_size: WebDatasetSource(config),
+}
+
+
+def open_source(
+    config: DataSourceConfig,
+    *,
+    seed: int = 0,
+    image_size: int | None = None,
+    lomo: dict[str, Any] | None = None,
+) -> Source:
+    """The reader for one DataSourceConfig; with `lomo` settings its text-only samples are rewritten."""
+    factory = SOURCE_KINDS.get(config.kind)
+    if factory is None:
+        raise unknown_choice(f"data source kind (source {source_name(config)!r})", config.kind, SOURCE_KINDS)
+    source = factory(config, seed, image_size)
+    return LomoSource(source, lomo) if lomo else source
+
+
+__all__ = [
+    "SOURCE_KINDS",
+    "BadSample",
+    "DataHealth",
+    "LomoSource",
+    "Record",
+    "Source",
+    "SourceReader",
+    "SyntheticSource",
+    "WebDatasetSource",
+    "merge_health",
+    "open_source",
+    "source_name",
+]

@@ -1,0 +1,286 @@
+"""Samples in webdataset tar shards, streamed sequentially through the webdataset library.
+
+Sharding: in every epoch the shard list is shuffled with (seed, source, epoch); reader g of G (G = ranks x
+loader workers, g = rank + ranks x worker, as webdataset's `split_by_node` then `split_by_worker`) reads
+shards g, g+G, ... of that order, each front to back. With fewer shards than readers every reader walks all
+shards and keeps the samples at its own positions (position + shard) mod G = g, so shares stay disjoint and
+their union is the epoch. The reader's position is (epoch, shard, offset): resuming reopens one shard and
+skips at most one shard's samples without decoding them.
+
+Sample layout (a sample = the members sharing a key, the member name up to the first dot of its base name):
+
+- `<key>.json`: the sample (vlmlab/data/samples.py schema) with every field but the images. An image
+  segment is `{"type": "image", "image": "<suffix>"}` naming the member `<key>.<suffix>` (e.g. `"0.jpg"`,
+  `"png"`, LoMo's `"img0.png"`); without a name, the i-th image segment is `<key>.<i>.<ext>`, or
+  `<key>.<ext>` for a single image, ext one of jpg / jpeg / png / webp. `id` defaults to the key,
+  `source` to the source's name.
+- a raw synthetic record (`vlmlab data synth` output: `question`, `answer`, ... + `<key>.png`) is converted
+  with the source's `mode`.
+
+Bad data is skipped and counted (DataHealth): a sample whose JSON or schema is broken or whose image member
+is missing or not an image when read, an image that fails to decode when its batch is built, and the rest
+of a shard that cannot be read to its end (truncated, corrupt, unreachable: the samples before stay).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from collections.abc import Iterator
+from typing import Any
+
+from PIL import Image
+
+from vlmlab.config import DataSourceConfig
+from vlmlab.data.samples import check_sample, is_synthetic_record, synthetic_to_sample
+from vlmlab.data.shards import ENCODED_KEY, ShardList, ShardReadError, expand_shards, iter_shard
+from vlmlab.data.sources.base import BadSample, DataHealth, Record, Source, SourceReader, log, source_name
+from vlmlab.errors import ConfigError
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+TEXT_MODES = ("tqa", "text")  # modes that mark a source of text-only samples
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Encoded bytes -> RGB PIL image carrying its original bytes (so writing it back keeps the JPEG)."""
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    image = image.convert("RGB")
+    image.info[ENCODED_KEY] = data
+    return image
+
+
+class WebDatasetSource(Source):
+    def __init__(self, config: DataSourceConfig) -> None:
+        self.name = source_name(config)
+        if not config.path:
+            raise ConfigError(
+                f"webdataset source {self.name!r} needs a `path` (shards, a brace pattern or a manifest)."
+            )
+        self.config = config
+        self.text_only = config.mode in TEXT_MODES
+        self.shards: ShardList = expand_shards(str(config.path))
+
+    def num_samples(self) -> int | None:
+        return self.shards.num_samples
+
+    def reader(
+        self, reader_id: int, num_readers: int, seed: int, health: DataHealth, shuffle: bool = True
+    ) -> ShardReader:
+        return ShardReader(self, reader_id, num_readers, seed, health, shuffle)
+
+    def key(self, record: Record) -> str:
+        return str(record["__key__"])
+
+    def where(self, record: Record) -> str:
+        return str(record.get("__url__", self.config.path))
+
+    # -- record -> sample
+    def _json(self, record: Record) -> dict[str, Any]:
+        if "json" not in record:
+            raise BadSample(f"no {record['__key__']}.json member (members: {', '.join(_members(record))})")
+        try:
+            value = json.loads(record["json"].decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise BadSample(f"{record['__key__']}.json is not valid JSON ({error})") from error
+        if not isinstance(value, dict):
+            raise BadSample(f"{record['__key__']}.json must hold a JSON object")
+        return value
+
+    def _image(self, record: Record, suffix: str, load: bool) -> Image.Image | None:
+        data = record[suffix]
+        try:
+            if not load:
+                Image.open(io.BytesIO(data))  # the header only: catches what is not an image at all
+                return None
+            return decode_image(data)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+            raise BadSample(f"image {record['__key__']}.{suffix} cannot be decoded ({error})") from error
+
+    def _image_suffix(self, record: Record, reference: Any, position: int, count: int) -> str:
+        if reference is None:
+            candidates = [f"{position}.{ext}" for ext in IMAGE_EXTENSIONS]
+            if count == 1:
+                candidates += list(IMAGE_EXTENSIONS)
+            reference = next((c for c in candidates if c in record), candidates[0])
+        if not isinstance(reference, str) or reference not in record:
+            raise BadSample(
+                f"sample refers to image {reference!r} but the shard has no member {record['__key__']}."
+                f"{reference} (members: {', '.join(_members(record))})"
+            )
+        return reference
+
+    def _sample(self, record: Record, load: bool) -> dict[str, Any]:
+        sample = self._json(record)
+        sample.pop("__key__", None)
+        key = str(record["__key__"])
+        if is_synthetic_record(sample):
+            if self.config.mode != "tqa":
+                sample["image"] = self._image(record, self._image_suffix(record, None, 0, 1), load)
+            sample.setdefault("id", key)
+            try:
+                return synthetic_to_sample(sample, self.config.mode, source=self.name)
+            except (KeyError, TypeError) as error:
+                raise BadSample(f"synthetic record lacks {error}") from error
+        if isinstance(sample.get("segments"), list):
+            count = sum(isinstance(s, dict) and s.get("type") == "image" for s in sample["segments"])
+            segments, position = [], 0
+            for segment in sample["segments"]:
+                if isinstance(segment, dict) and segment.get("type") == "image":
+                    suffix = self._image_suffix(record, segment.get("image"), position, count)
+                    segment = {**segment, "image": self._image(record, suffix, load)}
+                    position += 1
+                segments.append(segment)
+            sample["segments"] = segments
+        sample.setdefault("id", key)
+        if self.config.name or "source" not in sample:
+            sample["source"] = self.name
+        try:
+            return check_sample(sample)
+        except ConfigError as error:
+            raise BadSample(str(error)) from error
+
+    def text_sample(self, record: Record) -> dict[str, Any]:
+        """The sample with image segments left as None: nothing is decoded (headers are checked)."""
+        return self._sample(record, load=False)
+
+    def full_sample(self, record: Record) -> dict[str, Any]:
+        """The sample with decoded RGB images."""
+        return self._sample(record, load=True)
+
+    def samples_in_order(self, limit: int | None = None) -> Iterator[dict[str, Any]]:
+        """Full samples in shard order (validation sets); bad ones are skipped and logged."""
+        health = DataHealth(1.0)
+        reader = self.reader(0, 1, 0, health, shuffle=False)
+        produced = 0
+        while limit is None or produced < limit:
+            record = next(reader)
+            if reader.epoch > 0:
+                return
+            try:
+                yield self.full_sample(record)
+                produced += 1
+            except BadSample as error:
+                health.skip(self.name, self.where(record), self.key(record), "bad sample", str(error))
+
+
+def _members(record: Record) -> list[str]:
+    return sorted(k for k in record if not k.startswith("__"))
+
+
+class ShardReader(SourceReader):
+    """Reader g of G over a WebDatasetSource (module docstring): endless, epoch after epoch."""
+
+    def __init__(
+        self,
+        source: WebDatasetSource,
+        reader_id: int,
+        num_readers: int,
+        seed: int,
+        health: DataHealth,
+        shuffle: bool = True,
+    ) -> None:
+        self.source, self.reader_id, self.num_readers = source, reader_id, num_readers
+        self.seed, self.health, self.shuffle = seed, health, shuffle
+        self.epoch, self.shard, self.offset = 0, 0, 0
+        self.produced_in_epoch = 0
+        self._assigned: tuple[int, list[int], bool] | None = None  # (epoch, shard indices, modulo)
+        self._samples: Iterator[Record] | None = None
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return self.source.shards.urls
+
+    def assignment(self, epoch: int) -> tuple[list[int], bool]:
+        """This reader's shards (indices into the shard list) in `epoch`, and whether shards are shared."""
+        if self._assigned is None or self._assigned[0] != epoch:
+            order = list(range(len(self.urls)))
+            if self.shuffle:
+                random.Random(f"vlmlab.shards:{self.seed}:{self.source.name}:{epoch}").shuffle(order)
+            if len(order) >= self.num_readers:
+                self._assigned = (epoch, order[self.reader_id :: self.num_readers], False)
+            else:
+                self._assigned = (epoch, order, True)
+        return self._assigned[1], self._assigned[2]
+
+    def _close(self) -> None:
+        if self._samples is not None:
+            self._samples.close()  # type: ignore[attr-defined]
+            self._samples = None
+
+    def _next_shard(self) -> None:
+        self._close()
+        self.shard, self.offset = self.shard + 1, 0
+        shards, _ = self.assignment(self.epoch)
+        if self.shard >= len(shards):
+            if self.produced_in_epoch == 0:
+                raise ConfigError(
+                    f"source {self.source.name!r}: reader {self.reader_id} of {self.num_readers} found no "
+                    f"readable sample in its {len(shards)} shard(s) ({self.urls[shards[0]]}, ...)."
+                )
+            self.epoch, self.shard, self.produced_in_epoch = self.epoch + 1, 0, 0
+
+    def _shard_ended(self, url: str, error: ShardReadError | None) -> None:
+        if error is not None:
+            self.health.skip(
+                self.source.name, url, f"after {self.offset} samples", "unreadable shard rest", str(error)
+            )
+        counts = self.source.shards.counts
+        index = self.assignment(self.epoch)[0][self.shard]
+        if error is None and counts is not None and counts[index] != self.offset:
+            log.warning(
+                "source %r: shard %s holds %d samples, the manifest says %d; re-run `vlmlab data index`",
+                self.source.name,
+                url,
+                self.offset,
+                counts[index],
+            )
+        self._next_shard()
+
+    def _open(self) -> tuple[str, bool]:
+        shards, modulo = self.assignment(self.epoch)
+        url = self.urls[shards[self.shard]]
+        if self._samples is None:
+            self._samples = iter_shard(url)
+            for _ in range(self.offset):  # resume: skip what this shard already gave, undecoded
+                next(self._samples)
+        return url, modulo
+
+    def __next__(self) -> Record:
+        while True:
+            try:
+                url, modulo = self._open()
+                record = next(self._samples)  # type: ignore[arg-type]
+            except StopIteration:
+                self._shard_ended(self.urls[self.assignment(self.epoch)[0][self.shard]], None)
+                continue
+            except ShardReadError as error:
+                self._shard_ended(self.urls[self.assignment(self.epoch)[0][self.shard]], error)
+                continue
+            position = self.offset
+            self.offset += 1
+            if modulo and (position + self.shard) % self.num_readers != self.reader_id:
+                continue
+            self.produced_in_epoch += 1
+            self.health.read(self.source.name)
+            return record
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "shard": self.shard,
+            "offset": self.offset,
+            "produced_in_epoch": self.produced_in_epoch,
+            "num_shards": len(self.urls),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("num_shards", len(self.urls)) != len(self.urls):
+            raise ConfigError(
+                f"source {self.source.name!r}: the checkpoint's stream read {state['num_shards']} shards, this "
+                f"path has {len(self.urls)}; a resumed run must see the same shards (or start a new run)."
+            )
+        self._close()
+        self.epoch, self.shard, self.offset = int(state["epoch"]), int(state["shard"]), int(state["offset"])
+        self.produced_in_epoch = int(state.get("produced_in_epoch", 0))
