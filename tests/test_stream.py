@@ -123,6 +123,30 @@ def test_two_ranks_by_two_workers_train_on_the_whole_epoch_once(tmp_path, tok, e
 
 
 # ---------------------------------------------------------------- resume
+@pytest.mark.parametrize("form", ["tar", "tar.gz", "pipe"])
+def test_a_shard_reader_resumes_at_every_position(tmp_path, form):
+    """Local tars resume by seeking to the next sample's byte offset; streams that cannot seek skip."""
+    for name in ("a", "b"):
+        plain = write_tar(tmp_path / f"{name}.tar", [f"s{name}x{i}" for i in range(7)])
+        if form == "tar.gz":
+            (tmp_path / f"{name}.tar.gz").write_bytes(gzip.compress(plain.read_bytes()))
+    path = {"tar": f"{tmp_path}/{{a,b}}.tar", "tar.gz": f"{tmp_path}/{{a,b}}.tar.gz"}.get(form)
+    path = path or f"pipe:cat {tmp_path}/{{a,b}}.tar"
+    source = WebDatasetSource(wds(path))
+    reader = source.reader(0, 1, seed=1, health=DataHealth(0.0))
+    states, walk = [], []
+    for _ in range(30):  # two epochs and more
+        states.append(reader.state_dict())
+        walk.append(next(reader)["__key__"])
+    assert sorted(walk[:14]) == sorted(f"s{n}x{i}" for n in "ab" for i in range(7))
+    for position, state in enumerate(states):
+        resumed = source.reader(0, 1, seed=1, health=DataHealth(0.0))
+        resumed.load_state_dict(state)
+        assert [next(resumed)["__key__"] for _ in range(30 - position)] == walk[position:], position
+    seeks = [state["byte"] for state in states if state["offset"]]
+    assert all(seeks) if form == "tar" else not any(seeks)
+
+
 def mixed_sources(folder: Path) -> list[DataSourceConfig]:
     shard_set(folder, 4, 6)
     return [*mix(), wds(folder, weight=2.0)]

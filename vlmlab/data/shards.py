@@ -19,7 +19,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tarfile
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +32,7 @@ from vlmlab.errors import ConfigError
 MANIFEST_KIND = "wids-shard-index-v1"
 MANIFEST_NAME = "shards.json"  # looked for in a shard directory
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
-READ_ERRORS = (tarfile.TarError, OSError, EOFError, ValueError, zlib_error := __import__("zlib").error)
+READ_ERRORS = (tarfile.TarError, OSError, EOFError, ValueError, zlib.error)
 
 
 @dataclass(frozen=True)
@@ -98,11 +100,13 @@ def expand_shards(path: str) -> ShardList:
             raise ConfigError(f"webdataset directory {path!r} contains no .tar / .tar.gz shards.")
         return ShardList(tuple(shards))
     urls = expand_urls(path)
-    for url in urls:
-        if _is_local(url) and not os.path.isfile(_local_path(url)):
-            raise ConfigError(f"webdataset shard {url!r} does not exist (path {path!r}).")
     if not urls:
         raise ConfigError(f"webdataset path {path!r} names no shards.")
+    # the first and last catch a wrong folder or range; stat-ing 70k shards in every process would not pay
+    # on a network file system (a missing shard in between is skipped and counted when it is reached)
+    for url in {urls[0], urls[-1]}:
+        if _is_local(url) and not os.path.isfile(_local_path(url)):
+            raise ConfigError(f"webdataset shard {url!r} does not exist (path {path!r}).")
     return ShardList(tuple(urls))
 
 
@@ -120,8 +124,8 @@ class _TailWatch:
     zero blocks, so the last block read tells the two apart.
     """
 
-    def __init__(self, stream: Any) -> None:
-        self.stream, self.head, self.tail = stream, b"", b""
+    def __init__(self, stream: Any, head: bytes = b"") -> None:
+        self.stream, self.head, self.tail = stream, head, b""
 
     def read(self, size: int = -1) -> bytes:
         data = self.stream.read(size)
@@ -130,29 +134,67 @@ class _TailWatch:
         self.tail = (self.tail + data)[-1024:]
         return data
 
-    def truncated(self) -> bool:
-        if self.head.startswith(COMPRESSED_MAGIC):
+    def truncated(self, resumed: bool = False) -> bool:
+        if self.head.startswith(COMPRESSED_MAGIC) or (resumed and not self.tail):
             return False
         return len(self.tail) < 512 or self.tail[-512:] != bytes(512)
 
 
-def iter_shard(url: str) -> Iterator[dict[str, Any]]:
-    """The samples of one shard in order, as webdataset groups them: `{"__key__", "__url__", suffix: bytes}`.
+class _Members:
+    """The regular members of a tar stream as webdataset's file dicts (`fname`, `data`, `__url__`),
+    remembering the byte offsets webdataset's own iterator does not expose: where the last member handed
+    out starts and ends. Meta members (`__name__`) are skipped, as webdataset does."""
+
+    def __init__(self, fileobj: Any, url: str, start: int) -> None:
+        self.tar = tarfile.open(fileobj=fileobj, mode="r|*")
+        self.url, self.start = url, start
+        self.last_start = start  # header offset of the last member handed out
+        self.last_end = start  # end (block-aligned) of the last member handed out
+        self.done = False  # every member was handed out
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for info in self.tar:
+            if not info.isreg() or re.match(r"__[^/]*__($|/)", info.name):
+                continue
+            data = self.tar.extractfile(info).read()
+            self.tar.members = []  # streaming: keep no member list
+            self.last_start = self.start + info.offset
+            self.last_end = self.start + info.offset_data + -(-info.size // 512) * 512
+            yield {"fname": info.name, "data": data, "__url__": self.url}
+        self.done = True
+
+
+def iter_shard(url: str, start: int = 0) -> Iterator[tuple[dict[str, Any], int | None]]:
+    """The samples of one shard in order, as webdataset groups them (`{"__key__", "__url__", suffix:
+    bytes}`), each with the byte offset where the next sample starts: a local, uncompressed shard resumes
+    there by seeking (`start`); None where the stream cannot seek (compressed, pipe:, http).
 
     Raises ShardReadError (after the samples read so far) when the shard cannot be read to its end.
     """
     from webdataset.gopen import gopen
-    from webdataset.tariterators import group_by_keys, tar_file_iterator
+    from webdataset.tariterators import group_by_keys
 
     try:
         stream = gopen(_local_path(url), "rb")
+        head = b""
+        seekable = _is_local(url) and hasattr(stream, "seek")
+        if seekable:
+            head = stream.read(8)
+            seekable = not head.startswith(COMPRESSED_MAGIC)
+            stream.seek(start if seekable else 0)
+        elif start:
+            raise ShardReadError(f"cannot seek in {url!r}")
     except READ_ERRORS as error:
         raise ShardReadError(f"cannot open: {error}") from error
-    watch = _TailWatch(stream)
+    watch = _TailWatch(stream, head if not seekable else b"")
     try:
-        files = ({**f, "__url__": url} for f in tar_file_iterator(watch))
-        yield from group_by_keys(files)
-        if watch.truncated():
+        members = _Members(watch, url, start if seekable else 0)
+        for sample in group_by_keys(iter(members)):
+            # group_by_keys hands out a sample once it has read the next one's first member (which starts
+            # where this one's successor does), or once the members ran out (then: after the last member)
+            following = members.last_end if members.done else members.last_start
+            yield sample, following if seekable else None
+        if watch.truncated(resumed=start > 0):
             raise ShardReadError("the shard ends without the tar end-of-archive blocks: it is truncated")
     except READ_ERRORS as error:
         raise ShardReadError(str(error)) from error

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import torch
+
 from vlmlab.config import ExperimentConfig
 from vlmlab.data.stream import ResumableLoader, TrainStream, train_loader
 from vlmlab.data.validation import build_val_set
@@ -40,7 +42,9 @@ class TrainData:
         if rank == 0:
             for line in stream.describe():
                 log.info("data: %s", line)
-        return train_loader(stream, num_workers=self.config.data.num_workers, keep=keep)
+        return train_loader(
+            stream, num_workers=self.config.data.num_workers, keep=keep, pin_memory=torch.cuda.is_available()
+        )
 
     # -- validation: generation + the paper's "Final answer:" extraction
     def val_sets(self) -> dict[str, list[dict[str, Any]]]:

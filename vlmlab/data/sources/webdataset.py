@@ -4,8 +4,9 @@ Sharding: in every epoch the shard list is shuffled with (seed, source, epoch); 
 loader workers, g = rank + ranks x worker, as webdataset's `split_by_node` then `split_by_worker`) reads
 shards g, g+G, ... of that order, each front to back. With fewer shards than readers every reader walks all
 shards and keeps the samples at its own positions (position + shard) mod G = g, so shares stay disjoint and
-their union is the epoch. The reader's position is (epoch, shard, offset): resuming reopens one shard and
-skips at most one shard's samples without decoding them.
+their union is the epoch. The reader's position is (epoch, shard, offset in samples, byte offset of the next
+sample): resuming reopens one shard and seeks there (local uncompressed tars), or skips `offset` samples
+undecoded where the stream cannot seek (`.tar.gz`, `pipe:`, `http(s)://`): at most one shard's worth.
 
 Sample layout (a sample = the members sharing a key, the member name up to the first dot of its base name):
 
@@ -184,9 +185,10 @@ class ShardReader(SourceReader):
         self.source, self.reader_id, self.num_readers = source, reader_id, num_readers
         self.seed, self.health, self.shuffle = seed, health, shuffle
         self.epoch, self.shard, self.offset = 0, 0, 0
+        self.byte: int | None = 0  # where the shard's next sample starts (None: not seekable)
         self.produced_in_epoch = 0
         self._assigned: tuple[int, list[int], bool] | None = None  # (epoch, shard indices, modulo)
-        self._samples: Iterator[Record] | None = None
+        self._samples: Iterator[tuple[Record, int | None]] | None = None
 
     @property
     def urls(self) -> tuple[str, ...]:
@@ -211,7 +213,7 @@ class ShardReader(SourceReader):
 
     def _next_shard(self) -> None:
         self._close()
-        self.shard, self.offset = self.shard + 1, 0
+        self.shard, self.offset, self.byte = self.shard + 1, 0, 0
         shards, _ = self.assignment(self.epoch)
         if self.shard >= len(shards):
             if self.produced_in_epoch == 0:
@@ -242,16 +244,19 @@ class ShardReader(SourceReader):
         shards, modulo = self.assignment(self.epoch)
         url = self.urls[shards[self.shard]]
         if self._samples is None:
-            self._samples = iter_shard(url)
-            for _ in range(self.offset):  # resume: skip what this shard already gave, undecoded
-                next(self._samples)
+            if self.offset and self.byte:  # resume by seeking to the next sample
+                self._samples = iter_shard(url, start=self.byte)
+            else:
+                self._samples = iter_shard(url)
+                for _ in range(self.offset):  # resume where seeking is impossible: skip, undecoded
+                    next(self._samples)
         return url, modulo
 
     def __next__(self) -> Record:
         while True:
             try:
                 url, modulo = self._open()
-                record = next(self._samples)  # type: ignore[arg-type]
+                record, self.byte = next(self._samples)  # type: ignore[arg-type]
             except StopIteration:
                 self._shard_ended(self.urls[self.assignment(self.epoch)[0][self.shard]], None)
                 continue
@@ -271,6 +276,7 @@ class ShardReader(SourceReader):
             "epoch": self.epoch,
             "shard": self.shard,
             "offset": self.offset,
+            "byte": self.byte,
             "produced_in_epoch": self.produced_in_epoch,
             "num_shards": len(self.urls),
         }
@@ -283,4 +289,5 @@ class ShardReader(SourceReader):
             )
         self._close()
         self.epoch, self.shard, self.offset = int(state["epoch"]), int(state["shard"]), int(state["offset"])
+        self.byte = state.get("byte")
         self.produced_in_epoch = int(state.get("produced_in_epoch", 0))
