@@ -51,7 +51,7 @@ def textvqa(tmp_path_factory) -> Path:
 
 
 def test_rendered_protocol_replaces_the_question_text_by_an_image(run_dir, textvqa):
-    from vlmlab.eval.benchmarks import load_benchmark
+    from vlmlab.data.benchmarks import load_benchmark
 
     record = next(iter(load_benchmark("textvqa", textvqa)))
     standard, rendered = benchmark_sample(record, "standard"), benchmark_sample(record, "rendered")

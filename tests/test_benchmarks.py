@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from vlmlab.data.benchmarks import BENCHMARKS, IN_DOMAIN, OUT_OF_DOMAIN, benchmark_from_config, load_benchmark
 from vlmlab.errors import ConfigError
-from vlmlab.eval.benchmarks import BENCHMARKS, IN_DOMAIN, OUT_OF_DOMAIN, benchmark_from_config, load_benchmark
 from vlmlab.eval.metrics import METRICS
 
 

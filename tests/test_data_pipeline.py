@@ -21,7 +21,7 @@ from vlmlab.data.collate import (
     real_token_fraction,
 )
 from vlmlab.data.encode import SampleEncoder
-from vlmlab.data.samples import synthetic_to_sample
+from vlmlab.data.samples import check_sample, synthetic_to_sample
 from vlmlab.data.synthetic import ANSWER_INSTRUCTION, COLORS, SHAPES, build_prompt, generate_split
 from vlmlab.data.text_tokenizer import build_tiny_tokenizer, load_text_tokenizer
 from vlmlab.data.validation import build_val_set, collate_prompts
@@ -139,6 +139,72 @@ def test_encoding_matches_the_chat_template(tok):
     assert encoder.encode(sample)["input_ids"].tolist() == expected
     prompt = tok.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
     assert encoder.encode_prompt(sample)["input_ids"].tolist() == tok.encode(prompt, add_special_tokens=False)
+
+
+def test_multi_turn_encoding_follows_the_chat_template_token_by_token(tok):
+    """System + two user turns with two images + two answers: the ids are the chat template's, and the
+    labels are exactly the tokens of each assistant turn plus its <|im_end|>."""
+    encoder = SampleEncoder(tok, to_tensor, 1, IMAGE_ID, 256)
+    red, blue = Image.new("RGB", (8, 8), (255, 0, 0)), Image.new("RGB", (8, 8), (0, 0, 255))
+    sample = {
+        "id": "chat",
+        "messages": [
+            {"role": "system", "content": "You answer briefly."},
+            {
+                "role": "user",
+                "content": [{"type": "image", "image": red}, {"type": "text", "text": "Colour?"}],
+            },
+            {"role": "assistant", "content": "red"},
+            {"role": "user", "content": [{"type": "text", "text": "And "}, {"type": "image", "image": blue}]},
+            {"role": "assistant", "content": "blue, and the first was red"},
+        ],
+    }
+    template = [
+        {**m, "content": [{"type": "image"} if p["type"] == "image" else p for p in m["content"]]}
+        if isinstance(m["content"], list)
+        else m
+        for m in sample["messages"]
+    ]
+    rendered = tok.apply_chat_template(template, tokenize=False)
+    encoded = encoder.encode(sample)
+    ids, labels = encoded["input_ids"].tolist(), encoded["labels"].tolist()
+    assert ids == tok.encode(rendered[:-1], add_special_tokens=False)  # the last "\n" is not trained
+    scored = [i for i, label in enumerate(labels) if label != -100]
+    assert all(labels[i] == ids[i] for i in scored)
+    # the scored tokens are exactly the two answers, each closed by <|im_end|>, and nothing else
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    runs, current = [], []
+    for i in scored:
+        if current and i != current[-1] + 1:
+            runs.append(current)
+            current = []
+        current.append(i)
+    runs.append(current)
+    assert [tok.decode([ids[i] for i in run]) for run in runs] == [
+        "red<|im_end|>",
+        "blue, and the first was red<|im_end|>",
+    ]
+    assert all(ids[run[-1]] == im_end for run in runs)
+    assert torch.equal(encoded["pixel_values"], torch.stack([to_tensor(red), to_tensor(blue)]))
+    prompt = tok.apply_chat_template(template[:-1], tokenize=False, add_generation_prompt=True)
+    assert encoder.encode_prompt(sample)["input_ids"].tolist() == tok.encode(prompt, add_special_tokens=False)
+
+
+@pytest.mark.parametrize(
+    "messages, error",
+    [
+        ([{"role": "user", "content": "hi"}], "ends on a user turn"),
+        ([{"role": "assistant", "content": "hi"}], "must alternate"),
+        (
+            [{"role": "user", "content": "a"}, {"role": "system", "content": "b"}],
+            "system turn may only come first",
+        ),
+        ([{"role": "bot", "content": "a"}], "Unknown role"),
+    ],
+)
+def test_malformed_conversations_are_one_clear_error(messages, error):
+    with pytest.raises(ConfigError, match=error):
+        check_sample({"id": "x", "messages": messages})
 
 
 def test_truncation_drops_prompt_text_from_the_left_only(tok):

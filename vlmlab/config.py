@@ -39,19 +39,29 @@ class DataSourceConfig:
     """One training or validation source. Sample schema: vlmlab/data/README.md."""
 
     name: str = ""  # shown in logs and validation metric names
-    kind: str = "synthetic"  # synthetic | webdataset
+    kind: str = "synthetic"  # synthetic | webdataset | llava | hf | vqa (vlmlab/data/sources/)
     # webdataset: shards as a file, URL (pipe:, http(s)://), brace pattern (/data/coyo-{00000..06999}.tar),
     # directory, or the manifest `vlmlab data index` writes (gives epoch sizes)
     path: str | None = None
     weight: float = 1.0  # relative sampling weight in the training mixture
     task: str = "spatialmap"  # synthetic: spatialmap | grid | ring
     mode: str = "vqa"  # synthetic: caption (stage 1) | vqa (image question) | tqa (text-only question)
-    split: str = "train"  # synthetic: train | test | ood
+    split: str = "train"  # synthetic: train | test | ood; hf / vqa: the dataset's split
     num_samples: int | None = None  # synthetic: a fixed split of this many samples; None = fresh stream
     difficulty: dict[str, Any] = field(default_factory=dict)  # synthetic generator knobs
     image_size: int | None = None  # synthetic: rendered size; None = the tokenizer's input size
     response: str = "answer"  # synthetic: train on the short answer or the worked "solution"
     seed: int = 0  # synthetic: generator seed of a fixed split
+    # webdataset (img2dataset layout): the JSON field holding the caption when a sample has no .txt member
+    caption_field: str = "caption"
+    instruction: str = ""  # the user text of caption samples ("" = "Describe the image.")
+    image_root: str | None = None  # llava: folder of the image paths (default: the JSON's); vqa: extra folder
+    system: str = ""  # llava / hf conversations: a system turn for samples that have none
+    fields: dict[str, str] = field(
+        default_factory=dict
+    )  # hf: part -> column (image, messages, question, ...)
+    streaming: bool = False  # hf: read through datasets' IterableDataset (parquet files or the hub)
+    benchmark: str | None = None  # vqa: coco_captions | vqav2 | docvqa | textvqa | chartqa | aokvqa
 
 
 @dataclass
@@ -166,14 +176,31 @@ def register_schema(schema: type) -> type:
 def load_config(schema: type, sources: list[str | Path | dict] = (), overrides: list[str] = ()) -> Any:
     """Merge YAML files / dicts and `a.b=value` overrides onto `schema`'s defaults; return a dataclass."""
     merged = OmegaConf.structured(schema)
-    for source in [*sources, _parse_overrides(overrides)]:
+    for source in sources:
         data = source if isinstance(source, dict) else _read_yaml(source)
         check_keys(data, schema)
         try:
             merged = OmegaConf.merge(merged, data)
         except Exception as error:  # omegaconf's validation errors name the key and the bad value
             raise ConfigError(f"Invalid config value: {error}") from error
-    return OmegaConf.to_object(merged)
+    for key, value in _parse_overrides(overrides):
+        _check_path(key, schema)
+        parts = key.split(".")
+        for number, part in enumerate(parts[1:], start=1):
+            container = OmegaConf.select(merged, ".".join(parts[:number]))
+            if OmegaConf.is_list(container) and int(part) >= len(container):
+                raise ConfigError(
+                    f"Override {key!r}: {'.'.join(parts[:number])} has {len(container)} item(s) "
+                    f"(indices 0-{len(container) - 1}); add items in a YAML file."
+                )
+        try:  # a path, so list items are addressed by index: data.train.0.path=/data/x
+            OmegaConf.update(merged, key, value, merge=True)
+        except Exception as error:
+            raise ConfigError(f"Invalid override {key}={value!r}: {error}") from error
+    try:
+        return OmegaConf.to_object(merged)
+    except Exception as error:
+        raise ConfigError(f"Invalid config value: {error}") from error
 
 
 def _read_yaml(path: str | Path) -> dict:
@@ -186,11 +213,52 @@ def _read_yaml(path: str | Path) -> dict:
     return OmegaConf.to_container(loaded, resolve=False)
 
 
-def _parse_overrides(overrides: list[str]) -> dict:
+def _parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    """`key=value` strings -> (dotted key, YAML-parsed value) pairs, in order."""
+    pairs = []
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"Override {item!r} must look like key=value (e.g. model.fusion=mot).")
-    return OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides))) if overrides else {}
+        key = item.split("=", 1)[0]
+        parsed = OmegaConf.from_dotlist([item])
+        value = OmegaConf.select(parsed, key)
+        pairs.append((key, OmegaConf.to_container(value) if OmegaConf.is_config(value) else value))
+    return pairs
+
+
+def _check_path(key: str, schema: type) -> None:
+    """Raise on the first part of a dotted override key that `schema` lacks (list items by index)."""
+    current: Any = schema
+    where = ""
+    parts = key.split(".")
+    for number, part in enumerate(parts):
+        if current is None:
+            return  # inside a free-form dict (e.g. data.lomo.*, optim.lr.*)
+        if isinstance(current, tuple):  # a list of dataclasses: the part must be an index
+            if not part.isdigit():
+                raise ConfigError(
+                    f"Override key {key!r}: {where} is a list; address its items by index ({where}.0)."
+                )
+            current, where = current[1], f"{where}.{part}"
+            continue
+        check_keys({part: None}, current, where)
+        field_type = {f.name: f.type for f in dataclasses.fields(current)}[part]
+        where = f"{where}.{part}" if where else part
+        nested = _dataclass_of(field_type)
+        if nested is not None:
+            current = nested
+        elif (
+            isinstance(field_type, str) and field_type.startswith("list[") and _dataclass_of(field_type[5:-1])
+        ):
+            current = ("list", _dataclass_of(field_type[5:-1]))
+        else:
+            current = None
+            if number < len(parts) - 1 and not (
+                isinstance(field_type, str) and field_type.startswith("dict")
+            ):
+                raise ConfigError(
+                    f"Override key {key!r}: {where} is a value, it has no {parts[number + 1]!r}."
+                )
 
 
 def to_dict(config: Any) -> dict:

@@ -52,8 +52,28 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     index.add_argument("--out", help="manifest path (default: shards.json next to the first local shard)")
     index.set_defaults(func=_index)
 
-    stats = commands.add_parser("stats", help="answer balance, path lengths and chance accuracy of splits")
-    stats.add_argument("directory", help="directory holding the JSONL indexes written by `data synth`")
+    inspect = commands.add_parser(
+        "inspect",
+        help="samples exactly as the model sees them (chat text, tokens, scored spans) + contact sheet",
+    )
+    inspect.add_argument(
+        "source", help="a config YAML (its data.train sources) or a path (shards, JSON, parquet, ...)"
+    )
+    inspect.add_argument("overrides", nargs="*", help="key=value config overrides (with a config YAML)")
+    inspect.add_argument("-n", type=int, default=8, help="samples per source")
+    inspect.add_argument("--tokens-per-image", type=int, default=16, help="placeholder tokens per image")
+    inspect.add_argument("--sheet", default="inspect.png", help="contact sheet PNG ('' for none)")
+    inspect.set_defaults(func=_inspect)
+
+    stats = commands.add_parser(
+        "stats", help="any source: samples, tokens, images, lengths; a synthetic split folder: answer balance"
+    )
+    stats.add_argument(
+        "source", help="a folder of `data synth` JSONL indexes, a config YAML or a source path"
+    )
+    stats.add_argument("overrides", nargs="*", help="key=value config overrides (with a config YAML)")
+    stats.add_argument("-n", type=int, default=1000, help="samples read per source")
+    stats.add_argument("--tokens-per-image", type=int, default=16, help="placeholder tokens per image")
     stats.set_defaults(func=_stats)
 
 
@@ -86,11 +106,33 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from vlmlab.data.synthetic import format_stats, load_records, split_stats
+    from pathlib import Path
 
-    if not os.path.isdir(args.directory):
-        raise ConfigError(f"{args.directory!r} is not a directory.")
-    print(format_stats(split_stats(load_records(args.directory))))
+    if os.path.isdir(args.source) and any(Path(args.source).glob("*.jsonl")):  # a `data synth` output folder
+        from vlmlab.data.synthetic import format_stats, load_records, split_stats
+
+        print(format_stats(split_stats(load_records(args.source))))
+        return 0
+    from vlmlab.data.inspect import stats
+
+    print(stats(args.source, args.overrides, args.n, args.tokens_per_image))
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from vlmlab.data.inspect import inspect
+
+    print(
+        inspect(
+            args.source,
+            args.overrides,
+            args.n,
+            args.tokens_per_image,
+            Path(args.sheet) if args.sheet else None,
+        )
+    )
     return 0
 
 

@@ -1,17 +1,19 @@
 """Sample (vlmlab/data/samples.py schema) -> token ids, labels and preprocessed pixels, in the Qwen chat layout.
 
-Layout (ChatML, what Qwen's chat template renders for one user and one assistant turn)::
+Layout (ChatML, what Qwen's chat template renders), turn after turn::
 
-    <|im_start|>user\\n{segments}<|im_end|>\\n<|im_start|>assistant\\n{response}<|im_end|>
+    [<|im_start|>system\n{system}<|im_end|>\n]<|im_start|>user\n{segments}<|im_end|>\n<|im_start|>assistant\n
+    {answer}<|im_end|>\n<|im_start|>user\n...<|im_start|>assistant\n{last answer}<|im_end|>
 
+(a single-turn sample is one user and one assistant turn; the sequence stops at the last <|im_end|>).
 Each image segment becomes `tokens_per_image` copies of the backbone's image token id (one for
-cross-attention), and its pixels are appended to `pixel_values` in placeholder order. Text segments are
-tokenized in place, separately from the fixed role headers, so the response's token span is known
-exactly instead of being recovered from character offsets. Labels equal the input ids on the response
-tokens and the closing `<|im_end|>` (the model must learn to stop) and are -100 everywhere else.
+cross-attention), and its pixels are appended to `pixel_values` in placeholder order. Text is tokenized in
+place, separately from the fixed role headers, so every answer's token span is known exactly instead of
+being recovered from character offsets. Labels equal the input ids on every assistant turn and its closing
+`<|im_end|>` (the model must learn to stop) and are -100 everywhere else.
 
-Too-long samples lose prompt *text* from the left (the oldest context goes first; images are never cut
-and the response is never touched); when even that cannot fit the sample is dropped and counted in
+Too-long samples lose user / system *text* from the left (the oldest context goes first; images and
+answers are never cut); when even that cannot fit the sample is dropped and counted in
 `num_dropped`, because a truncated answer would teach the model wrong text.
 """
 
@@ -23,7 +25,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from vlmlab.data.samples import segments_of
+from vlmlab.data.samples import turns_of
 from vlmlab.data.text_tokenizer import IM_END, IM_START
 from vlmlab.errors import ConfigError
 
@@ -60,8 +62,7 @@ class SampleEncoder:
                     f"The text tokenizer lacks {token}; vlmlab encodes samples in the Qwen chat layout."
                 )
         self.im_start, self.im_end = vocab[IM_START], vocab[IM_END]
-        self._head = [self.im_start, *self.text_ids("user\n")]
-        self._middle = [self.im_end, *self.text_ids("\n"), self.im_start, *self.text_ids("assistant\n")]
+        self._roles: dict[str, list[int]] = {}
 
     @property
     def pad_id(self) -> int:
@@ -88,46 +89,59 @@ class SampleEncoder:
         token layout only depends on how many there are.
         """
         budget = self.max_length if max_length is None else max_length
-        blocks: list[list[int]] = []  # text blocks (truncatable) and image blocks, in order
-        is_image: list[bool] = []
+        turns = turns_of(sample)
+        if not with_response:  # a generation prompt: the history, then the last assistant header
+            turns = turns[:-1]
+        # blocks in order, each (ids, kind): "fixed" (role headers), "text" (truncatable context),
+        # "image" (never cut), "answer" (an assistant turn: scored, never cut)
+        blocks: list[tuple[list[int], str]] = []
         images: list[Image.Image | None] = []
-        pending_text = ""
-        for segment in segments_of(sample):
-            if segment["type"] == "text":
-                pending_text += segment["text"]  # adjacent text segments tokenize as one string
+        for number, (role, segments) in enumerate(turns):
+            if number:  # close the previous turn (an answer block already holds its own <|im_end|>)
+                closing = [] if turns[number - 1][0] == "assistant" else [self.im_end]
+                blocks.append(([*closing, *self.text_ids("\n")], "fixed"))
+            blocks.append(([self.im_start, *self._role_ids(role)], "fixed"))
+            if role == "assistant":
+                text = "".join(segment["text"] for segment in segments)
+                blocks.append(([*self.text_ids(text), self.im_end], "answer"))
                 continue
+            pending_text = ""
+            for segment in segments:
+                if segment["type"] == "text":
+                    pending_text += segment["text"]  # adjacent text segments tokenize as one string
+                    continue
+                if pending_text:
+                    blocks.append((self.text_ids(pending_text), "text"))
+                    pending_text = ""
+                blocks.append(([self.image_token_id] * self.tokens_per_image, "image"))
+                images.append(segment.get("image"))
             if pending_text:
-                blocks.append(self.text_ids(pending_text))
-                is_image.append(False)
-                pending_text = ""
-            blocks.append([self.image_token_id] * self.tokens_per_image)
-            is_image.append(True)
-            images.append(segment.get("image"))
-        if pending_text:
-            blocks.append(self.text_ids(pending_text))
-            is_image.append(False)
-        if with_response:
-            response = self.text_ids(sample["response"]) + [self.im_end]
-        else:
-            response = []
-        fixed = len(self._head) + len(self._middle) + len(response)
-        overflow = fixed + sum(len(b) for b in blocks) - budget
-        for index, block in enumerate(blocks):
+                blocks.append((self.text_ids(pending_text), "text"))
+        if not with_response:
+            header = [*self.text_ids("\n"), self.im_start, *self._role_ids("assistant")]
+            blocks.append(([self.im_end, *header] if turns[-1][0] != "assistant" else header, "fixed"))
+        # the last turn closes with <|im_end|> (scored); the template's final newline is not trained
+        if with_response and blocks[-1][1] == "fixed":
+            raise ConfigError(f"sample {sample.get('id')!r} ends without an assistant turn.")
+        overflow = sum(len(ids) for ids, _ in blocks) - budget
+        for index, (ids, kind) in enumerate(blocks):  # the oldest context text goes first
             if overflow <= 0:
                 break
-            if not is_image[index]:
-                cut = min(overflow, len(block))
-                blocks[index] = block[cut:]
+            if kind == "text":
+                cut = min(overflow, len(ids))
+                blocks[index] = (ids[cut:], kind)
                 overflow -= cut
         if overflow > 0:
             self.num_dropped += 1
             return None
-        prompt = [*self._head, *(token for block in blocks for token in block), *self._middle]
-        return {
-            "input_ids": prompt + response,
-            "labels": [IGNORE_INDEX] * len(prompt) + response,
-            "images": images,
-        }
+        input_ids = [token for ids, _ in blocks for token in ids]
+        labels = [t if kind == "answer" else IGNORE_INDEX for ids, kind in blocks for t in ids]
+        return {"input_ids": input_ids, "labels": labels, "images": images}
+
+    def _role_ids(self, role: str) -> list[int]:
+        if role not in self._roles:
+            self._roles[role] = self.text_ids(f"{role}\n")
+        return self._roles[role]
 
     def length(self, sample: dict[str, Any]) -> int | None:
         """Encoded length in tokens (None: too long, dropped) without touching any pixels."""

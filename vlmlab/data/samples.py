@@ -17,6 +17,17 @@ A sample is a dict::
         "kind": "caption" | "vqa" | "text" | "interleaved",
     }
 
+A multi-turn sample carries ``"messages"`` instead of ``segments`` / ``response``::
+
+    "messages": [
+        {"role": "system", "content": str},                       # optional, first
+        {"role": "user", "content": str | [segment, ...]},        # images only in user turns
+        {"role": "assistant", "content": str},                    # every assistant turn is supervised
+        ...                                                       # alternating, ending on an assistant turn
+    ]
+
+A single-turn sample is the one-turn case: ``segments`` (the user turn) + ``response`` (the assistant).
+
 A text-only sample may carry ``"prompt": str`` instead of ``"segments"``; it then means
 ``segments = [{"type": "text", "text": prompt}]``. Text-only samples are written this way on purpose:
 LoMo (:mod:`vlmlab.data.lomo`) recognises them by their ``prompt`` and rewrites part of it into an image,
@@ -66,10 +77,62 @@ def segments_of(sample: dict[str, Any]) -> list[dict[str, Any]]:
     raise ConfigError(f"sample {sample.get('id')!r} has neither 'segments' nor a string 'prompt'.")
 
 
+ROLES = ("system", "user", "assistant")
+
+
+def _content_segments(sample: dict[str, Any], role: str, content: Any) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    segments = segments_of({"id": sample.get("id"), "segments": content})
+    if role != "user" and any(segment["type"] == "image" for segment in segments):
+        raise ConfigError(f"sample {sample.get('id')!r}: images may only stand in user turns, not {role!r}.")
+    return segments
+
+
+def turns_of(sample: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """The conversation as (role, segments) turns: `messages` as given, or the single-turn form as one
+    user turn (its segments) and one assistant turn (its response)."""
+    messages = sample.get("messages")
+    if messages is None:
+        response = sample.get("response")
+        if not isinstance(response, str):
+            raise ConfigError(
+                f"sample {sample.get('id')!r} needs a string 'response' (the supervised answer)."
+            )
+        return [("user", segments_of(sample)), ("assistant", [{"type": "text", "text": response}])]
+    if not isinstance(messages, list) or not messages:
+        raise ConfigError(f"sample {sample.get('id')!r}: 'messages' must be a non-empty list of turns.")
+    turns = []
+    for index, message in enumerate(messages):
+        role = message.get("role") if isinstance(message, dict) else None
+        if role not in ROLES:
+            raise unknown_choice(f"role (sample {sample.get('id')!r}, turn {index})", role, ROLES)
+        if role == "system" and index != 0:
+            raise ConfigError(
+                f"sample {sample.get('id')!r}: a system turn may only come first (turn {index})."
+            )
+        turns.append((role, _content_segments(sample, role, message.get("content"))))
+    roles = [role for role, _ in turns if role != "system"]
+    if not roles or any(role != ("user", "assistant")[i % 2] for i, role in enumerate(roles)):
+        raise ConfigError(
+            f"sample {sample.get('id')!r}: turns must alternate user, assistant, ... after an optional system "
+            f"turn, got {[role for role, _ in turns]}."
+        )
+    if roles[-1] != "assistant":
+        raise ConfigError(
+            f"sample {sample.get('id')!r}: the conversation ends on a user turn; the last turn must be the "
+            "assistant's (it is what the model learns)."
+        )
+    return turns
+
+
 def check_sample(sample: dict[str, Any]) -> dict[str, Any]:
     """Raise ConfigError naming the sample when it does not follow the schema; return it unchanged."""
     if not isinstance(sample, dict):
         raise ConfigError(f"a sample must be a dict, got {type(sample).__name__}.")
+    if "messages" in sample:
+        turns_of(sample)
+        return sample
     segments_of(sample)
     if not isinstance(sample.get("response"), str):
         raise ConfigError(f"sample {sample.get('id')!r} needs a string 'response' (the supervised answer).")
@@ -80,8 +143,8 @@ def check_sample(sample: dict[str, Any]) -> dict[str, Any]:
 
 
 def num_images(sample: dict[str, Any]) -> int:
-    """How many images the sample's user turn holds (each costs `tokens_per_image` positions)."""
-    return sum(segment["type"] == "image" for segment in segments_of(sample))
+    """How many images the sample holds (each costs `tokens_per_image` positions)."""
+    return sum(segment["type"] == "image" for _, segments in turns_of(sample) for segment in segments)
 
 
 def synthetic_response(sample: dict[str, Any], modality: str, response: str = "answer") -> str:
@@ -152,6 +215,7 @@ __all__ = [
     "CAPTION_INSTRUCTION",
     "KINDS",
     "RESPONSES",
+    "ROLES",
     "SYNTHETIC_MODES",
     "check_sample",
     "is_synthetic_record",
@@ -159,4 +223,5 @@ __all__ = [
     "segments_of",
     "synthetic_response",
     "synthetic_to_sample",
+    "turns_of",
 ]

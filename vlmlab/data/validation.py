@@ -17,9 +17,9 @@ import torch
 from vlmlab.config import DataSourceConfig
 from vlmlab.data.encode import SampleEncoder
 from vlmlab.data.samples import synthetic_to_sample
-from vlmlab.data.sources import WebDatasetSource, source_name
+from vlmlab.data.sources import open_source, source_name
 from vlmlab.data.synthetic.generate import DEFAULT_IMAGE_SIZE, generate_split
-from vlmlab.errors import ConfigError, unknown_choice
+from vlmlab.errors import ConfigError
 
 
 def _val_samples(source: DataSourceConfig, num_samples: int, seed: int, image_size: int | None):
@@ -37,10 +37,8 @@ def _val_samples(source: DataSourceConfig, num_samples: int, seed: int, image_si
         )
         for raw in raws:
             yield synthetic_to_sample(raw, source.mode, source=name)
-    elif source.kind == "webdataset":
-        yield from WebDatasetSource(source).samples_in_order(num_samples)
     else:
-        raise unknown_choice(f"data source kind (source {name!r})", source.kind, ("synthetic", "webdataset"))
+        yield from open_source(source, seed=seed, image_size=image_size).samples_in_order(num_samples)
 
 
 def build_val_set(

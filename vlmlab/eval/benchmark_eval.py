@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from PIL import Image
 
+from vlmlab.data.benchmarks import benchmark_from_config
 from vlmlab.eval.accuracy import generate_texts
-from vlmlab.eval.benchmarks import benchmark_from_config
 from vlmlab.eval.metrics import get_metric
 from vlmlab.eval.rendered import rendered_question_segments
 from vlmlab.eval.results import config_hash, write_record

@@ -7,7 +7,7 @@ reference only; nothing here is copied from them.
 
 The functions score ONE sample and return a float in [0, 1]; `aggregate` turns a list of sample scores into
 the benchmark score, and `score_benchmark` does both for a benchmark by name, using the uniform records
-yielded by `vlmlab.eval.benchmarks` (`answers` for open-ended sets, `options` + `answer` for
+yielded by `vlmlab.data.benchmarks` (`answers` for open-ended sets, `options` + `answer` for
 multiple-choice sets).
 """
 
@@ -476,7 +476,7 @@ def score_multiple_choice(prediction: str, sample: Mapping[str, Any]) -> float:
 SampleMetric = Callable[[str, Mapping[str, Any]], float]
 
 # Benchmark name -> fn(prediction, record) -> score in [0, 1]; records are the uniform ones yielded by
-# `vlmlab.eval.benchmarks` ("answers" for open-ended sets; "options" + "answer" for multiple choice).
+# `vlmlab.data.benchmarks` ("answers" for open-ended sets; "options" + "answer" for multiple choice).
 METRICS: dict[str, SampleMetric] = {
     "vqav2": lambda prediction, sample: vqa_accuracy(prediction, sample["answers"]),
     "textvqa": lambda prediction, sample: vqa_accuracy(prediction, sample["answers"]),

@@ -69,8 +69,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from vlmlab.data.benchmarks import DISPLAY_NAMES, IN_DOMAIN, OUT_OF_DOMAIN
 from vlmlab.errors import ConfigError, unknown_choice
-from vlmlab.eval.benchmarks import DISPLAY_NAMES, IN_DOMAIN, OUT_OF_DOMAIN
 
 __all__ = [
     "AVERAGE_LABELS",

@@ -22,7 +22,7 @@ import torch
 from omegaconf import OmegaConf
 
 from vlmlab.config import ExperimentConfig, to_dict
-from vlmlab.data.sources import merge_health
+from vlmlab.data.sources import first_sample, merge_health
 from vlmlab.data.stream import data_health
 from vlmlab.errors import ConfigError
 from vlmlab.eval.results import config_hash
@@ -103,6 +103,8 @@ def train(config: ExperimentConfig) -> dict[str, Any]:
     if config.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
+    for source in [*config.data.train, *config.data.val]:  # seconds, before anything heavy is built
+        first_sample(source, seed=config.train.seed)
     model, parent = build_model(config)
     freezing = apply_freezing(model, load_recipe(config.train.freeze), config.train.stage)
 

@@ -15,6 +15,7 @@ checkpointed state: they must be made of str / int / float / bytes / lists / dic
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,23 @@ class Source:
     def full_sample(self, record: Record) -> dict[str, Any]:
         raise NotImplementedError
 
+    def samples_in_order(self, limit: int | None = None) -> Iterator[dict[str, Any]]:
+        """Full samples in the source's own order (validation sets); bad ones are skipped and logged."""
+        health = DataHealth(1.0)
+        size = self.num_samples()
+        if size is None:
+            raise ConfigError(f"source {self.name!r} has no fixed order to validate on (an endless stream).")
+        produced = 0
+        for index in range(size):
+            if limit is not None and produced >= limit:
+                return
+            record = {"index": index}
+            try:
+                yield self.full_sample(record)
+                produced += 1
+            except BadSample as error:
+                health.skip(self.name, self.where(record), self.key(record), "bad sample", str(error))
+
 
 class SourceReader(Iterator[Record]):
     """One reader's endless, resumable walk over its share of a source."""
@@ -77,6 +95,58 @@ class SourceReader(Iterator[Record]):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         raise NotImplementedError
+
+
+class IndexedReader(SourceReader):
+    """Reader g of G over a source whose records are indices 0 .. size-1 (random access: a synthetic
+    split, a JSON list, a map-style dataset) or 0, 1, ... (size None: endless).
+
+    A sized source is walked epoch after epoch, each epoch a seeded permutation of its indices; reader g
+    takes positions g, g+G, g+2G, ... of that endless walk, so shares are disjoint, every epoch is covered
+    exactly once (even with fewer samples than readers), and the position is one counter.
+    """
+
+    def __init__(
+        self, name: str, size: int | None, reader_id: int, num_readers: int, seed: int, health: DataHealth
+    ) -> None:
+        if size is not None and size < 1:
+            raise ConfigError(f"source {name!r} holds no samples.")
+        self.name, self.size = name, size
+        self.reader_id, self.num_readers = reader_id, num_readers
+        self.seed, self.health = seed, health
+        self.step = 0  # records this reader has produced
+        self._order: tuple[int, list[int]] | None = None  # (epoch, permutation)
+
+    def __next__(self) -> Record:
+        position = self.reader_id + self.num_readers * self.step
+        self.step += 1
+        self.health.read(self.name)
+        if self.size is None:
+            return {"index": position}
+        epoch = position // self.size
+        if self._order is None or self._order[0] != epoch:
+            order = list(range(self.size))
+            random.Random(f"vlmlab.synthetic:{self.seed}:{self.name}:{epoch}").shuffle(order)
+            self._order = (epoch, order)
+        return {"index": self._order[1][position % self.size]}
+
+    @property
+    def epoch(self) -> int:
+        """The epoch of the last record produced."""
+        if self.size is None or self.step == 0:
+            return 0
+        return (self.reader_id + self.num_readers * (self.step - 1)) // self.size
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "size": self.size}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("size", self.size) != self.size:
+            raise ConfigError(
+                f"source {self.name!r}: the checkpoint's stream saw {state['size']} samples, the source now "
+                f"holds {self.size}; a resumed run must see the same data (or start a new run)."
+            )
+        self.step = int(state["step"])
 
 
 class DataHealth:
@@ -176,6 +246,7 @@ def merge_health(states: list[dict[str, Any]]) -> dict[str, Any]:
 __all__ = [
     "BadSample",
     "DataHealth",
+    "IndexedReader",
     "Record",
     "Source",
     "SourceReader",

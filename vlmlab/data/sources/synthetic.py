@@ -2,20 +2,18 @@
 
 A fixed split (`num_samples`) is the same dataset whatever the training seed (generator seed
 `config.seed`, 0 by default like the shards `vlmlab data synth` writes): the seed changes the order only.
-Its samples are walked epoch after epoch, each epoch a fresh seeded permutation; reader g of G takes
-positions g, g+G, g+2G, ... of that endless walk. An endless source (`num_samples: null`) draws fresh
-samples from a generator seeded with the training seed; reader g takes indices g, g+G, ... . Either way the
-position is one counter, so resuming costs one permutation at most.
+An endless source (`num_samples: null`) draws fresh samples from a generator seeded with the training
+seed. Both are read by `IndexedReader` (base.py): a counter per reader, so resuming costs one permutation
+at most.
 """
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 from vlmlab.config import DataSourceConfig
 from vlmlab.data.samples import SYNTHETIC_MODES, synthetic_to_sample
-from vlmlab.data.sources.base import DataHealth, Record, Source, SourceReader, source_name
+from vlmlab.data.sources.base import DataHealth, IndexedReader, Record, Source, source_name
 from vlmlab.data.synthetic.generate import (
     DEFAULT_IMAGE_SIZE,
     build_sample,
@@ -49,8 +47,8 @@ class SyntheticSource(Source):
     def num_samples(self) -> int | None:
         return self.size
 
-    def reader(self, reader_id: int, num_readers: int, seed: int, health: DataHealth) -> SyntheticReader:
-        return SyntheticReader(self, reader_id, num_readers, seed, health)
+    def reader(self, reader_id: int, num_readers: int, seed: int, health: DataHealth) -> IndexedReader:
+        return IndexedReader(self.name, self.size, reader_id, num_readers, seed, health)
 
     def key(self, record: Record) -> str:
         return str(record["index"])
@@ -75,33 +73,3 @@ class SyntheticSource(Source):
         if self.mode != "tqa":
             raw["image"] = get_task(self.config.task).render(raw["meta"], self.image_size)
         return synthetic_to_sample(raw, self.mode, source=self.name, response=self.config.response)
-
-
-class SyntheticReader(SourceReader):
-    def __init__(
-        self, source: SyntheticSource, reader_id: int, num_readers: int, seed: int, health: DataHealth
-    ) -> None:
-        self.source, self.reader_id, self.num_readers = source, reader_id, num_readers
-        self.seed, self.health = seed, health
-        self.step = 0  # records this reader has produced
-        self._order: tuple[int, list[int]] | None = None  # (epoch, permutation) of a fixed split
-
-    def __next__(self) -> Record:
-        position = self.reader_id + self.num_readers * self.step
-        self.step += 1
-        self.health.read(self.source.name)
-        size = self.source.size
-        if size is None:
-            return {"index": position}
-        epoch = position // size
-        if self._order is None or self._order[0] != epoch:
-            order = list(range(size))
-            random.Random(f"vlmlab.synthetic:{self.seed}:{self.source.name}:{epoch}").shuffle(order)
-            self._order = (epoch, order)
-        return {"index": self._order[1][position % size]}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.step = int(state["step"])

@@ -17,6 +17,10 @@ Sample layout (a sample = the members sharing a key, the member name up to the f
   `source` to the source's name.
 - a raw synthetic record (`vlmlab data synth` output: `question`, `answer`, ... + `<key>.png`) is converted
   with the source's `mode`.
+- img2dataset's layout (`<key>.jpg` + `<key>.txt` caption + `<key>.json` metadata, e.g. COYO-700M or
+  LAION as img2dataset downloads them): a caption sample, the caption from `.txt` or the JSON field
+  `caption_field`, the user text `instruction` ("Describe the image." by default).
+- `messages` (multi-turn) with image segments in user turns name their members like `segments` do.
 
 Bad data is skipped and counted (DataHealth): a sample whose JSON or schema is broken or whose image member
 is missing or not an image when read, an image that fails to decode when its batch is built, and the rest
@@ -34,7 +38,7 @@ from typing import Any
 from PIL import Image
 
 from vlmlab.config import DataSourceConfig
-from vlmlab.data.samples import check_sample, is_synthetic_record, synthetic_to_sample
+from vlmlab.data.samples import CAPTION_INSTRUCTION, check_sample, is_synthetic_record, synthetic_to_sample
 from vlmlab.data.shards import ENCODED_KEY, ShardList, ShardReadError, expand_shards, iter_shard
 from vlmlab.data.sources.base import BadSample, DataHealth, Record, Source, SourceReader, log, source_name
 from vlmlab.errors import ConfigError
@@ -50,6 +54,14 @@ def decode_image(data: bytes) -> Image.Image:
     image = image.convert("RGB")
     image.info[ENCODED_KEY] = data
     return image
+
+
+def decode_or_skip(data: bytes, what: str) -> Image.Image:
+    """`decode_image`, with a failure as a BadSample naming `what` (skipped and counted by the stream)."""
+    try:
+        return decode_image(data)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise BadSample(f"{what} cannot be decoded ({error})") from error
 
 
 class WebDatasetSource(Source):
@@ -113,9 +125,11 @@ class WebDatasetSource(Source):
         return reference
 
     def _sample(self, record: Record, load: bool) -> dict[str, Any]:
-        sample = self._json(record)
-        sample.pop("__key__", None)
         key = str(record["__key__"])
+        if "json" not in record and "txt" not in record:
+            raise BadSample(f"no {key}.json or {key}.txt member (members: {', '.join(_members(record))})")
+        sample = self._json(record) if "json" in record else {}
+        sample.pop("__key__", None)
         if is_synthetic_record(sample):
             if self.config.mode != "tqa":
                 sample["image"] = self._image(record, self._image_suffix(record, None, 0, 1), load)
@@ -124,16 +138,21 @@ class WebDatasetSource(Source):
                 return synthetic_to_sample(sample, self.config.mode, source=self.name)
             except (KeyError, TypeError) as error:
                 raise BadSample(f"synthetic record lacks {error}") from error
-        if isinstance(sample.get("segments"), list):
-            count = sum(isinstance(s, dict) and s.get("type") == "image" for s in sample["segments"])
-            segments, position = [], 0
-            for segment in sample["segments"]:
+        if not any(field in sample for field in ("segments", "prompt", "messages")):
+            return self._caption_sample(record, sample, load)
+        # image segments may stand in `segments` or in the content lists of `messages`
+        lists = [sample["segments"]] if isinstance(sample.get("segments"), list) else []
+        for message in sample.get("messages") or []:
+            if isinstance(message, dict) and isinstance(message.get("content"), list):
+                lists.append(message["content"])
+        count = sum(isinstance(s, dict) and s.get("type") == "image" for part in lists for s in part)
+        position = 0
+        for part in lists:
+            for index, segment in enumerate(part):
                 if isinstance(segment, dict) and segment.get("type") == "image":
                     suffix = self._image_suffix(record, segment.get("image"), position, count)
-                    segment = {**segment, "image": self._image(record, suffix, load)}
+                    part[index] = {**segment, "image": self._image(record, suffix, load)}
                     position += 1
-                segments.append(segment)
-            sample["segments"] = segments
         sample.setdefault("id", key)
         if self.config.name or "source" not in sample:
             sample["source"] = self.name
@@ -141,6 +160,38 @@ class WebDatasetSource(Source):
             return check_sample(sample)
         except ConfigError as error:
             raise BadSample(str(error)) from error
+
+    def _caption_sample(self, record: Record, meta: dict[str, Any], load: bool) -> dict[str, Any]:
+        """img2dataset's layout: `<key>.jpg` + `<key>.txt` (the caption) + `<key>.json` (metadata, which may
+        hold the caption in `caption_field`) -> a stage-1 caption sample."""
+        key = str(record["__key__"])
+        if "txt" in record:
+            try:
+                caption = record["txt"].decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise BadSample(f"{key}.txt is not UTF-8 text ({error})") from error
+        else:
+            caption = meta.get(self.config.caption_field)
+        if not isinstance(caption, str) or not caption.strip():
+            raise BadSample(
+                f"no caption: neither a {key}.txt member nor a string JSON field {self.config.caption_field!r}, "
+                "and no 'segments' / 'prompt' / 'messages'"
+            )
+        suffix = next((ext for ext in IMAGE_EXTENSIONS if ext in record), None)
+        if suffix is None:
+            raise BadSample(f"no image member (jpg, jpeg, png, webp) among {', '.join(_members(record))}")
+        instruction = self.config.instruction or CAPTION_INSTRUCTION
+        return {
+            "id": key,
+            "source": self.name,
+            "segments": [
+                {"type": "image", "image": self._image(record, suffix, load)},
+                {"type": "text", "text": instruction},
+            ],
+            "response": caption.strip(),
+            "answer": caption.strip(),
+            "kind": "caption",
+        }
 
     def text_sample(self, record: Record) -> dict[str, Any]:
         """The sample with image segments left as None: nothing is decoded (headers are checked)."""

@@ -1,0 +1,216 @@
+"""Look at a source the way the model will: `vlmlab data inspect` and `vlmlab data stats` on any source.
+
+A source is named by a config file (its `data.train` sources, after overrides) or by a path whose form
+tells the kind: shards (`.tar`, `.tar.gz`, brace patterns, `shards.json`, a folder of tars) -> webdataset,
+`.json` / `.jsonl` -> llava, a `save_to_disk` folder or `.parquet` / `.arrow` files -> hf.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageOps
+
+from vlmlab.config import DataConfig, DataSourceConfig
+from vlmlab.data.encode import SampleEncoder
+from vlmlab.data.sources import BadSample, DataHealth, open_source
+from vlmlab.data.text_tokenizer import load_text_tokenizer
+from vlmlab.errors import ConfigError
+
+IMAGE_MARK = "<image>"
+
+
+def source_from_path(path: str, **fields: Any) -> DataSourceConfig:
+    """A DataSourceConfig for a bare path, its kind read from the path's form (module docstring)."""
+    name = Path(path.rstrip("/")).name.split(".")[0] or "source"
+    if path.endswith((".jsonl",)) or (path.endswith(".json") and not path.endswith("shards.json")):
+        return DataSourceConfig(name=name, kind="llava", path=path, **fields)
+    is_hf_folder = os.path.isdir(path) and any(
+        (Path(path) / marker).is_file() for marker in ("dataset_dict.json", "state.json")
+    )
+    if is_hf_folder or path.endswith((".parquet", ".arrow")):
+        return DataSourceConfig(name=name, kind="hf", path=path, **fields)
+    return DataSourceConfig(name=name, kind="webdataset", path=path, **fields)
+
+
+def sources_of(target: str, overrides: list[str]) -> tuple[list[DataSourceConfig], DataConfig]:
+    """The sources a config file's `data.train` lists, or the one source a path names."""
+    if target.endswith((".yaml", ".yml")):
+        from vlmlab.config import ExperimentConfig, load_config
+
+        config = load_config(ExperimentConfig, [target], overrides)
+        if not config.data.train:
+            raise ConfigError(f"{target!r} lists no data.train sources.")
+        return list(config.data.train), config.data
+    return [source_from_path(target)], DataConfig()
+
+
+def _encoder(data: DataConfig, tokens_per_image: int) -> SampleEncoder:
+    """An encoder for token counts only (no image transform): the config's text tokenizer."""
+    if data.text_tokenizer == "tiny":
+        tokenizer = load_text_tokenizer("tiny", 512, 511)
+    else:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(data.text_tokenizer)
+    image_id = tokenizer.get_vocab().get("<|image_pad|>")
+    if image_id is None:
+        raise ConfigError(f"text tokenizer {data.text_tokenizer!r} has no <|image_pad|> token.")
+    return SampleEncoder(tokenizer, None, tokens_per_image, image_id, data.max_length)
+
+
+def samples(
+    config: DataSourceConfig, limit: int, seed: int = 0
+) -> Iterator[tuple[str, dict[str, Any] | str]]:
+    """(key, sample) for the first `limit` records a training reader reads (at most one epoch), or
+    (key, error) for bad ones."""
+    source = open_source(config, seed=seed)
+    reader = source.reader(0, 1, seed, DataHealth(1.0))
+    for _ in range(limit):
+        record = next(reader)
+        if getattr(reader, "epoch", 0) > 0:
+            return
+        try:
+            yield source.key(record), source.full_sample(record)
+        except BadSample as error:
+            yield source.key(record), f"bad sample in {source.where(record)}: {error}"
+
+
+def render_text(encoder: SampleEncoder, tokens: dict[str, Any]) -> str:
+    """The chat text with image markers; scored spans in [[ ]]."""
+    out, scored = [], False
+    tokenizer = encoder.tokenizer
+    for token, label in zip(tokens["input_ids"], tokens["labels"]):
+        if (label != -100) != scored:
+            out.append("[[" if not scored else "]]")
+            scored = not scored
+        out.append(None if token == encoder.image_token_id else token)
+    if scored:
+        out.append("]]")
+    text, run = [], []
+    for item in out:
+        if isinstance(item, int):
+            run.append(item)
+            continue
+        if run:
+            text.append(tokenizer.decode(run))
+            run = []
+        if item is None:
+            if not text or not text[-1].endswith(IMAGE_MARK):
+                text.append(IMAGE_MARK)
+        else:
+            text.append(item)
+    if run:
+        text.append(tokenizer.decode(run))
+    return "".join(text)
+
+
+def images_of(sample: dict[str, Any]) -> list[Image.Image]:
+    from vlmlab.data.samples import turns_of
+
+    return [
+        s["image"]
+        for _, segments in turns_of(sample)
+        for s in segments
+        if s["type"] == "image" and s["image"]
+    ]
+
+
+def contact_sheet(entries: list[tuple[str, list[Image.Image], str]], path: Path, cell: int = 160) -> Path:
+    """A PNG grid: one row per sample, its images, then its text (wrapped)."""
+    columns = max([len(images) for _, images, _ in entries] + [1])
+    text_width = 520
+    height = cell + 8
+    sheet = Image.new("RGB", (columns * (cell + 8) + text_width, max(1, len(entries)) * height), "white")
+    draw = ImageDraw.Draw(sheet)
+    for row, (key, images, text) in enumerate(entries):
+        top = row * height
+        for column, image in enumerate(images):
+            sheet.paste(ImageOps.contain(image.convert("RGB"), (cell, cell)), (column * (cell + 8), top))
+        lines, line = [], ""
+        for word in f"{key}: {text}".split():
+            if len(line) + len(word) > 80:
+                lines.append(line)
+                line = ""
+            line += word + " "
+        lines.append(line)
+        draw.multiline_text((columns * (cell + 8), top), "\n".join(lines[: cell // 12]), fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+    return path
+
+
+def inspect(target: str, overrides: list[str], limit: int, tokens_per_image: int, sheet: Path | None) -> str:
+    """The report `vlmlab data inspect` prints; writes the contact sheet when `sheet` is given."""
+    configs, data = sources_of(target, overrides)
+    encoder = _encoder(data, tokens_per_image)
+    lines, entries = [], []
+    for config in configs:
+        lines.append(f"== source {config.name or config.kind} ({config.kind}: {config.path or config.task})")
+        for key, sample in samples(config, limit):
+            if isinstance(sample, str):
+                lines.append(f"-- {key}: {sample}")
+                continue
+            tokens = encoder.tokenize(sample)
+            if tokens is None:
+                lines.append(f"-- {key}: longer than max_length={encoder.max_length} even after truncation")
+                continue
+            scored = sum(label != -100 for label in tokens["labels"])
+            images = images_of(sample)
+            lines.append(
+                f"-- {key}: {len(tokens['input_ids'])} tokens ({scored} scored), {len(images)} image(s) "
+                f"x {tokens_per_image} tokens"
+            )
+            text = render_text(encoder, tokens)
+            lines.append(text)
+            entries.append((key, images, text))
+    if sheet is not None:
+        lines.append(f"contact sheet: {contact_sheet(entries, sheet)}")
+    return "\n".join(lines)
+
+
+def stats(target: str, overrides: list[str], limit: int, tokens_per_image: int) -> str:
+    """Samples, tokens, images per sample and a length histogram over the first `limit` samples per source."""
+    configs, data = sources_of(target, overrides)
+    encoder = _encoder(data, tokens_per_image)
+    lines = []
+    for config in configs:
+        lengths, images, bad, too_long = [], Counter(), 0, 0
+        for _, sample in samples(config, limit):
+            if isinstance(sample, str):
+                bad += 1
+                continue
+            tokens = encoder.tokenize(sample)
+            if tokens is None:
+                too_long += 1
+                continue
+            lengths.append(len(tokens["input_ids"]))
+            images[len(tokens["images"])] += 1
+        size = open_source(config).num_samples()
+        lines.append(
+            f"{config.name or config.kind}: {size if size is not None else 'unknown'} samples per epoch; first "
+            f"{limit} read: {len(lengths)} usable, {bad} bad, {too_long} longer than max_length={encoder.max_length}"
+        )
+        if lengths:
+            lines.append(
+                f"  tokens: mean {statistics.mean(lengths):.1f}, median {statistics.median(lengths):.0f}, "
+                f"max {max(lengths)}; images per sample: "
+                + ", ".join(f"{n}: {count}" for n, count in sorted(images.items()))
+            )
+            top = max(lengths)
+            width = max(1, 2 ** math.ceil(math.log2(max(top / 8, 1))))
+            histogram = Counter(length // width for length in lengths)
+            for bucket in range(top // width + 1):
+                count = histogram.get(bucket, 0)
+                bar = "#" * max(1 if count else 0, round(40 * count / len(lengths)))
+                lines.append(f"  {bucket * width:>6}-{(bucket + 1) * width - 1:<6} {count:>6} {bar}")
+    return "\n".join(lines)
+
+
+__all__ = ["inspect", "source_from_path", "sources_of", "stats"]
