@@ -386,3 +386,25 @@ def test_inspect_shows_the_model_view_and_stats_work_on_any_source(tmp_path):
     assert "6 usable, 0 bad" in stats(str(shard), [], 100, 2)
     assert main(["data", "stats", str(shard), "-n", "6"]) == 0
     assert main(["data", "inspect", str(tmp_path / "nothing.tar")]) == 2
+
+
+def test_a_bad_source_fails_vlmlab_train_in_one_line_before_the_model_is_built(tmp_path):
+    import subprocess
+    import sys
+
+    path = llava_dataset(tmp_path)
+    config = tmp_path / "exp.yaml"
+    config.write_text(
+        f"data:\n  train:\n    - {{name: mine, kind: llava, path: {path}, image_root: {tmp_path / 'images'}}}\n"
+        f"train: {{output_dir: {tmp_path / 'run'}}}\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "vlmlab.cli", "train", str(config), f"data.train.0.image_root={tmp_path}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines()[-1].startswith("vlmlab: error: source 'mine': its first sample")
+    assert "does not exist" in run.stderr and "Traceback" not in run.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing heavy was started
