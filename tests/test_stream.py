@@ -232,6 +232,34 @@ def test_corrupt_images_and_a_truncated_shard_are_skipped_and_counted(tmp_path, 
     assert places[str(folder / "a.tar")] == 2 and places[str(folder / "b.tar")] == 1
 
 
+def test_a_shard_cut_at_a_member_boundary_is_counted_not_silent(tmp_path):
+    """tarfile ends quietly when a tar stops exactly between members; the missing end blocks give it away."""
+    whole = write_tar(tmp_path / "whole.tar", [f"scx{i}" for i in range(8)])
+    with tarfile.open(whole) as tar:
+        cut = next(m.offset for m in tar.getmembers() if m.name == "scx5.json")  # a header boundary
+    (tmp_path / "cut.tar").write_bytes(whole.read_bytes()[:cut])
+    health = DataHealth(1.0)
+    source = WebDatasetSource(wds(tmp_path / "cut.tar"))
+    reader = source.reader(0, 1, 0, health)
+    keys = [next(reader)["__key__"] for _ in range(5)]
+    assert keys == [f"scx{i}" for i in range(5)]
+    next(reader)  # the next read finds the end: counted, then the epoch starts again
+    assert health.bad["wds"] == {"unreadable shard rest": 1}
+
+
+def test_16_bit_images_are_scaled_not_clipped():
+    array = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000).astype(np.uint16)
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    decoded = np.asarray(decode_image(buffer.getvalue()))
+    expected = np.round(array.astype(np.float64) / 65535 * 255).astype(np.uint8)
+    assert decoded.shape == (8, 8, 3) and np.abs(decoded[..., 0].astype(int) - expected).max() <= 1
+    rgba = Image.new("RGBA", (4, 4), (255, 0, 0, 0))  # fully transparent red: white on a white background
+    buffer = io.BytesIO()
+    rgba.save(buffer, format="PNG")
+    assert np.asarray(decode_image(buffer.getvalue()))[0, 0].tolist() == [255, 255, 255]
+
+
 def test_too_many_bad_samples_stop_the_run_naming_the_worst_shard(tmp_path, encoder):
     folder = tmp_path / "shards"
     folder.mkdir()

@@ -108,8 +108,10 @@ def write_config(tmp: Path, name: str, **train_overrides) -> Path:
     return path
 
 
-def run_cli(*args: str, **kwargs) -> subprocess.Popen:
+def run_cli(*args: str, fault: str | None = None, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    if fault:
+        env["VLMLAB_FAULT"] = fault  # vlmlab/faults.py: SIGKILL at that point
     return subprocess.Popen(
         [sys.executable, "-m", "vlmlab.cli", "train", *args],
         cwd=REPO,
@@ -162,18 +164,19 @@ def test_two_process_ddp_on_cpu(tmp_path):
 
 def test_two_process_ddp_resumes_every_rank_exactly(tmp_path):
     """Each rank's stream position is checkpointed (rank 0 inside last.ckpt, rank 1 beside it): a 2-rank run
-    stopped after step 2 and resumed to step 4 ends with the weights of an uninterrupted 4-step run."""
+    killed after step 2 and resumed ends with the weights of an uninterrupted 4-step run."""
     ddp = ["train.strategy=ddp", "train.devices=2", "train.accelerator=cpu", "data.num_workers=1"]
     common = dict(checkpoint_every_n_steps=2, deterministic=True, schedule_steps=4)
     straight = run_cli(str(write_config(tmp_path, "straight", max_steps=4, **common)), *ddp)
     assert straight.wait(timeout=300) == 0, straight.stderr.read()[-3000:]
-    first = run_cli(str(write_config(tmp_path, "split", max_steps=2, **common)), *ddp)
-    assert first.wait(timeout=300) == 0, first.stderr.read()[-3000:]
+    split = write_config(tmp_path, "split", max_steps=4, **common)
+    first = run_cli(str(split), *ddp, fault="checkpoint:2")  # both ranks killed once step 2 is saved
+    assert first.wait(timeout=300) != 0
     assert [p.name for p in (tmp_path / "split" / "checkpoints" / "data_state").iterdir()] == [
         "step000000002-rank1.pt"
     ]
-    (tmp_path / "split" / "result.json").unlink()  # pretend the run had been stopped after step 2
-    second = run_cli(str(write_config(tmp_path, "split", max_steps=4, **common)), *ddp)
+    assert not (tmp_path / "split" / "result.json").exists()
+    second = run_cli(str(split), *ddp)
     assert second.wait(timeout=300) == 0, second.stderr.read()[-3000:]
     a = load_file(str(tmp_path / "straight" / "final" / "weights.safetensors"))
     b = load_file(str(tmp_path / "split" / "final" / "weights.safetensors"))
@@ -208,3 +211,94 @@ def test_bf16_mixed_precision_trains(tmp_path):
     assert record["timings"]["steps"] == 2
     weights = load_file(str(tmp_path / "bf16" / "final" / "weights.safetensors"))
     assert all(w.dtype == torch.float32 and torch.isfinite(w).all() for w in weights.values())
+
+
+def run_to_end(proc: subprocess.Popen) -> int:
+    code = proc.wait(timeout=300)
+    proc.stderr.close()
+    return code
+
+
+def test_kills_twice_in_one_interval_and_during_export_then_resume_exactly(tmp_path):
+    """Killed after step 6 (last checkpoint: 4), resumed and killed after step 7 (same interval), resumed and
+    killed while exporting, resumed: the weights and result.json metrics are those of an uninterrupted run."""
+
+    def config(name: str) -> Path:
+        return write_config(
+            tmp_path, name, max_steps=12, checkpoint_every_n_steps=4, deterministic=True, global_batch_size=8
+        )
+
+    stage2 = ["train.stage=2", "train.select_best=true", "train.val_every_n_steps=4", "data.train.0.mode=vqa"]
+    assert run_to_end(run_cli(str(config("straight")), *stage2)) == 0
+    victim = config("victim")
+    for fault in ("step:6", "step:7", "export"):
+        assert run_to_end(run_cli(str(victim), *stage2, fault=fault)) != 0, fault
+        assert not (tmp_path / "victim" / "result.json").exists()
+    last = tmp_path / "victim" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 12
+    assert run_to_end(run_cli(str(victim), *stage2)) == 0
+    for folder in ("final", "best"):
+        a = load_file(str(tmp_path / "straight" / folder / "weights.safetensors"))
+        b = load_file(str(tmp_path / "victim" / folder / "weights.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), folder
+    straight = json.loads((tmp_path / "straight" / "result.json").read_text())
+    resumed = json.loads((tmp_path / "victim" / "result.json").read_text())
+    assert resumed["metrics"] == straight["metrics"] and resumed["metrics"]
+    assert resumed["best"] == straight["best"] and resumed["data"] == straight["data"]
+    leftovers = [
+        p.name for p in (tmp_path / "victim").iterdir() if p.name.startswith(".") and p.name != ".lock"
+    ]
+    assert leftovers == []
+
+
+def test_non_finite_weights_never_reach_a_checkpoint(tmp_path):
+    config = write_config(tmp_path, "nan", max_steps=6, checkpoint_every_n_steps=1)
+    run = run_cli(str(config), "optim.lr.adapter=1e20")  # finite, but the weights overflow within a few steps
+    assert run.wait(timeout=300) == 1
+    stderr = run.stderr.read()
+    assert stderr.strip().splitlines()[-1].startswith("vlmlab: stopped: Training stopped at step")
+    assert "Groups holding non-finite" in stderr and "Traceback" not in stderr
+    last = tmp_path / "nan" / "checkpoints" / "last.ckpt"
+    if last.exists():  # whatever was saved is finite: the resume point is a good one
+        state = torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+class _Evil:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_no_checkpoint_vlmlab_reads_can_run_code(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"global_step": 3, "payload": _Evil(str(marker))}, evil)
+    # 1. the resume checkpoint
+    config = write_config(tmp_path, "victim", max_steps=2)
+    (tmp_path / "victim" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "victim" / "config.yaml").write_text(config.read_text())
+    (tmp_path / "victim" / "checkpoints" / "last.ckpt").write_bytes(evil.read_bytes())
+    run = run_cli(str(config))
+    assert run.wait(timeout=300) == 2
+    assert "last.ckpt is not a plain checkpoint: loading it would run code" in run.stderr.read()
+    # 2. a parent stage checkpoint (init_from) whose weights file is a pickle
+    parent = tmp_path / "parent" / "final"
+    parent.mkdir(parents=True)
+    (parent / "weights.safetensors").write_bytes(evil.read_bytes())
+    (parent / "meta.json").write_text(json.dumps({"parent": None, "fusion": "joint_decoder", "stage": 1}))
+    run = run_cli(str(write_config(tmp_path, "child", max_steps=2)), f"train.init_from={parent}")
+    assert run.wait(timeout=300) == 2
+    assert f"{parent / 'weights.safetensors'} cannot be read" in run.stderr.read()
+    # 3. image-tokenizer weights
+    run = run_cli(
+        str(write_config(tmp_path, "tok", max_steps=2)),
+        "model.random_tokenizer=false",
+        f"model.tokenizer_weights={evil}",
+    )
+    assert run.wait(timeout=300) == 2
+    stderr = run.stderr.read()
+    assert "evil.pt" in stderr and "Traceback" not in stderr
+    assert not marker.exists()

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from vlmlab.errors import ConfigError
+from vlmlab.errors import ConfigError, TrainingStopped
 
 # Modules that contribute sub-commands, in the order they appear in `vlmlab --help`.
 COMMAND_MODULES = [
@@ -42,6 +42,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ConfigError as error:
         print(f"vlmlab: error: {one_line(error)}", file=sys.stderr)
+        return 2
+    except TrainingStopped as error:
+        print(f"vlmlab: stopped: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # an output path that cannot be written, a file that vanished
+        where = f" {error.filename!r}" if error.filename else ""
+        print(f"vlmlab: error:{where} {error.strerror or error}", file=sys.stderr)
         return 2
 
 

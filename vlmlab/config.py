@@ -203,11 +203,27 @@ def load_config(schema: type, sources: list[str | Path | dict] = (), overrides: 
         raise ConfigError(f"Invalid config value: {error}") from error
 
 
-def _read_yaml(path: str | Path) -> dict:
+def read_yaml_file(path: str | Path) -> Any:
+    """OmegaConf.load with one-line errors: a missing file, a folder, or YAML that does not parse."""
     path = Path(path)
     if not path.exists():
-        raise ConfigError(f"Config file {str(path)!r} does not exist.")
-    loaded = OmegaConf.load(path)
+        hint = ""
+        if "." in path.name and "/" not in str(path) and not path.suffix.startswith((".yaml", ".yml")):
+            hint = f" (an override needs a value: {path}=...)"
+        raise ConfigError(f"Config file {str(path)!r} does not exist{hint}.")
+    if path.is_dir():
+        raise ConfigError(f"Config file {str(path)!r} is a folder, not a YAML file.")
+    try:
+        return OmegaConf.load(path)
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"Config file {str(path)!r} is not text ({error}).") from None
+    except Exception as error:  # yaml's scanner / parser errors carry the line and column
+        detail = " ".join(str(error).split())[:300]
+        raise ConfigError(f"Config file {str(path)!r} is not valid YAML: {detail}") from None
+
+
+def _read_yaml(path: str | Path) -> dict:
+    loaded = read_yaml_file(path)
     if not isinstance(loaded, DictConfig):
         raise ConfigError(f"Config file {str(path)!r} must hold a mapping at the top level.")
     return OmegaConf.to_container(loaded, resolve=False)
@@ -220,7 +236,14 @@ def _parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
         if "=" not in item:
             raise ConfigError(f"Override {item!r} must look like key=value (e.g. model.fusion=mot).")
         key = item.split("=", 1)[0]
-        parsed = OmegaConf.from_dotlist([item])
+        if not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"Override {item!r} has an empty key part (write e.g. train.max_steps=100).")
+        try:
+            parsed = OmegaConf.from_dotlist([item])
+        except Exception as error:
+            raise ConfigError(
+                f"Override {item!r} is not valid: {' '.join(str(error).split())[:200]}"
+            ) from None
         value = OmegaConf.select(parsed, key)
         pairs.append((key, OmegaConf.to_container(value) if OmegaConf.is_config(value) else value))
     return pairs
@@ -275,6 +298,7 @@ __all__ = [
     "FUSION_NAMES",
     "check_keys",
     "load_config",
+    "read_yaml_file",
     "register_schema",
     "to_dict",
     "field",

@@ -10,6 +10,10 @@ class ConfigError(ValueError):
     """A user-facing configuration mistake (unknown name, impossible setting, mismatched shapes)."""
 
 
+class TrainingStopped(RuntimeError):
+    """A run stopped on purpose (non-finite loss or weights, ...): the message says why and what was kept."""
+
+
 def closest(value: str, choices: Iterable[str]) -> str | None:
     matches = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.5)
     return matches[0] if matches else None

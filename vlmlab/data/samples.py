@@ -89,6 +89,15 @@ def _content_segments(sample: dict[str, Any], role: str, content: Any) -> list[d
     return segments
 
 
+def _check_not_empty(sample: dict[str, Any], turns: list[tuple[str, list[dict[str, Any]]]]) -> None:
+    """Empty answers teach nothing and empty questions teach answering nothing: both are bad samples."""
+    for index, (role, segments) in enumerate(turns):
+        has_image = any(segment["type"] == "image" for segment in segments)
+        if not has_image and not "".join(s.get("text", "") for s in segments).strip():
+            what = "response" if role == "assistant" else f"{role} turn"
+            raise ConfigError(f"sample {sample.get('id')!r}: the {what} (turn {index}) is empty.")
+
+
 def turns_of(sample: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]]]]:
     """The conversation as (role, segments) turns: `messages` as given, or the single-turn form as one
     user turn (its segments) and one assistant turn (its response)."""
@@ -130,10 +139,10 @@ def check_sample(sample: dict[str, Any]) -> dict[str, Any]:
     """Raise ConfigError naming the sample when it does not follow the schema; return it unchanged."""
     if not isinstance(sample, dict):
         raise ConfigError(f"a sample must be a dict, got {type(sample).__name__}.")
+    # a training sample must teach something: no empty answer, no empty question
+    _check_not_empty(sample, turns_of(sample))
     if "messages" in sample:
-        turns_of(sample)
         return sample
-    segments_of(sample)
     if not isinstance(sample.get("response"), str):
         raise ConfigError(f"sample {sample.get('id')!r} needs a string 'response' (the supervised answer).")
     kind = sample.get("kind")

@@ -104,7 +104,7 @@ def expand_shards(path: str) -> ShardList:
         raise ConfigError(f"webdataset path {path!r} names no shards.")
     # the first and last catch a wrong folder or range; stat-ing 70k shards in every process would not pay
     # on a network file system (a missing shard in between is skipped and counted when it is reached)
-    for url in {urls[0], urls[-1]}:
+    for url in dict.fromkeys((urls[0], urls[-1])):
         if _is_local(url) and not os.path.isfile(_local_path(url)):
             raise ConfigError(f"webdataset shard {url!r} does not exist (path {path!r}).")
     return ShardList(tuple(urls))

@@ -15,6 +15,7 @@ import torch
 from omegaconf import OmegaConf
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
+from vlmlab.config import read_yaml_file
 from vlmlab.errors import ConfigError, unknown_choice
 from vlmlab.paths import config_root
 
@@ -92,7 +93,7 @@ def load_backbone_spec(name_or_path: str | Path | dict[str, Any]) -> BackboneSpe
         path = _spec_dir() / f"{name_or_path}.yaml"
         if not path.exists():
             raise unknown_choice("language backbone", name_or_path, list_backbones())
-    return BackboneSpec.from_dict(OmegaConf.to_container(OmegaConf.load(path), resolve=True), str(path))
+    return BackboneSpec.from_dict(OmegaConf.to_container(read_yaml_file(path), resolve=True), str(path))
 
 
 def untie_head(model: Qwen3ForCausalLM) -> None:

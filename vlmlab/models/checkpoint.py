@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vlmlab.errors import ConfigError
+from vlmlab.files import atomic_write_text, fsync_file, shareable
 
 WEIGHTS, META = "weights.safetensors", "meta.json"
 
@@ -59,7 +60,9 @@ def save_stage_checkpoint(
     tensors = {name: source[name].detach().contiguous().cpu() for name in sorted(wanted)}
     if include_frozen:  # random-init base: buffers too (e.g. rotary frequencies are deterministic, but cheap)
         tensors.update({f"buffer:{n}": b.detach().contiguous().cpu() for n, b in model.named_buffers()})
+    shareable(tmp, folder=True)
     save_file(tensors, str(tmp / WEIGHTS))
+    fsync_file(tmp / WEIGHTS)
     meta = {
         "stage": config["train"]["stage"],
         "fusion": config["model"]["fusion"],
@@ -68,7 +71,7 @@ def save_stage_checkpoint(
         "config": config,
         "metrics": metrics or {},
     }
-    (tmp / META).write_text(json.dumps(meta, indent=2))
+    atomic_write_text(tmp / META, json.dumps(meta, indent=2))
     if folder.exists():
         old = folder.with_name(f".{folder.name}.old")
         os.replace(folder, old)
@@ -88,7 +91,10 @@ def checkpoint_chain(path: str | Path) -> list[Path]:
         if current in chain:
             raise ConfigError(f"Checkpoint parents form a loop at {current}.")
         chain.append(current)
-        parent = json.loads((current / META).read_text())["parent"]
+        try:
+            parent = json.loads((current / META).read_text())["parent"]
+        except (json.JSONDecodeError, KeyError, OSError) as error:
+            raise ConfigError(f"{current / META} is damaged ({error}); is the checkpoint complete?") from None
         current = resolve_checkpoint(parent) if parent else None
     return chain[::-1]
 
@@ -98,9 +104,25 @@ def load_stage_checkpoint(model: torch.nn.Module, path: str | Path) -> list[Path
     chain = checkpoint_chain(path)
     params = dict(model.named_parameters())
     buffers = dict(model.named_buffers())
+    fusion = getattr(getattr(model, "config", None), "fusion", None)
     for checkpoint in chain:
         meta = json.loads((checkpoint / META).read_text())
-        tensors = load_file(str(checkpoint / WEIGHTS))
+        trained_with = meta.get("fusion")
+        compatible = {trained_with} | (
+            {"joint_decoder", "mot"} if trained_with in ("joint_decoder", "mot") else set()
+        )
+        if fusion is not None and trained_with is not None and fusion not in compatible:
+            raise ConfigError(
+                f"Checkpoint {checkpoint} was trained with fusion {trained_with!r}; a {fusion!r} model cannot "
+                f"start from it (a stage can continue its own fusion, and MoT can start from a Joint-Decoder "
+                "stage 1)."
+            )
+        try:
+            tensors = load_file(str(checkpoint / WEIGHTS))
+        except Exception as error:  # safetensors raises its own error types for truncated / foreign files
+            raise ConfigError(
+                f"{checkpoint / WEIGHTS} cannot be read ({error}); is the file complete?"
+            ) from error
         for name, value in tensors.items():
             target = buffers.get(name[7:]) if name.startswith("buffer:") else params.get(name)
             if target is None:

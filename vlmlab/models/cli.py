@@ -8,7 +8,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from vlmlab.config import ModelConfig, load_config
+from vlmlab.config import ModelConfig, load_config, read_yaml_file
 from vlmlab.errors import ConfigError
 
 
@@ -17,7 +17,7 @@ def model_config_from(path: str | None, overrides: list[str]) -> ModelConfig:
     if path:
         if not Path(path).exists():
             raise ConfigError(f"Config file {path!r} does not exist.")
-        data = OmegaConf.to_container(OmegaConf.load(path))
+        data = OmegaConf.to_container(read_yaml_file(path))
         sources.append(data.get("model", {}) if isinstance(data, dict) else {})
     model_overrides = [o.removeprefix("model.") for o in overrides]
     return load_config(ModelConfig, sources, model_overrides)

@@ -33,7 +33,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from vlmlab.config import ExperimentConfig, check_keys, load_config, to_dict
+from vlmlab.config import ExperimentConfig, check_keys, load_config, read_yaml_file, to_dict
 from vlmlab.errors import ConfigError
 from vlmlab.files import atomic_write_text
 from vlmlab.sweep.dag import Run, SweepDag
@@ -336,7 +336,7 @@ def _resolve_vars(config: dict[str, Any], variables: dict[str, Any], stage: int)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    loaded = OmegaConf.load(path)
+    loaded = read_yaml_file(path)
     data = OmegaConf.to_container(loaded, resolve=False)
     if not isinstance(data, dict):
         raise ConfigError(f"Config file {str(path)!r} must hold a mapping at the top level.")
@@ -378,7 +378,7 @@ def _value_key(value: Any) -> str:
 def _same_config(run: Run) -> bool:
     """Whether run.config_path already describes this run (same parent, same identity)."""
     try:
-        existing = OmegaConf.to_container(OmegaConf.load(run.config_path), resolve=False)
+        existing = OmegaConf.to_container(read_yaml_file(run.config_path), resolve=False)
         same_parent = existing["train"]["init_from"] == run.config["train"]["init_from"]
         parents = bool(run.parents)
         return same_parent and identity_view(run.stage, existing, parents) == identity_view(

@@ -45,7 +45,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from vlmlab.config import FUSION_NAMES, ExperimentConfig, check_keys
+from vlmlab.config import FUSION_NAMES, ExperimentConfig, check_keys, read_yaml_file
 from vlmlab.errors import ConfigError, unknown_choice
 from vlmlab.paths import config_root
 
@@ -194,7 +194,7 @@ def _load_raw(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
         raise ConfigError(
             f"Sweep file {str(path)!r} extends itself (through {' -> '.join(map(str, chain))})."
         )
-    loaded = OmegaConf.load(path)
+    loaded = read_yaml_file(path)
     if not isinstance(loaded, DictConfig):
         raise ConfigError(f"Sweep file {str(path)!r} must hold a mapping at the top level.")
     data = OmegaConf.to_container(loaded, resolve=False)
@@ -319,7 +319,7 @@ def _tokenizer_kind(name: str) -> str:
             raise unknown_choice("image tokenizer", name, list_presets("tokenizer"))
     elif not path.exists():
         raise ConfigError(f"Image tokenizer file {name!r} does not exist.")
-    kind = OmegaConf.load(path).get("kind", "continuous")
+    kind = read_yaml_file(path).get("kind", "continuous")
     if kind not in ("continuous", "discrete"):
         raise unknown_choice(f"tokenizer kind in {str(path)!r}", kind, ("continuous", "discrete"))
     return str(kind)
@@ -362,7 +362,7 @@ def freeze_recipe(name: str) -> FreezeRecipe:
 
 
 def _read_recipe(path: Path) -> FreezeRecipe:
-    data = OmegaConf.to_container(OmegaConf.load(path))
+    data = OmegaConf.to_container(read_yaml_file(path))
     tokenizer, language = data.get("image_tokenizer", {}), data.get("language_model", {})
     return FreezeRecipe(
         name=path.stem,

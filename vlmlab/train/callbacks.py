@@ -10,35 +10,62 @@ from typing import Any
 
 import lightning as L
 
+from vlmlab.errors import TrainingStopped
+from vlmlab.faults import inject_fault
+from vlmlab.files import fsync_file
+
 log = logging.getLogger("vlmlab.train")
 
 
 class AtomicLastCheckpoint(L.Callback):
-    """Write `last.ckpt` (weights, optimizer, scheduler, loop state) every n optimizer steps, atomically:
-    a kill -9 during the write leaves the previous checkpoint intact."""
+    """Write `last.ckpt` (weights, optimizer, scheduler, loop and data-stream state) every n optimizer steps,
+    atomically: a kill -9 during the write leaves the previous checkpoint intact.
+
+    Only at optimizer-step boundaries and once per step: a resumed run does not rewrite the checkpoint of the
+    step it resumed from (that would record a micro-batch whose accumulated gradient is not saved). Weights
+    that are not finite are never saved: the run stops naming the groups, and the last good checkpoint stays
+    the resume point.
+    """
 
     def __init__(self, path: Path, every_n_steps: int) -> None:
         self.path = Path(path)
         self.every = max(1, every_n_steps)
-        self._saved_at = -1
+        self._saved_at = self._seen_step = -1
 
-    def save(self, trainer: L.Trainer) -> None:
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        # the state resumed from (or the fresh start) needs no checkpoint of its own
+        self._saved_at = self._seen_step = trainer.global_step
+
+    def save(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if trainer.global_step == self._saved_at:
             return
+        report = getattr(module, "non_finite_weights", lambda: None)()
+        if report:
+            raise NonFiniteWeightsError(report)
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         trainer.save_checkpoint(tmp)
         if trainer.is_global_zero:
+            fsync_file(tmp)
             os.replace(tmp, self.path)
         trainer.strategy.barrier()
         self._saved_at = trainer.global_step
+        inject_fault(f"checkpoint:{trainer.global_step}")
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
-        # global_step only moves when an accumulation cycle ends with an optimizer step
-        if trainer.global_step > 0 and trainer.global_step % self.every == 0:
-            self.save(trainer)
+        # global_step moves only on the micro-batch that ends an accumulation window (the optimizer step)
+        if trainer.global_step == self._seen_step:
+            return
+        self._seen_step = trainer.global_step
+        inject_fault(f"step:{trainer.global_step}")
+        if trainer.global_step % self.every == 0:
+            self.save(trainer, module)
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self.save(trainer)
+        self.save(trainer, module)
+
+
+class NonFiniteWeightsError(TrainingStopped):
+    """The weights became NaN / inf: nothing was saved for this step."""
 
 
 class PeriodicValidation(L.Callback):

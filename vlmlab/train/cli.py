@@ -10,7 +10,7 @@ import logging
 def _train(args: argparse.Namespace) -> int:
     from vlmlab.train.run import experiment_from_files, train
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     configs = [a for a in args.items if "=" not in a]
     overrides = [a for a in args.items if "=" in a]
     record = train(experiment_from_files(configs, overrides))

@@ -18,6 +18,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from torch import nn
 
+from vlmlab.config import read_yaml_file
 from vlmlab.errors import ConfigError, unknown_choice
 from vlmlab.paths import config_root
 
@@ -53,7 +54,7 @@ def load_recipe(name_or_path: str) -> FreezeRecipe:
         path = config_root() / "freeze" / f"{name_or_path}.yaml"
         if not path.exists():
             raise unknown_choice("freezing recipe", name_or_path, list_recipes())
-    data = OmegaConf.to_container(OmegaConf.load(path))
+    data = OmegaConf.to_container(read_yaml_file(path))
     allowed = {"image_tokenizer": {"stage1", "stage2"}, "language_model": {"stage1", "stage2"}}
     for group, stages in data.items():
         if group not in allowed:

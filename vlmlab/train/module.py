@@ -12,7 +12,7 @@ import lightning as L
 import torch
 
 from vlmlab.config import ExperimentConfig
-from vlmlab.errors import ConfigError
+from vlmlab.errors import ConfigError, TrainingStopped
 from vlmlab.files import atomic_write_bytes
 from vlmlab.models.vlm import VisionLanguageModel
 from vlmlab.train.schedule import build_optimizer, build_scheduler
@@ -22,7 +22,7 @@ DATA_STATE_KEY = "vlmlab_data_state"  # rank 0's stream state inside every check
 KEEP_DATA_STATES = 3  # side files per rank kept (the newest), for checkpoints of recent steps
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(TrainingStopped):
     """Training stopped because the loss or the weights became NaN/inf."""
 
 
@@ -94,6 +94,8 @@ class VLMModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         out = self(batch)
         loss = out.loss
+        if not loss.requires_grad:  # e.g. a text-only batch while only the adapter trains: zero gradients
+            loss = loss + 0.0 * sum(p.sum() for p in self.model.parameters() if p.requires_grad)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(self._non_finite_report(float(loss)))
         real = int(batch["segment_ids"].ge(0).sum()) if "segment_ids" in batch else batch["input_ids"].numel()
@@ -118,7 +120,16 @@ class VLMModule(L.LightningModule):
                 if param.grad is not None and not torch.isfinite(param.grad).all():
                     raise NonFiniteLossError(self._non_finite_report(None, gradients=True))
 
-    def _non_finite_report(self, loss: float | None, gradients: bool = False) -> str:
+    def non_finite_weights(self) -> str | None:
+        """The report naming the groups whose weights are NaN / inf, or None when all are finite."""
+        for params in self.model.parameter_groups().values():
+            if any(not torch.isfinite(p).all() for _, p in params):
+                return self._non_finite_report(None, gradients=False, weights_checked=True)
+        return None
+
+    def _non_finite_report(
+        self, loss: float | None, gradients: bool = False, weights_checked: bool = False
+    ) -> str:
         bad = []
         for group, params in self.model.parameter_groups().items():
             values = [p.grad if gradients else p for _, p in params]
@@ -126,7 +137,12 @@ class VLMModule(L.LightningModule):
                 bad.append(group)
         what = "gradients" if gradients else "weights"
         where = ", ".join(bad) if bad else f"no group's {what} (the loss alone overflowed)"
-        head = f"loss {loss}" if loss is not None and not math.isfinite(loss) else "non-finite gradients"
+        if loss is not None and not math.isfinite(loss):
+            head = f"loss {loss}"
+        else:
+            head = (
+                "non-finite weights after the optimizer step" if weights_checked else "non-finite gradients"
+            )
         return (
             f"Training stopped at step {self.global_step}: {head}. Groups holding non-finite {what}: {where}. "
             "Checkpoints already written are kept; lower the learning rate or check the data."

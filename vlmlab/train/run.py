@@ -10,6 +10,7 @@ Run folder layout (`train.output_dir`):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -26,6 +27,7 @@ from vlmlab.data.sources import first_sample, merge_health
 from vlmlab.data.stream import data_health
 from vlmlab.errors import ConfigError
 from vlmlab.eval.results import config_hash
+from vlmlab.faults import inject_fault
 from vlmlab.files import atomic_write_text
 from vlmlab.models.checkpoint import (
     load_stage_checkpoint,
@@ -37,6 +39,7 @@ from vlmlab.train.callbacks import AtomicLastCheckpoint, PeriodicValidation
 from vlmlab.train.data import TrainData
 from vlmlab.train.freezing import apply_freezing, load_recipe
 from vlmlab.train.module import VLMModule
+from vlmlab.train.preflight import RunLock, check_run_folder, launcher_rank, remove_leftovers, validate
 
 log = logging.getLogger("vlmlab.train")
 STRATEGIES = ("auto", "ddp", "fsdp", "deepspeed_stage_1")
@@ -61,7 +64,7 @@ def latest_checkpoint(folder: Path) -> tuple[Path | None, int]:
     best: tuple[Path | None, int] = (None, 0)
     for path in [folder / "last.ckpt", *sorted(folder.glob("hpc_ckpt_*.ckpt"))]:
         if path.exists():
-            step = int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
+            step = checkpoint_step(path)
             if best[0] is None or step >= best[1]:
                 best = (path, step)
     return best
@@ -90,43 +93,71 @@ def _strategy(config: ExperimentConfig) -> Any:
     return name
 
 
+def checkpoint_step(path: Path) -> int:
+    """The optimizer step a resume checkpoint was written at; loading runs no code (`weights_only=True`)."""
+    import pickle
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        if not isinstance(state, dict) or not {"global_step", "state_dict", "loops"} <= state.keys():
+            raise ConfigError(
+                f"{path} is not a training checkpoint (no global_step / state_dict / loops); delete it to "
+                "resume from scratch."
+            )
+        return int(state["global_step"])
+    except pickle.UnpicklingError as error:
+        reason = str(error).strip().splitlines()[0][:160]
+        raise ConfigError(
+            f"{path} is not a plain checkpoint: loading it would run code ({reason}). vlmlab loads tensors "
+            "only; delete the file if you did not write it."
+        ) from None
+    except (RuntimeError, OSError, EOFError, KeyError, ValueError, TypeError) as error:
+        raise ConfigError(
+            f"{path} is truncated or not a checkpoint ({str(error).splitlines()[0][:160]}); delete it to resume "
+            "from scratch."
+        ) from None
+
+
 def train(config: ExperimentConfig) -> dict[str, Any]:
     out = Path(config.train.output_dir)
-    result_path = out / "result.json"
-    if result_path.exists():
-        log.info("%s is already done (result.json exists); nothing to do", out)
-        return json.loads(result_path.read_text())
+    accumulate = validate(config)  # before anything is written
+    load_recipe(config.train.freeze)
     resolved = to_dict(config)
+    done = check_run_folder(out, resolved)
+    if done is not None:
+        log.info("%s is already done (result.json exists, same config); nothing to do", out)
+        return done
+    rank = launcher_rank()
+    with RunLock(out) if rank == 0 else contextlib.nullcontext():
+        if rank == 0:
+            for path in remove_leftovers(out):
+                log.info("removed %s, left by an interrupted write", path)
+        return _train(config, out, resolved, accumulate)
+
+
+def _train(config: ExperimentConfig, out: Path, resolved: dict[str, Any], accumulate: int) -> dict[str, Any]:
+    result_path = out / "result.json"
+    for source in [*config.data.train, *config.data.val]:  # seconds, before anything heavy is built
+        first_sample(source, seed=config.train.seed)
+    last_ckpt = out / "checkpoints" / "last.ckpt"
+    resume_from = last_ckpt if last_ckpt.exists() else None
+    done_steps = checkpoint_step(last_ckpt) if resume_from else 0
     atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
     started = time.time()
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     if config.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
-    for source in [*config.data.train, *config.data.val]:  # seconds, before anything heavy is built
-        first_sample(source, seed=config.train.seed)
     model, parent = build_model(config)
     freezing = apply_freezing(model, load_recipe(config.train.freeze), config.train.stage)
 
-    world = config.train.devices * config.train.num_nodes
-    per_step = config.data.micro_batch_size * world
-    if config.train.global_batch_size % per_step:
-        raise ConfigError(
-            f"train.global_batch_size={config.train.global_batch_size} is not a multiple of "
-            f"data.micro_batch_size x devices x nodes = {per_step}."
-        )
-    accumulate = config.train.global_batch_size // per_step
-
-    last_ckpt = out / "checkpoints" / "last.ckpt"
-    resume_from = last_ckpt if last_ckpt.exists() else None
-    done_steps = (
-        int(torch.load(last_ckpt, map_location="cpu", weights_only=False)["global_step"])
-        if resume_from
-        else 0
-    )
     data = TrainData(config, model)
 
-    best = {"score": -1.0, "step": None, "metrics": {}}
+    best: dict[str, Any] = {"score": -1.0, "step": None, "metrics": {}}
+    if resume_from and (out / "best" / "meta.json").exists():  # the best so far survives a kill
+        kept = json.loads((out / "best" / "meta.json").read_text())["metrics"]
+        metrics = {k: v for k, v in kept.items() if k != "step"}
+        best.update(score=metrics.get("mean_accuracy", -1.0), step=kept.get("step"), metrics=metrics)
     include_frozen = config.train.init_from is None and config.model.backbone_weights is None
 
     def on_validation(step: int, metrics: dict[str, float]) -> None:
@@ -189,7 +220,10 @@ def train(config: ExperimentConfig) -> dict[str, Any]:
     )
     if resume_from:
         log.info("resuming from %s (step %d)", resume_from, done_steps)
-    trainer.fit(module, ckpt_path=str(resume_from) if resume_from else None)
+    trainer.fit(module, ckpt_path=str(resume_from) if resume_from else None, weights_only=True)
+    if "last" not in best and config.data.val:  # resumed after the last step: validate the final weights
+        on_validation(trainer.global_step, data.evaluate())
+    inject_fault("export")
 
     final = None
     state = full_state()
@@ -197,7 +231,10 @@ def train(config: ExperimentConfig) -> dict[str, Any]:
         final = save_stage_checkpoint(
             model, out / "final", resolved, parent, include_frozen, best.get("last", {}), state
         )
-    health = data_health(module._loader.state_after(module._loader.batches)) if module._loader else {}
+    if module._loader is not None:
+        health = data_health(module._loader.state_after(module._loader.batches))
+    else:  # nothing left to train after a resume: the counts are in the restored state
+        health = data_health(module._data_state or {})
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         gathered: list[Any] = [None] * torch.distributed.get_world_size()
         torch.distributed.all_gather_object(gathered, health)

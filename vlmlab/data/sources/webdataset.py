@@ -35,6 +35,7 @@ import random
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from vlmlab.config import DataSourceConfig
@@ -47,11 +48,31 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 TEXT_MODES = ("tqa", "text")  # modes that mark a source of text-only samples
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB faithfully: 16- and 32-bit integer images are scaled to 8 bits (PIL's convert would clip them to
+    white), float images from [0, 1]; transparency is composited on white."""
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        if image.mode == "F":
+            top = 1.0
+        elif image.mode.startswith("I;16") or array.max(initial=0) <= 65535:
+            top = 65535.0
+        else:
+            top = 2.0**32 - 1
+        array = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(array, mode="L").convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
 def decode_image(data: bytes) -> Image.Image:
     """Encoded bytes -> RGB PIL image carrying its original bytes (so writing it back keeps the JPEG)."""
     image = Image.open(io.BytesIO(data))
     image.load()
-    image = image.convert("RGB")
+    image = to_rgb(image)
     image.info[ENCODED_KEY] = data
     return image
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from vlmlab.config import read_yaml_file
 from vlmlab.errors import unknown_choice
 from vlmlab.models.tokenizers.base import ImageTokenizer, TokenizerSpec
 from vlmlab.models.tokenizers.preprocess import build_image_transform
@@ -39,7 +40,7 @@ def load_tokenizer_spec(name_or_path: str | Path | dict[str, Any]) -> TokenizerS
         path = _spec_dir() / f"{name_or_path}.yaml"
         if not path.exists():
             raise unknown_choice("image tokenizer", name_or_path, list_tokenizers())
-    data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    data = OmegaConf.to_container(read_yaml_file(path), resolve=True)
     return TokenizerSpec.from_dict(data, source=str(path))
 
 

@@ -7,6 +7,7 @@ adapters project patch features; the pooled CLS summary is not used by any of th
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -34,9 +35,17 @@ def check_local_checkpoint(spec: TokenizerSpec) -> None:
 
 
 def _loading_failed(spec: TokenizerSpec, error: Exception) -> ConfigError:
+    if isinstance(error, pickle.UnpicklingError):
+        return ConfigError(
+            f"Tokenizer {spec.name!r}: {spec.pretrained!r} is not a plain weights file: loading it would run "
+            "code, and vlmlab loads tensors only (weights_only). Use the released checkpoint or safetensors."
+        )
+    text = " ".join(str(error).split())
+    if len(text) > 400:  # e.g. the key list of a checkpoint of another architecture
+        text = f"{text[:400]} ... ({len(text) - 400} more characters)"
     return ConfigError(
         f"Tokenizer {spec.name!r}: could not load pretrained weights {spec.pretrained!r} through "
-        f"{spec.library} ({type(error).__name__}: {error}). Without network access, download the weights "
+        f"{spec.library} ({type(error).__name__}: {text}). Without network access, download the weights "
         "elsewhere and set `pretrained` to the local file or folder."
     )
 
@@ -66,7 +75,7 @@ class OpenClipTokenizer(ImageTokenizer):
             clip = open_clip.create_model(
                 spec.arch, pretrained=spec.pretrained, device=device, **spec.arch_kwargs
             )
-        except (RuntimeError, OSError, ValueError) as error:
+        except (RuntimeError, OSError, ValueError, pickle.UnpicklingError) as error:
             if spec.pretrained is None:
                 raise
             raise _loading_failed(spec, error) from error
@@ -108,7 +117,7 @@ class TimmTokenizer(ImageTokenizer):
             arch = f"{spec.arch}.{spec.pretrained}"
         try:
             self.model = timm.create_model(arch, pretrained=pretrained, **kwargs)
-        except (RuntimeError, OSError, ValueError) as error:
+        except (RuntimeError, OSError, ValueError, pickle.UnpicklingError) as error:
             if not pretrained:
                 raise
             raise _loading_failed(spec, error) from error
@@ -144,7 +153,7 @@ class TransformersTokenizer(ImageTokenizer):
         if spec.pretrained:
             try:
                 self.model = model_class.from_pretrained(spec.pretrained, **spec.arch_kwargs)
-            except (OSError, ValueError) as error:
+            except (OSError, ValueError, pickle.UnpicklingError) as error:
                 raise _loading_failed(spec, error) from error
         else:
             config = model_class.config_class(**spec.arch_kwargs)

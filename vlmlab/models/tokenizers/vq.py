@@ -11,6 +11,7 @@ embedding layer. So every discrete tokenizer here
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -83,7 +84,14 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path), device="cpu")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ConfigError(
+            f"{str(path)!r} is not a plain weights file: loading it would run code (vlmlab loads tensors only)."
+        ) from None
+    except (RuntimeError, EOFError, OSError) as error:
+        raise ConfigError(f"{str(path)!r} cannot be read ({str(error).splitlines()[0][:200]}).") from None
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(f"{str(path)!r} is not a plain state dict (name -> tensor) file.")
     return dict(state)

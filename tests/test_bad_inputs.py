@@ -1,0 +1,230 @@
+"""A catalogue of bad inputs through the CLI's entry point (`vlmlab.cli.main`, in process): each must end
+with a non-zero exit, one line naming the offending value, no traceback, and nothing in the run folder that
+a later run could mistake for progress (no checkpoint, final weights or result)."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from vlmlab.cli import main
+
+TINY = {
+    "model": {"backbone": "qwen3-tiny", "tokenizer": "clip-tiny", "random_tokenizer": True},
+    "data": {"max_length": 96, "micro_batch_size": 4, "train": [{"kind": "synthetic", "mode": "caption"}]},
+    "train": {"stage": 1, "freeze": "unfreeze-all", "max_steps": 2, "global_batch_size": 4},
+}
+
+
+def write(path: Path, text: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    return path
+
+
+def tiny_config(tmp: Path, **sections) -> Path:
+    data = OmegaConf.merge(OmegaConf.create(TINY), OmegaConf.create(sections))
+    data.train.output_dir = str(tmp / "run")
+    return write(tmp / "exp.yaml", OmegaConf.to_yaml(data))
+
+
+def finished_run(tmp: Path) -> None:
+    """A finished run's folder (result.json with its config), without training one."""
+    config = tiny_config(tmp)
+    from vlmlab.config import ExperimentConfig, load_config, to_dict
+
+    resolved = to_dict(load_config(ExperimentConfig, [str(config)]))
+    record = {"run_id": "run", "config": resolved, "metrics": {"spatialmap/accuracy": 0.5}, "stage": 1}
+    write(tmp / "run" / "result.json", json.dumps(record))
+
+
+def resumable_run(tmp: Path) -> None:
+    from vlmlab.config import ExperimentConfig, load_config, to_dict
+
+    config = tiny_config(tmp)
+    resolved = to_dict(load_config(ExperimentConfig, [str(config)]))
+    write(tmp / "run" / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
+    torch.save({"global_step": 1}, tmp / "stub.pt")
+    write(tmp / "run" / "checkpoints" / "last.ckpt", (tmp / "stub.pt").read_bytes())
+
+
+def fake_parent(tmp: Path, fusion: str = "cross_attention", weights: bytes | None = None) -> Path:
+    from safetensors.torch import save_file
+
+    folder = tmp / "parent" / "final"
+    folder.mkdir(parents=True)
+    if weights is None:
+        save_file({}, str(folder / "weights.safetensors"))
+    else:
+        write(folder / "weights.safetensors", weights)
+    write(folder / "meta.json", json.dumps({"parent": None, "fusion": fusion, "stage": 1}))
+    return folder
+
+
+def llava(tmp: Path, image: str = "a.jpg") -> Path:
+    rows = [
+        {
+            "image": image,
+            "conversations": [{"from": "human", "value": "<image>hi"}, {"from": "gpt", "value": "x"}],
+        }
+    ]
+    return write(tmp / "llava.json", json.dumps(rows))
+
+
+def parquet(tmp: Path) -> Path:
+    import datasets
+
+    path = tmp / "d.parquet"
+    datasets.Dataset.from_dict({"q": ["a?"], "a": ["b"]}).to_parquet(str(path))
+    return path
+
+
+def shard_with_an_empty_response(tmp: Path) -> Path:
+    from PIL import Image
+
+    path = tmp / "s.tar"
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 0, 0)).save(buffer, format="PNG")
+    with tarfile.open(path, "w") as tar:
+        for key, response in (("k0", "a red square"), ("k1", "  "), ("k2", "a red one"), ("k3", "red")):
+            record = {
+                "segments": [{"type": "image"}, {"type": "text", "text": "Describe."}],
+                "response": response,
+            }
+            for name, data in (
+                (f"{key}.json", json.dumps(record).encode()),
+                (f"{key}.png", buffer.getvalue()),
+            ):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+HELD_LOCKS = []
+
+
+def locked_run(tmp: Path) -> Path:
+    """A run folder that another `vlmlab train` holds (its lock taken and kept for the test)."""
+    from vlmlab.train.preflight import RunLock
+
+    config = tiny_config(tmp)
+    HELD_LOCKS.append(RunLock(tmp / "run").__enter__())
+    return config
+
+
+# (id, argv builder: tmp -> list[str], text the error must contain)
+CASES = [
+    ("yaml-tab", lambda t: ["train", str(write(t / "a.yaml", "train:\n\tmax_steps: 3\n"))], "not valid YAML"),
+    ("yaml-bracket", lambda t: ["train", str(write(t / "a.yaml", "data: {train: [\n"))], "a.yaml' is not valid YAML"),
+    ("override-no-value", lambda t: ["train", str(tiny_config(t)), "model.fusion"], "model.fusion=..."),
+    ("override-bad-value", lambda t: ["train", str(tiny_config(t)), "data.train=[1"], "data.train=[1"),
+    ("override-empty-key", lambda t: ["train", str(tiny_config(t)), "train..max_steps=3"], "empty key part"),
+    ("config-is-folder", lambda t: ["train", str(t)], "is a folder"),
+    ("config-missing", lambda t: ["train", str(t / "nope.yaml")], "nope.yaml' does not exist"),
+    ("typo", lambda t: ["train", str(tiny_config(t)), "train.max_stpes=3"], "Did you mean 'train.max_steps'"),
+    ("fusion", lambda t: ["train", str(tiny_config(t)), "model.fusion=moe"], "'moe'"),
+    ("micro-batch-0", lambda t: ["train", str(tiny_config(t)), "data.micro_batch_size=0"], "data.micro_batch_size"),
+    ("global-batch-0", lambda t: ["train", str(tiny_config(t)), "train.global_batch_size=0"], "global_batch_size"),
+    ("global-batch-negative", lambda t: ["train", str(tiny_config(t)), "train.global_batch_size=-8"], "-8"),
+    ("max-steps-0", lambda t: ["train", str(tiny_config(t)), "train.max_steps=0"], "train.max_steps"),
+    ("max-steps-negative", lambda t: ["train", str(tiny_config(t)), "train.max_steps=-5"], "-5"),
+    ("lr-nan", lambda t: ["train", str(tiny_config(t)), "optim.lr.adapter=nan"], "optim.lr.adapter"),
+    ("lr-inf", lambda t: ["train", str(tiny_config(t)), "optim.lr.language_model=inf"], "optim.lr.language_model"),
+    ("lr-negative", lambda t: ["train", str(tiny_config(t)), "optim.lr.adapter=-1"], "optim.lr.adapter"),
+    ("indivisible", lambda t: ["train", str(tiny_config(t)), "train.global_batch_size=6"], "not a multiple"),
+    ("freeze-file", lambda t: ["train", str(tiny_config(t)), "train.freeze=nothere.yaml"], "nothere.yaml"),
+    ("freeze-name", lambda t: ["train", str(tiny_config(t)), "train.freeze=nothere"], "'nothere'"),
+    ("tokenizer-preset", lambda t: ["train", str(tiny_config(t)), "model.tokenizer=clip-huge-x"], "clip-huge-x"),
+    ("backbone-preset", lambda t: ["train", str(tiny_config(t)), "model.backbone=qwen9"], "qwen9"),
+    ("backbone-missing", lambda t: ["train", str(tiny_config(t)), "model.backbone_weights=/no/such"], "/no/such"),
+    ("backbone-no-config", lambda t: ["train", str(tiny_config(t)), f"model.backbone_weights={t}"], "config.json"),
+    ("tokenizer-weights-missing", lambda t: ["train", str(tiny_config(t)), "model.tokenizer_weights=/no/w.pt"], "/no/w.pt"),
+    ("init-from-missing", lambda t: ["train", str(tiny_config(t)), f"train.init_from={t}/none"], "init_from"),
+    ("init-from-not-a-run", lambda t: ["train", str(tiny_config(t)), f"train.init_from={t}"], "No vlmlab checkpoint"),
+    ("init-from-truncated", lambda t: ["train", str(tiny_config(t)), f"train.init_from={fake_parent(t, 'joint_decoder', b'xx')}"], "weights.safetensors cannot be read"),
+    ("init-from-other-fusion", lambda t: ["train", str(tiny_config(t)), "model.fusion=mot", f"train.init_from={fake_parent(t)}"], "trained with fusion 'cross_attention'"),
+    ("source-kind", lambda t: ["train", str(tiny_config(t)), "data.train.0.kind=parquet"], "'parquet'"),
+    ("source-mode", lambda t: ["train", str(tiny_config(t)), "data.train.0.mode=vqqa"], "'vqqa'"),
+    ("source-index", lambda t: ["train", str(tiny_config(t)), "data.train.3.path=/x"], "data.train has 1 item"),
+    ("shards-missing", lambda t: ["train", str(tiny_config(t)), "data.train.0.kind=webdataset", f"data.train.0.path={t}/x-{{0..3}}.tar"], "x-0.tar"),
+    ("llava-missing", lambda t: ["train", str(tiny_config(t)), "data.train.0.kind=llava", f"data.train.0.path={t}/l.json"], "l.json"),
+    ("llava-image-missing", lambda t: ["train", str(tiny_config(t)), "data.train.0.kind=llava", f"data.train.0.path={llava(t)}"], "a.jpg' does not exist"),
+    ("hf-column", lambda t: ["train", str(tiny_config(t)), "data.train.0.kind=hf", f"data.train.0.path={parquet(t)}", "data.train.0.fields.question=question"], "columns: q, a"),
+    ("hf-no-form", lambda t: ["train", str(tiny_config(t)), "data.train.0.kind=hf", f"data.train.0.path={parquet(t)}"], "no columns for messages"),
+    ("empty-sample", lambda t: ["train", str(tiny_config(t)), "data.train.0.kind=webdataset", f"data.train.0.path={shard_with_an_empty_response(t)}", "data.train.0.name=tiny", "data.max_bad_fraction=1"], None),
+    ("workers-negative", lambda t: ["train", str(tiny_config(t)), "data.num_workers=-1"], "data.num_workers"),
+    ("max-length", lambda t: ["train", str(tiny_config(t)), "data.max_length=4"], "data.max_length"),
+    ("bad-fraction", lambda t: ["train", str(tiny_config(t)), "data.max_bad_fraction=2"], "max_bad_fraction"),
+    ("strategy", lambda t: ["train", str(tiny_config(t)), "train.strategy=foo"], "'foo'"),
+    ("stage", lambda t: ["train", str(tiny_config(t)), "train.stage=4"], "train.stage"),
+    ("betas", lambda t: ["train", str(tiny_config(t)), "optim.betas=[0.9]"], "optim.betas"),
+    ("ckpt-truncated", lambda t: (resumable_run(t), write(t / "run/checkpoints/last.ckpt", b"PK\x03\x04junk"), ["train", str(t / "exp.yaml")])[-1], "last.ckpt is truncated"),
+    ("ckpt-empty", lambda t: (resumable_run(t), write(t / "run/checkpoints/last.ckpt", b""), ["train", str(t / "exp.yaml")])[-1], "last.ckpt is truncated"),
+    ("resume-other-lr", lambda t: (resumable_run(t), ["train", str(t / "exp.yaml"), "optim.lr.adapter=1e-3"])[-1], "optim.lr.adapter was 0.0002, now 0.001"),
+    ("result-empty", lambda t: (tiny_config(t), write(t / "run" / "result.json", ""), ["train", str(t / "exp.yaml")])[-1], "result.json is damaged"),
+    ("finished-other-config", lambda t: (finished_run(t), ["train", str(t / "exp.yaml"), "train.seed=3"])[-1], "train.seed was 0, now 3"),
+    ("output-under-a-file", lambda t: ["train", str(tiny_config(t)), f"train.output_dir={write(t / 'f', 'x')}/run"], "/f/run"),
+    ("folder-in-use", lambda t: ["train", str(locked_run(t))], "is in use by another vlmlab train (pid"),
+    ("sweep-yaml", lambda t: ["sweep", str(write(t / "s.yaml", "name: [x\n")), "--dry-run"], "s.yaml' is not valid YAML"),
+    ("sweep-missing", lambda t: ["sweep", str(t / "none.yaml"), "--dry-run"], "none.yaml"),
+    ("results-output-under-a-file", lambda t: (finished_run(t), ["results", str(t / "run"), "--out", f"{write(t / 'g', 'x')}/out"])[-1], "g/out"),
+    ("ckpt-not-lightning", lambda t: (resumable_run(t), ["train", str(t / "exp.yaml")])[-1], "not a training checkpoint"),
+    ("synth-output-under-a-file", lambda t: ["data", "synth", "grid", "--num", "2", "--quiet", "--out", f"{write(t / 'h', 'x')}/o"], "h/o"),
+    ("index-missing", lambda t: ["data", "index", f"{t}/none-{{0..2}}.tar"], "none-0.tar"),
+]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _log_handlers_follow_the_capture():
+    """Libraries (Lightning) bind stream handlers to the stderr of the test that imported them; point every
+    handler at the current stderr so in-process runs never log into a closed capture."""
+    import logging
+    import sys
+
+    def rebind() -> None:
+        loggers = [logging.getLogger(), *(logging.getLogger(n) for n in logging.root.manager.loggerDict)]
+        for logger in loggers:
+            for handler in getattr(logger, "handlers", []):
+                stream = getattr(handler, "stream", None)
+                if type(handler) is logging.StreamHandler and getattr(stream, "closed", False):
+                    handler.stream = sys.stderr
+
+    rebind()
+    yield
+    rebind()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_clear_line(tmp_path, capfd, case):
+    name, argv, expected = case
+    args = argv(tmp_path)
+    had_result = (tmp_path / "run" / "result.json").exists()
+    code = main(args)
+    err = capfd.readouterr().err
+    if expected is None:  # bad data: skipped and counted, the run itself succeeds
+        assert code == 0, err
+        record = json.loads((tmp_path / "run" / "result.json").read_text())
+        assert record["data"]["bad"]["tiny"], record["data"]
+        return
+    assert code != 0, f"{name}: exit 0"
+    lines = [line for line in err.strip().splitlines() if line.startswith("vlmlab: ")]
+    assert lines, err
+    assert "Traceback" not in err, err
+    assert expected in lines[-1], (expected, lines[-1])
+    run = tmp_path / "run"
+    assert not (run / "checkpoints" / "last.ckpt").exists() or name.startswith(("ckpt-", "resume-"))
+    assert not (run / "final").exists() and (had_result or not (run / "result.json").exists())
+
+
+def test_the_catalogue_is_large_enough():
+    assert len(CASES) >= 40

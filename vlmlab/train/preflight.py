@@ -1,0 +1,231 @@
+"""Checks before a run writes anything: value ranges, batch divisibility, referenced files, the run folder.
+
+Each failure is one ConfigError naming the key, the bad value and what is allowed. The run folder check makes
+re-running safe: a finished run with the same config is "already done", with a different config an error
+naming the first differing key; a resumable run must resume with the config it was started with; a lock
+keeps a second `vlmlab train` out of a folder in use.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from vlmlab.config import ExperimentConfig
+from vlmlab.errors import ConfigError
+
+# keys that change how a run executes or logs, not what it computes: they may differ on a re-run
+EXECUTION_KEYS = ("train.log_every_n_steps", "train.accelerator")
+
+
+def _positive(name: str, value: Any, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+
+
+def _finite(name: str, value: Any, minimum: float = 0.0) -> None:
+    if not isinstance(value, int | float) or not math.isfinite(value) or value < minimum:
+        raise ConfigError(f"{name} must be a finite number >= {minimum:g}, got {value!r}.")
+
+
+def validate(config: ExperimentConfig) -> int:
+    """Raise on the first impossible setting; return the gradient-accumulation steps per optimizer step."""
+    train, data, optim = config.train, config.data, config.optim
+    for name in ("max_steps", "global_batch_size", "checkpoint_every_n_steps", "devices", "num_nodes"):
+        _positive(f"train.{name}", getattr(train, name))
+    _positive("train.val_every_n_steps", train.val_every_n_steps, allow_none=True)
+    _positive("train.schedule_steps", train.schedule_steps, allow_none=True)
+    _positive("train.log_every_n_steps", train.log_every_n_steps)
+    if train.stage not in (1, 2, 3):
+        raise ConfigError(f"train.stage must be 1, 2 or 3, got {train.stage!r}.")
+    for name in ("micro_batch_size", "val_samples"):
+        _positive(f"data.{name}", getattr(data, name))
+    if not isinstance(data.num_workers, int) or data.num_workers < 0:
+        raise ConfigError(f"data.num_workers must be an integer >= 0, got {data.num_workers!r}.")
+    if data.max_length < 8:
+        raise ConfigError(f"data.max_length must be >= 8 tokens, got {data.max_length!r}.")
+    if not data.train:
+        raise ConfigError("data.train lists no sources: a run needs at least one.")
+    for group, lr in optim.lr.items():
+        _finite(f"optim.lr.{group}", lr)
+    _finite("optim.weight_decay", optim.weight_decay)
+    _finite("optim.min_lr_ratio", optim.min_lr_ratio)
+    if optim.grad_clip is not None:
+        _finite("optim.grad_clip", optim.grad_clip, minimum=1e-12)
+    if len(optim.betas) != 2 or not all(isinstance(b, int | float) and 0 <= b < 1 for b in optim.betas):
+        raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {list(optim.betas)!r}.")
+    if not isinstance(optim.warmup_steps, int) or optim.warmup_steps < 0:
+        raise ConfigError(f"optim.warmup_steps must be an integer >= 0, got {optim.warmup_steps!r}.")
+    world = train.devices * train.num_nodes
+    per_step = data.micro_batch_size * world
+    if train.global_batch_size % per_step:
+        raise ConfigError(
+            f"train.global_batch_size={train.global_batch_size} is not a multiple of "
+            f"data.micro_batch_size x devices x nodes = {data.micro_batch_size} x {train.devices} x "
+            f"{train.num_nodes} = {per_step}."
+        )
+    for key in ("backbone_weights", "tokenizer_weights"):
+        value = getattr(config.model, key)
+        if value and _looks_like_path(value) and not Path(value).expanduser().exists():
+            raise ConfigError(f"model.{key}={value!r} does not exist.")
+    weights = config.model.backbone_weights
+    if (
+        weights
+        and Path(weights).expanduser().is_dir()
+        and not (Path(weights).expanduser() / "config.json").exists()
+    ):
+        raise ConfigError(
+            f"model.backbone_weights={weights!r} holds no config.json: point it at a folder written by "
+            "save_pretrained (config.json + *.safetensors)."
+        )
+    if train.init_from and not Path(train.init_from).exists():
+        raise ConfigError(f"train.init_from={train.init_from!r} does not exist (a run folder or checkpoint).")
+    return train.global_batch_size // per_step
+
+
+def _looks_like_path(value: str) -> bool:
+    """Local paths can be checked; hub ids (`org/name`) and library tags cannot."""
+    return (
+        value.startswith(("/", "./", "../", "~"))
+        or os.sep in value
+        and os.path.exists(os.path.dirname(value))
+    )
+
+
+def first_difference(old: Any, new: Any, where: str = "") -> str | None:
+    """The first dotted key whose value differs between two resolved configs (None when equal)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        # a key only one side has is a setting added or removed between vlmlab versions: not a difference
+        for key in sorted(set(old) & set(new), key=str):
+            found = first_difference(old.get(key), new.get(key), f"{where}.{key}" if where else str(key))
+            if found and found not in EXECUTION_KEYS:
+                return found
+        return None
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        for index, (a, b) in enumerate(zip(old, new)):
+            found = first_difference(a, b, f"{where}.{index}")
+            if found:
+                return found
+        return None
+    return None if old == new else where
+
+
+def _show(config: dict, key: str) -> Any:
+    value: Any = config
+    for part in key.split("."):
+        value = value[int(part)] if isinstance(value, list) else (value or {}).get(part)
+    return value
+
+
+def check_run_folder(out: Path, resolved: dict[str, Any]) -> dict[str, Any] | None:
+    """The finished run's record when `out` holds this very run (nothing to do); None when it should train.
+
+    Raises when the folder holds a different run (finished or resumable), or a damaged result.
+    """
+    result = out / "result.json"
+    if result.exists():
+        try:
+            record = json.loads(result.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ConfigError(
+                f"{result} is damaged ({error}); delete it to finish the run again from its last checkpoint."
+            ) from error
+        key = first_difference(record.get("config", {}), resolved)
+        if key is not None:
+            raise ConfigError(
+                f"{out} holds a finished run with another config: {key} was {_show(record['config'], key)!r}, "
+                f"now {_show(resolved, key)!r}. Use another train.output_dir."
+            )
+        return record
+    saved = out / "config.yaml"
+    if (out / "checkpoints" / "last.ckpt").exists() and saved.exists():
+        try:
+            old = OmegaConf.to_container(OmegaConf.load(saved))
+        except Exception as error:
+            raise ConfigError(f"{saved} cannot be read ({error}).") from error
+        key = first_difference(old, resolved)
+        if key is not None:
+            raise ConfigError(
+                f"{out} holds a resumable run started with another config: {key} was {_show(old, key)!r}, "
+                f"now {_show(resolved, key)!r}. Resume with the same config, or use another train.output_dir."
+            )
+    return None
+
+
+class RunLock:
+    """An exclusive lock on `<out>/.lock` for the run's lifetime (released by the OS if the process dies)."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / ".lock"
+        self.handle: Any = None
+
+    def __enter__(self) -> RunLock:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.handle = open(self.path, "a+")  # noqa: SIM115 (held for the run's lifetime)
+        except OSError as error:
+            raise ConfigError(f"cannot write to the run folder {str(self.path.parent)!r}: {error}") from error
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.seek(0)
+            holder = self.handle.read().strip() or "another process"
+            self.handle.close()
+            raise ConfigError(
+                f"{self.path.parent} is in use by another vlmlab train ({holder}); wait for it or use another "
+                "train.output_dir."
+            ) from None
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(f"pid {os.getpid()} on {os.uname().nodename}")
+        self.handle.flush()
+        return self
+
+    def __exit__(self, *args: Any) -> None:
+        if self.handle is not None:
+            self.handle.close()
+
+
+def launcher_rank() -> int:
+    """This process's global rank as the launcher set it (0 when not launched as a distributed job)."""
+    for variable in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        value = os.environ.get(variable)
+        if value and value.isdigit():
+            return int(value)
+    return 0
+
+
+def remove_leftovers(out: Path) -> list[Path]:
+    """Temporary files and folders of atomic writes a killed process left behind (never read)."""
+    removed = []
+    for folder in (out, out / "checkpoints"):
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            if (
+                path.name.startswith(".")
+                and path.name not in (".lock",)
+                and (
+                    ".tmp" in path.name
+                    or path.name.startswith((".final.", ".best.", ".result.json.", ".config.yaml."))
+                )
+            ):
+                if path.is_dir():
+                    import shutil
+
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
+
+
+__all__ = ["RunLock", "check_run_folder", "first_difference", "launcher_rank", "remove_leftovers", "validate"]
