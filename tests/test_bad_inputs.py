@@ -110,6 +110,14 @@ def shard_with_an_empty_response(tmp: Path) -> Path:
     return path
 
 
+def wrong_family(tmp: Path) -> Path:
+    """Weights of another architecture: a long list of missing keys."""
+    from safetensors.torch import save_file
+
+    save_file({f"blocks.{i}.weight": torch.zeros(2) for i in range(300)}, str(tmp / "w.safetensors"))
+    return tmp / "w.safetensors"
+
+
 HELD_LOCKS = []
 
 
@@ -149,6 +157,8 @@ CASES = [
     ("backbone-missing", lambda t: ["train", str(tiny_config(t)), "model.backbone_weights=/no/such"], "/no/such"),
     ("backbone-no-config", lambda t: ["train", str(tiny_config(t)), f"model.backbone_weights={t}"], "config.json"),
     ("tokenizer-weights-missing", lambda t: ["train", str(tiny_config(t)), "model.tokenizer_weights=/no/w.pt"], "/no/w.pt"),
+    ("tokenizer-other-family", lambda t: ["train", str(tiny_config(t)), "model.random_tokenizer=false", f"model.tokenizer_weights={wrong_family(t)}"], "more characters"),
+    ("text-tokenizer-folder", lambda t: ["train", str(tiny_config(t)), f"data.text_tokenizer={t}"], "Could not load text tokenizer"),
     ("init-from-missing", lambda t: ["train", str(tiny_config(t)), f"train.init_from={t}/none"], "init_from"),
     ("init-from-not-a-run", lambda t: ["train", str(tiny_config(t)), f"train.init_from={t}"], "No vlmlab checkpoint"),
     ("init-from-truncated", lambda t: ["train", str(tiny_config(t)), f"train.init_from={fake_parent(t, 'joint_decoder', b'xx')}"], "weights.safetensors cannot be read"),
