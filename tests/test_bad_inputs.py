@@ -122,11 +122,21 @@ HELD_LOCKS = []
 
 
 def locked_run(tmp: Path) -> Path:
-    """A run folder that another `vlmlab train` holds (its lock taken and kept for the test)."""
-    from vlmlab.train.preflight import RunLock
+    """A run folder that another process holds (a child taking the run lock and sleeping)."""
+    import subprocess
+    import sys
+    import time
 
     config = tiny_config(tmp)
-    HELD_LOCKS.append(RunLock(tmp / "run").__enter__())
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from vlmlab.train.preflight import "
+         "RunLock; lock = RunLock(Path(sys.argv[1])).__enter__(); print('held', flush=True); time.sleep(60)",
+         str(tmp / "run")],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout.readline().strip() == "held"
+    HELD_LOCKS.append(holder)
+    time.sleep(0.1)
     return config
 
 
@@ -234,6 +244,14 @@ def test_bad_input_is_one_clear_line(tmp_path, capfd, case):
     run = tmp_path / "run"
     assert not (run / "checkpoints" / "last.ckpt").exists() or name.startswith(("ckpt-", "resume-"))
     assert not (run / "final").exists() and (had_result or not (run / "result.json").exists())
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_held_locks():
+    yield
+    for holder in HELD_LOCKS:
+        holder.kill()
+        holder.wait()
 
 
 def test_the_catalogue_is_large_enough():

@@ -201,3 +201,77 @@ def test_cancel(cluster: None, tmp_path: Path) -> None:
     assert "cancelled 1 job(s)" in text
     wait_until(lambda: status(file, out)[run.id]["state"] == "failed", what="the cancelled state")
     assert "cancelled" in status(file, out)[run.id]["detail"] and not run.is_done()
+
+
+REAL_RUN = f"""
+name: slurm-preempt
+base: {REPO}/configs/model/tiny.yaml
+stages:
+  1:
+    config:
+      data:
+        max_length: 96
+        micro_batch_size: 4
+        train: [{{kind: synthetic, task: spatialmap, mode: caption, difficulty: {{num_objects: 2}}}}]
+      train: {{stage: 1, freeze: unfreeze-all, max_steps: 60, global_batch_size: 8,
+              checkpoint_every_n_steps: 1000, deterministic: true}}
+    resources: {{time: "00:20:00", cpus_per_task: 1}}
+"""
+
+
+@pytest.mark.parametrize("how", ["usr1", "scontrol-requeue"])
+def test_real_runs_preempted_before_their_first_checkpoint_resume_exactly(
+    cluster: None, tmp_path: Path, how: str
+) -> None:
+    """A real `vlmlab train` in a Slurm job, signalled long before its first periodic checkpoint (the
+    time-limit USR1, or SIGTERM from `scontrol requeue`): it saves the next optimizer step with its data
+    position, is requeued, resumes, and ends with the weights of an uninterrupted run."""
+    import sys
+
+    import torch
+    from safetensors.torch import load_file
+
+    file = tmp_path / "real.yaml"
+    file.write_text(REAL_RUN)
+    out = tmp_path / "out"
+    (run,) = expand(load_sweep(file, output_dir=out))
+    sweep(str(file), "--backend", "slurm", "--output", str(out))
+
+    def job() -> str:
+        return SweepState(out).runs[run.id]["job_id"]
+
+    def log() -> str:
+        return run.log_path.read_text() if run.log_path.exists() else ""
+
+    wait_until(lambda: "freezing recipe" in log(), timeout=180, what="the run to start training")
+    time.sleep(4)
+    if how == "usr1":
+        subprocess.run(["scancel", "--signal=USR1", job()], check=True)
+    else:
+        subprocess.run(["scontrol", "requeue", job()], check=True)
+    wait_until(lambda: "checkpoint of step" in log(), timeout=60, what="the checkpoint on the signal")
+    wait_until(lambda: squeue(job()).startswith("PENDING"), timeout=60, what="the requeued job to pend")
+    time.sleep(2)  # slurmd refuses credentials issued in the second the old incarnation was revoked
+    subprocess.run(["scontrol", "update", f"JobId={job()}", "StartTime=now"], check=True)
+    wait_until(run.is_done, timeout=240, what="the resumed run to finish")
+    stopped = [int(n) for n in re.findall(r"checkpoint of step (\d+) in place", log())]
+    assert len(stopped) == 1 and 0 < stopped[0] < 60, log()[-2000:]
+    # the same config trained without interruption, outside Slurm
+    straight = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vlmlab.cli",
+            "train",
+            str(run.config_path),
+            f"train.output_dir={tmp_path / 's'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    a = load_file(str(tmp_path / "s" / "final" / "weights.safetensors"))
+    b = load_file(str(run.run_dir / "final" / "weights.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

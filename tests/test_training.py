@@ -302,3 +302,39 @@ def test_no_checkpoint_vlmlab_reads_can_run_code(tmp_path):
     stderr = run.stderr.read()
     assert "evil.pt" in stderr and "Traceback" not in stderr
     assert not marker.exists()
+
+
+def wait_for_line(proc: subprocess.Popen, text: str, timeout: float = 240) -> list[str]:
+    lines, deadline = [], time.time() + timeout
+    while time.time() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        if text in line:
+            return lines
+    raise AssertionError(f"never saw {text!r}:\n{''.join(lines[-20:])}")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_a_signal_before_the_first_checkpoint_saves_the_next_step_and_resumes_exactly(tmp_path, signum):
+    """Pre-emption (SIGTERM) or the time-limit signal (USR1) long before the first periodic checkpoint: the
+    run saves the next optimizer step with its data position, stops in one line, and resumes exactly."""
+    steps = dict(max_steps=60, checkpoint_every_n_steps=1000, deterministic=True)
+    assert run_to_end(run_cli(str(write_config(tmp_path, "straight", **steps)))) == 0
+    victim_config = write_config(tmp_path, "victim", **steps)
+    victim = run_cli(str(victim_config))
+    wait_for_line(victim, "freezing recipe")
+    time.sleep(4)  # well inside the 60 steps
+    victim.send_signal(signum)
+    assert victim.wait(timeout=120) == 1
+    stderr = victim.stderr.read()
+    assert f"vlmlab: stopped: {signal.Signals(signum).name} received: stopped after step" in stderr
+    assert "Traceback" not in stderr and not (tmp_path / "victim" / "result.json").exists()
+    last = tmp_path / "victim" / "checkpoints" / "last.ckpt"
+    stopped_at = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
+    assert 0 < stopped_at < 60
+    assert run_to_end(run_cli(str(victim_config))) == 0
+    a = load_file(str(tmp_path / "straight" / "final" / "weights.safetensors"))
+    b = load_file(str(tmp_path / "victim" / "final" / "weights.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -12,8 +12,9 @@ earlier submission is depended on by the job id recorded in sweep_state.json.
 Dependants of a failed task are cancelled by Slurm (`--kill-on-invalid-dep=yes`, reason
 DependencyNeverSatisfied) instead of pending forever, so `--status` can say why and a later submission
 submits them again along with their parent. Pre-emption and time limits: `--signal=USR1@90` plus
-`--requeue` let Lightning's SLURMEnvironment checkpoint and requeue; a task that ends anyway (scancel,
-node failure) is simply submitted again next time and resumes from its checkpoint.
+`--requeue` let the run checkpoint at its next optimizer step and requeue itself (SIGTERM from a pre-emption
+does the same: vlmlab/train/preemption.py); a task that ends anyway (scancel, node failure) is simply
+submitted again next time and resumes from its checkpoint.
 """
 
 from __future__ import annotations

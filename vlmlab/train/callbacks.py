@@ -47,6 +47,8 @@ class AtomicLastCheckpoint(L.Callback):
         if trainer.is_global_zero:
             fsync_file(tmp)
             os.replace(tmp, self.path)
+            for stale in self.path.parent.glob("hpc_ckpt_*.ckpt"):  # superseded emergency checkpoints
+                stale.unlink(missing_ok=True)
         trainer.strategy.barrier()
         self._saved_at = trainer.global_step
         inject_fault(f"checkpoint:{trainer.global_step}")
@@ -77,7 +79,9 @@ class PeriodicValidation(L.Callback):
         every_n_steps: int | None,
         evaluate: Callable[[], dict[str, float]],
         on_result: Callable[[int, dict[str, float]], None],
+        skip: Callable[[], bool] = lambda: False,
     ) -> None:
+        self.skip = skip  # e.g. a pre-empted run stops without validating
         self.every = every_n_steps
         self.evaluate = evaluate
         self.on_result = on_result
@@ -98,6 +102,8 @@ class PeriodicValidation(L.Callback):
             self._run(trainer, module)
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if self.skip():
+            return
         if trainer.global_step != self._done_at:  # the final weights are always evaluated
             self._last = self.evaluate()
             self._done_at = trainer.global_step

@@ -161,7 +161,7 @@ def check_run_folder(out: Path, resolved: dict[str, Any]) -> dict[str, Any] | No
 
 
 class RunLock:
-    """An exclusive lock on `<out>/.lock` for the run's lifetime (released by the OS if the process dies)."""
+    """An exclusive lock on `<out>/.lock` for the run's lifetime (released by the OS when the process dies)."""
 
     def __init__(self, out: Path) -> None:
         self.path = out / ".lock"
@@ -174,8 +174,10 @@ class RunLock:
         except OSError as error:
             raise ConfigError(f"cannot write to the run folder {str(self.path.parent)!r}: {error}") from error
         try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            # a POSIX record lock: not inherited by forked data-loader workers (which may outlive a killed
+            # run by a few seconds), and honoured by NFS, unlike flock
+            fcntl.lockf(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
             self.handle.seek(0)
             holder = self.handle.read().strip() or "another process"
             self.handle.close()

@@ -20,12 +20,13 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from omegaconf import OmegaConf
 
 from vlmlab.config import ExperimentConfig, to_dict
 from vlmlab.data.sources import first_sample, merge_health
 from vlmlab.data.stream import data_health
-from vlmlab.errors import ConfigError
+from vlmlab.errors import ConfigError, TrainingStopped
 from vlmlab.eval.results import config_hash
 from vlmlab.faults import inject_fault
 from vlmlab.files import atomic_write_text
@@ -39,6 +40,7 @@ from vlmlab.train.callbacks import AtomicLastCheckpoint, PeriodicValidation
 from vlmlab.train.data import TrainData
 from vlmlab.train.freezing import apply_freezing, load_recipe
 from vlmlab.train.module import VLMModule
+from vlmlab.train.preemption import Preemption, slurm_job_id
 from vlmlab.train.preflight import RunLock, check_run_folder, launcher_rank, remove_leftovers, validate
 
 log = logging.getLogger("vlmlab.train")
@@ -59,15 +61,15 @@ def build_model(config: ExperimentConfig) -> tuple[VisionLanguageModel, Path | N
 
 
 def latest_checkpoint(folder: Path) -> tuple[Path | None, int]:
-    """The newest resumable state: our periodic `last.ckpt` or the `hpc_ckpt_*.ckpt` that Lightning's SLURM
-    environment writes when the job is pre-empted (SIGUSR1) just before it requeues the job."""
-    best: tuple[Path | None, int] = (None, 0)
+    """The newest resumable state: `last.ckpt`, or an `hpc_ckpt_*.ckpt` that an older vlmlab let Lightning
+    write on pre-emption, whichever holds the later step (last.ckpt on a tie)."""
+    best: tuple[Path | None, int] = (None, -1)
     for path in [folder / "last.ckpt", *sorted(folder.glob("hpc_ckpt_*.ckpt"))]:
         if path.exists():
             step = checkpoint_step(path)
-            if best[0] is None or step >= best[1]:
+            if step > best[1]:
                 best = (path, step)
-    return best
+    return (best[0], best[1]) if best[0] is not None else (None, 0)
 
 
 def _strategy(config: ExperimentConfig) -> Any:
@@ -137,11 +139,13 @@ def train(config: ExperimentConfig) -> dict[str, Any]:
 
 def _train(config: ExperimentConfig, out: Path, resolved: dict[str, Any], accumulate: int) -> dict[str, Any]:
     result_path = out / "result.json"
+    last_ckpt = out / "checkpoints" / "last.ckpt"
+    checkpointer = AtomicLastCheckpoint(last_ckpt, config.train.checkpoint_every_n_steps)
+    preemption = Preemption(checkpointer)
+    preemption.install()  # from here on, SIGUSR1 / SIGTERM mean "checkpoint at the next step, requeue"
     for source in [*config.data.train, *config.data.val]:  # seconds, before anything heavy is built
         first_sample(source, seed=config.train.seed)
-    last_ckpt = out / "checkpoints" / "last.ckpt"
-    resume_from = last_ckpt if last_ckpt.exists() else None
-    done_steps = checkpoint_step(last_ckpt) if resume_from else 0
+    resume_from, done_steps = latest_checkpoint(last_ckpt.parent)
     atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
     started = time.time()
     L.seed_everything(config.train.seed, workers=True, verbose=False)
@@ -189,10 +193,19 @@ def _train(config: ExperimentConfig, out: Path, resolved: dict[str, Any], accumu
     )
     module.data_state_dir = out / "checkpoints" / "data_state"
     callbacks = [
-        AtomicLastCheckpoint(last_ckpt, config.train.checkpoint_every_n_steps),
-        PeriodicValidation(config.train.val_every_n_steps, data.evaluate, on_validation),
+        checkpointer,
+        PeriodicValidation(
+            config.train.val_every_n_steps,
+            data.evaluate,
+            on_validation,
+            skip=lambda: preemption.stopped_at is not None,
+        ),
+        preemption,
         L.pytorch.callbacks.TQDMProgressBar(refresh_rate=max(1, accumulate)),
     ]
+    plugins = []
+    if SLURMEnvironment.detect():  # vlmlab handles the requeue signal itself (vlmlab/train/preemption.py)
+        plugins.append(SLURMEnvironment(auto_requeue=False))
     loggers = [
         L.pytorch.loggers.CSVLogger(out, name="logs", version=""),
         L.pytorch.loggers.TensorBoardLogger(out, name="logs", version="tensorboard"),
@@ -217,10 +230,17 @@ def _train(config: ExperimentConfig, out: Path, resolved: dict[str, Any], accumu
         limit_val_batches=0,
         use_distributed_sampler=False,
         log_every_n_steps=config.train.log_every_n_steps,
+        plugins=plugins or None,
     )
     if resume_from:
         log.info("resuming from %s (step %d)", resume_from, done_steps)
     trainer.fit(module, ckpt_path=str(resume_from) if resume_from else None, weights_only=True)
+    if preemption.stopped_at is not None:
+        where = "requeued" if slurm_job_id() else "run the same command again to resume"
+        raise TrainingStopped(
+            f"{preemption.signal_name} received: stopped after step {preemption.stopped_at} with its checkpoint "
+            f"in {last_ckpt}; {where}."
+        )
     if "last" not in best and config.data.val:  # resumed after the last step: validate the final weights
         on_validation(trainer.global_step, data.evaluate())
     inject_fault("export")
