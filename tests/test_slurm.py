@@ -243,8 +243,7 @@ def test_real_runs_preempted_before_their_first_checkpoint_resume_exactly(
     def log() -> str:
         return run.log_path.read_text() if run.log_path.exists() else ""
 
-    wait_until(lambda: "freezing recipe" in log(), timeout=180, what="the run to start training")
-    time.sleep(4)
+    wait_until(lambda: "step 10/60" in log(), timeout=180, what="the run to train ten steps")
     if how == "usr1":
         subprocess.run(["scancel", "--signal=USR1", job()], check=True)
     else:

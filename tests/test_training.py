@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -304,16 +305,15 @@ def test_no_checkpoint_vlmlab_reads_can_run_code(tmp_path):
     assert not marker.exists()
 
 
-def wait_for_line(proc: subprocess.Popen, text: str, timeout: float = 240) -> list[str]:
-    lines, deadline = [], time.time() + timeout
+def wait_for_step(log: Path, step: int, timeout: float = 240) -> None:
+    """Wait until a run's log reports optimizer step `step` (its "step N/M" progress lines)."""
+    deadline, text = time.time() + timeout, ""
     while time.time() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        lines.append(line)
-        if text in line:
-            return lines
-    raise AssertionError(f"never saw {text!r}:\n{''.join(lines[-20:])}")
+        text = log.read_text(errors="replace") if log.exists() else ""
+        if re.search(rf"^step {step}/", text, re.MULTILINE):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the run never reported step {step}:\n{text[-2000:]}")
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
@@ -323,12 +323,15 @@ def test_a_signal_before_the_first_checkpoint_saves_the_next_step_and_resumes_ex
     steps = dict(max_steps=60, checkpoint_every_n_steps=1000, deterministic=True)
     assert run_to_end(run_cli(str(write_config(tmp_path, "straight", **steps)))) == 0
     victim_config = write_config(tmp_path, "victim", **steps)
-    victim = run_cli(str(victim_config))
-    wait_for_line(victim, "freezing recipe")
-    time.sleep(4)  # well inside the 60 steps
-    victim.send_signal(signum)
-    assert victim.wait(timeout=120) == 1
-    stderr = victim.stderr.read()
+    log = tmp_path / "victim.log"
+    with open(log, "w") as handle:
+        victim = subprocess.Popen(
+            [sys.executable, "-m", "vlmlab.cli", "train", str(victim_config)], cwd=REPO, stderr=handle
+        )
+        wait_for_step(log, 10)  # training, far from the end and from any periodic checkpoint
+        victim.send_signal(signum)
+        assert victim.wait(timeout=120) == 1
+    stderr = log.read_text()
     assert f"vlmlab: stopped: {signal.Signals(signum).name} received: stopped after step" in stderr
     assert "Traceback" not in stderr and not (tmp_path / "victim" / "result.json").exists()
     last = tmp_path / "victim" / "checkpoints" / "last.ckpt"

@@ -43,7 +43,7 @@ class AtomicLastCheckpoint(L.Callback):
         if report:
             raise NonFiniteWeightsError(report)
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        trainer.save_checkpoint(tmp)
+        trainer.save_checkpoint(tmp, weights_only=False)  # the full training state
         if trainer.is_global_zero:
             fsync_file(tmp)
             os.replace(tmp, self.path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import math
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from vlmlab.models.vlm import VisionLanguageModel
 from vlmlab.train.schedule import build_optimizer, build_scheduler
 
 BATCH_KEYS = ("input_ids", "labels", "segment_ids", "position_ids", "pixel_values")
+progress = logging.getLogger("vlmlab.train")
 DATA_STATE_KEY = "vlmlab_data_state"  # rank 0's stream state inside every checkpoint
 KEEP_DATA_STATES = 3  # side files per rank kept (the newest), for checkpoints of recent steps
 
@@ -36,6 +38,7 @@ class VLMModule(L.LightningModule):
         self.loader_factory: Any = None  # (rank, world_size) -> ResumableLoader, set by the run
         self.data_state_dir: Path | None = None  # where ranks > 0 keep their stream states
         self._loader: Any = None
+        self._reported_step = -1
         self._data_state: dict[str, Any] | None = None
 
     def train_dataloader(self) -> Any:
@@ -113,6 +116,12 @@ class VLMModule(L.LightningModule):
         for group in self.trainer.optimizers[0].param_groups:
             if not group["name"].endswith(".no_decay"):
                 self.log(f"lr/{group['name']}", group["lr"], on_step=True)
+        step, every = self.trainer.global_step, self.config.train.log_every_n_steps
+        if step != self._reported_step and step % every == 0 and self.trainer.is_global_zero:
+            # a plain progress line: Slurm logs and pipes get no progress bar
+            self._reported_step = step
+            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+            progress.info("step %d/%d  loss %.4f", step, self.config.train.max_steps, float(loss))
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         for group in optimizer.param_groups:
