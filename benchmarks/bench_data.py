@@ -211,11 +211,14 @@ def main() -> None:
         f"\n3. one worker, {args.image_size} px JPEGs -> clip-tiny pixels + packed rows: {samples / seconds:.0f} "
         f"samples/s (goal >= 150/s/worker); wall {seconds:.1f} s for {samples} samples"
     )
-    state = io.BytesIO()
-    torch.save(photo_loader.state_after(photo_loader.batches), state)
+    sizes = []
+    for count in range(photo_loader.batches - 2, photo_loader.batches + 1):
+        buffer = io.BytesIO()
+        torch.save(photo_loader.state_after(count), buffer)
+        sizes.append(len(buffer.getvalue()) / 1e6)
     print(
-        f"   (last batch real-token fraction {fill:.1%}; checkpointed stream state {len(state.getvalue()) / 1e6:.2f} MB:"
-        " the packer's pending records with their JPEG bytes)"
+        f"   (last batch real-token fraction {fill:.1%}; checkpointed stream state {min(sizes):.2f}-"
+        f"{max(sizes):.2f} MB over the last 3 batches: the packer's pending records with their JPEG bytes)"
     )
 
     # 4. packing on the stage-2-like synthetic mix
