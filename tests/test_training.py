@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -56,12 +57,13 @@ def trained_weights(run: Path) -> dict[str, torch.Tensor]:
 
 
 def test_three_stages_with_joint_decoder_to_mot_hand_off(tmp_path):
-    stage1 = train(experiment(tmp_path, "s1", 1, "joint_decoder"))
+    keep = {"keep_resume_state": True}  # this test reads the full states in last.ckpt afterwards
+    stage1 = train(experiment(tmp_path, "s1", 1, "joint_decoder", **keep))
     s1 = tmp_path / "s1"
     assert stage1["stage"] == 1 and (s1 / "result.json").exists()
 
     # the hand-off: MoT's image transformer starts as a copy of the stage-1 backbone layers
-    mot_config = experiment(tmp_path, "s2", 2, "mot", init_from=str(s1))
+    mot_config = experiment(tmp_path, "s2", 2, "mot", init_from=str(s1), **keep)
     mot, parent = build_model(mot_config)
     assert parent == resolve_checkpoint(s1)
     stage1_weights = trained_weights(s1)
@@ -75,13 +77,14 @@ def test_three_stages_with_joint_decoder_to_mot_hand_off(tmp_path):
     assert stage2["best"]["step"] in (2, 4) and (s2 / "best" / "meta.json").exists()
     # the stage-2 checkpoint stores only what stage 2 trained, plus a pointer to its parent
     meta = json.loads((s2 / "final" / "meta.json").read_text())
-    assert meta["parent"] == str(resolve_checkpoint(s1).resolve())
+    assert not Path(meta["parent"]).is_absolute()  # relative: a moved runs/ tree still loads
+    assert (s2 / "final" / meta["parent"]).resolve() == resolve_checkpoint(s1).resolve()
     saved = load_file(str(s2 / "final" / "weights.safetensors"))
     assert not any(k.startswith("image_tokenizer.") and "mask_token" in k for k in saved)
     assert all(not k.startswith("buffer:") for k in saved)
 
     # stage 3 starts from the best stage-2 checkpoint and loads back into an identical model
-    stage3_config = experiment(tmp_path, "s3", 3, "mot", init_from=str(s2))
+    stage3_config = experiment(tmp_path, "s3", 3, "mot", init_from=str(s2), **keep)
     assert resolve_checkpoint(s2) == s2 / "best"
     train(stage3_config)
     s3 = tmp_path / "s3"
@@ -89,6 +92,15 @@ def test_three_stages_with_joint_decoder_to_mot_hand_off(tmp_path):
     load_stage_checkpoint(rebuilt, s3)
     expected = trained_weights(s3)
     for name, value in rebuilt.state_dict().items():
+        assert torch.equal(value, expected[name]), name
+    # the whole runs tree moved elsewhere: the chain s3 -> s2 -> s1 still loads, to the same weights
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for run in ("s1", "s2", "s3"):
+        shutil.move(str(tmp_path / run), str(moved / run))
+    again, _ = build_model(experiment(tmp_path, "check2", 3, "mot"))
+    load_stage_checkpoint(again, moved / "s3")
+    for name, value in again.state_dict().items():
         assert torch.equal(value, expected[name]), name
 
 
@@ -98,6 +110,9 @@ def test_rerunning_a_finished_run_does_nothing(tmp_path):
     stamp = (tmp_path / "done" / "result.json").stat().st_mtime_ns
     assert train(config) == first
     assert (tmp_path / "done" / "result.json").stat().st_mtime_ns == stamp
+    # done: the resume state (optimizer moments, data positions) is gone, the weight delta stays
+    assert not (tmp_path / "done" / "checkpoints" / "last.ckpt").exists()
+    assert (tmp_path / "done" / "final" / "weights.safetensors").exists()
 
 
 def write_config(tmp: Path, name: str, **train_overrides) -> Path:

@@ -117,6 +117,7 @@ class TrainConfig:
     strategy: str = "auto"  # auto | ddp | fsdp | deepspeed_stage_1
     precision: str = "32-true"  # 32-true | bf16-mixed
     output_dir: str = "runs/default"
+    keep_resume_state: bool = False  # keep checkpoints/last.ckpt (optimizer state) after the run is done
     log_every_n_steps: int = 10
 
 

@@ -66,7 +66,8 @@ def save_stage_checkpoint(
     meta = {
         "stage": config["train"]["stage"],
         "fusion": config["model"]["fusion"],
-        "parent": str(Path(parent).resolve()) if parent else None,
+        # relative to this checkpoint folder, so a moved runs/ tree still loads (absolute when on another root)
+        "parent": _relative(Path(parent), folder) if parent else None,
         "trained": sorted(n for n, p in model.named_parameters() if p.requires_grad),
         "config": config,
         "metrics": metrics or {},
@@ -84,6 +85,21 @@ def save_stage_checkpoint(
     return folder
 
 
+def _relative(parent: Path, folder: Path) -> str:
+    try:
+        return os.path.relpath(parent.resolve(), folder.resolve())
+    except ValueError:  # another drive / root
+        return str(parent.resolve())
+
+
+def parent_of(checkpoint: Path, pointer: str | None) -> Path | None:
+    """The parent checkpoint a meta.json names: relative pointers are relative to the checkpoint folder."""
+    if not pointer:
+        return None
+    path = Path(pointer)
+    return path if path.is_absolute() else (checkpoint / path).resolve()
+
+
 def checkpoint_chain(path: str | Path) -> list[Path]:
     """[root, ..., path]: every checkpoint whose weights must be applied, oldest first."""
     chain, current = [], resolve_checkpoint(path)
@@ -95,7 +111,7 @@ def checkpoint_chain(path: str | Path) -> list[Path]:
             parent = json.loads((current / META).read_text())["parent"]
         except (json.JSONDecodeError, KeyError, OSError) as error:
             raise ConfigError(f"{current / META} is damaged ({error}); is the checkpoint complete?") from None
-        current = resolve_checkpoint(parent) if parent else None
+        current = resolve_checkpoint(parent_of(current, parent)) if parent else None
     return chain[::-1]
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import shutil
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -276,6 +277,10 @@ def _train(config: ExperimentConfig, out: Path, resolved: dict[str, Any], accumu
     }
     if trainer.is_global_zero:
         atomic_write_text(result_path, json.dumps(record, indent=2))
+        if not config.train.keep_resume_state:  # done: only the weight delta (final/, best/) is needed now
+            for path in [last_ckpt, *last_ckpt.parent.glob("hpc_ckpt_*.ckpt")]:
+                path.unlink(missing_ok=True)
+            shutil.rmtree(last_ckpt.parent / "data_state", ignore_errors=True)
     return record
 
 
