@@ -240,21 +240,25 @@ def test_real_runs_preempted_before_their_first_checkpoint_resume_exactly(
     def job() -> str:
         return SweepState(out).runs[run.id]["job_id"]
 
-    def log() -> str:
-        return run.log_path.read_text() if run.log_path.exists() else ""
+    def log() -> str:  # the log is being written: a read may end inside a multi-byte character
+        return run.log_path.read_text(errors="replace") if run.log_path.exists() else ""
 
     wait_until(lambda: "step 10/60" in log(), timeout=180, what="the run to train ten steps")
     if how == "usr1":
         subprocess.run(["scancel", "--signal=USR1", job()], check=True)
     else:
         subprocess.run(["scontrol", "requeue", job()], check=True)
-    wait_until(lambda: "checkpoint of step" in log(), timeout=60, what="the checkpoint on the signal")
+    if how == "usr1":  # the time-limit signal leaves the run its grace time: it checkpoints the next step
+        wait_until(lambda: "checkpoint of step" in log(), timeout=60, what="the checkpoint on the signal")
+    # (scontrol requeue: SIGTERM, then SIGKILL after KillWait; a checkpoint then is a bonus, not a promise)
     wait_until(lambda: squeue(job()).startswith("PENDING"), timeout=60, what="the requeued job to pend")
     time.sleep(2)  # slurmd refuses credentials issued in the second the old incarnation was revoked
     subprocess.run(["scontrol", "update", f"JobId={job()}", "StartTime=now"], check=True)
     wait_until(run.is_done, timeout=240, what="the resumed run to finish")
     stopped = [int(n) for n in re.findall(r"checkpoint of step (\d+) in place", log())]
-    assert len(stopped) == 1 and 0 < stopped[0] < 60, log()[-2000:]
+    assert len(stopped) <= 1 and all(0 < n < 60 for n in stopped), log()[-2000:]
+    assert stopped or how != "usr1"
+    assert "(restart 1)" in log()  # it did run again after the requeue
     # the same config trained without interruption, outside Slurm
     straight = subprocess.run(
         [
