@@ -56,6 +56,7 @@ from vlmlab.data.sources import (
     DataHealth,
     LomoSource,
     Source,
+    WebDatasetSource,
     merge_health,
     open_source,
     source_name,
@@ -133,7 +134,12 @@ class TrainStream(torch.utils.data.IterableDataset):
         self.weights = [w / total for w in weights]
         self._cumulative = list(itertools.accumulate(self.weights))
         # fail on bad configs now, in the main process, not in a worker
-        self.names = [source.name for source in self.open_sources()]
+        # opened once here (a JSON corpus or a dataset is loaded on opening); each worker opens its own
+        opened = self.open_sources()
+        self.names = [source.name for source in opened]
+        self._text_only = [source.text_only for source in opened]
+        self._epoch_sizes = [source.num_samples() for source in opened]
+        self._manifest_hint = [isinstance(source, WebDatasetSource) for source in opened]
         self._acceptance = self._matched_ratio_acceptance()
         self._restore: dict[str, Any] | None = None
         self._reader: _Reader | None = None
@@ -160,12 +166,13 @@ class TrainStream(torch.utils.data.IterableDataset):
     def describe(self) -> list[str]:
         """One line per source: its weight and what is known of its epoch."""
         lines = []
-        for source, weight in zip(self.open_sources(), self.weights):
-            size = source.num_samples()
+        for name, weight, size, shards in zip(
+            self.names, self.weights, self._epoch_sizes, self._manifest_hint
+        ):
             known = f"{size} samples per epoch" if size is not None else "epoch size unknown"
-            if size is None and source.__class__.__name__ == "WebDatasetSource":
+            if size is None and shards:
                 known += " (no shard manifest: run `vlmlab data index` to count the shards once)"
-            lines.append(f"{source.name}: weight {weight:.3f}, {known}")
+            lines.append(f"{name}: weight {weight:.3f}, {known}")
         return lines
 
     def _matched_ratio_acceptance(self) -> dict[str, float] | None:
@@ -175,8 +182,7 @@ class TrainStream(torch.utils.data.IterableDataset):
             return None
         from vlmlab.data.lomo.transform import LomoConfig, mixture_weights
 
-        sources = self.open_sources()
-        text_share = sum(w for w, s in zip(self.weights, sources) if s.text_only)
+        text_share = sum(w for w, text_only in zip(self.weights, self._text_only) if text_only)
         weights = mixture_weights(1.0 - text_share, text_share, LomoConfig.from_mapping(self.lomo))
         top = max(weights.values())
         return {group: weight / top for group, weight in weights.items()}
@@ -191,10 +197,6 @@ class TrainStream(torch.utils.data.IterableDataset):
             if item is not None:
                 items.append(item)
         return items
-
-    def source(self, index: int) -> Source:
-        """A fresh object for source `index` (to turn planned records into samples)."""
-        return self.open_sources()[index]
 
     # -- resumable state (torchdata's StatefulDataLoader calls these, in each worker)
     def state_dict(self) -> dict[str, Any]:

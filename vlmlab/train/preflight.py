@@ -12,6 +12,7 @@ import fcntl
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -93,10 +94,8 @@ def validate(config: ExperimentConfig) -> int:
 
 def _looks_like_path(value: str) -> bool:
     """Local paths can be checked; hub ids (`org/name`) and library tags cannot."""
-    return (
-        value.startswith(("/", "./", "../", "~"))
-        or os.sep in value
-        and os.path.exists(os.path.dirname(value))
+    return value.startswith(("/", "./", "../", "~")) or (
+        os.sep in value and os.path.exists(os.path.dirname(value))
     )
 
 
@@ -205,6 +204,9 @@ def launcher_rank() -> int:
     return 0
 
 
+LEFTOVER_PREFIXES = (".final.", ".best.", ".result.json.", ".config.yaml.")
+
+
 def remove_leftovers(out: Path) -> list[Path]:
     """Temporary files and folders of atomic writes a killed process left behind (never read)."""
     removed = []
@@ -212,21 +214,15 @@ def remove_leftovers(out: Path) -> list[Path]:
         if not folder.is_dir():
             continue
         for path in folder.iterdir():
-            if (
-                path.name.startswith(".")
-                and path.name not in (".lock",)
-                and (
-                    ".tmp" in path.name
-                    or path.name.startswith((".final.", ".best.", ".result.json.", ".config.yaml."))
-                )
-            ):
-                if path.is_dir():
-                    import shutil
-
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    path.unlink(missing_ok=True)
-                removed.append(path)
+            name = path.name
+            leftover = ".tmp" in name or name.startswith(LEFTOVER_PREFIXES)
+            if name == ".lock" or not name.startswith(".") or not leftover:
+                continue
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
     return removed
 
 
