@@ -186,6 +186,8 @@ CASES = [
     ("max-length", lambda t: ["train", str(tiny_config(t)), "data.max_length=4"], "data.max_length"),
     ("bad-fraction", lambda t: ["train", str(tiny_config(t)), "data.max_bad_fraction=2"], "max_bad_fraction"),
     ("strategy", lambda t: ["train", str(tiny_config(t)), "train.strategy=foo"], "'foo'"),
+    ("strategy-deepspeed", lambda t: ["train", str(tiny_config(t)), "train.strategy=deepspeed_stage_1"], "auto, ddp, fsdp"),
+    ("attention-kernel", lambda t: ["train", str(tiny_config(t)), "model.attn_implementation=fast"], "'fast'"),
     ("stage", lambda t: ["train", str(tiny_config(t)), "train.stage=4"], "train.stage"),
     ("betas", lambda t: ["train", str(tiny_config(t)), "optim.betas=[0.9]"], "optim.betas"),
     ("ckpt-truncated", lambda t: (resumable_run(t), write(t / "run/checkpoints/last.ckpt", b"PK\x03\x04junk"), ["train", str(t / "exp.yaml")])[-1], "last.ckpt is truncated"),

@@ -114,7 +114,7 @@ class TrainConfig:
     accelerator: str = "auto"
     devices: int = 1
     num_nodes: int = 1
-    strategy: str = "auto"  # auto | ddp | fsdp | deepspeed_stage_1
+    strategy: str = "auto"  # auto | ddp | fsdp (FSDP2, vlmlab/train/sharding.py)
     precision: str = "32-true"  # 32-true | bf16-mixed
     output_dir: str = "runs/default"
     keep_resume_state: bool = False  # keep checkpoints/last.ckpt (optimizer state) after the run is done

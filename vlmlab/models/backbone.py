@@ -17,6 +17,7 @@ from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from vlmlab.config import read_yaml_file
 from vlmlab.errors import ConfigError, unknown_choice
+from vlmlab.models.provenance import pretrained_files, record_loaded
 from vlmlab.paths import config_root
 
 ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flex_attention")
@@ -113,13 +114,17 @@ def build_backbone(
     weights: str | None = None,
     attn_implementation: str = "sdpa",
 ) -> Qwen3ForCausalLM:
-    """A Qwen3ForCausalLM with an untied head: from `weights` (local folder or hub id) or random init."""
+    """A Qwen3ForCausalLM with an untied head: from `weights` (local folder or hub id) or random init.
+
+    `model.base_weight_record` says what was loaded (vlmlab/models/provenance.py; None for random init).
+    """
     if not isinstance(spec, BackboneSpec):
         spec = load_backbone_spec(spec)
     config = spec.to_hf_config(attn_implementation)
     if weights is None:
         model = Qwen3ForCausalLM(config)
         untie_head(model)
+        model.base_weight_record = None
         return model
     local = Path(weights).expanduser()
     if weights.startswith(("/", ".", "~")) and not local.exists():
@@ -139,6 +144,8 @@ def build_backbone(
         ) from error
     if saved.tie_word_embeddings:
         untie_head(model)  # the checkpoint has no separate head: start it as a copy of the embedding
+    # the local folder's weight files, or those of the hub snapshot from_pretrained just used (its commit)
+    model.base_weight_record = record_loaded(weights, lambda: pretrained_files(weights))
     return model
 
 

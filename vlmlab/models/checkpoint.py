@@ -3,7 +3,9 @@
 A stage-run folder holds `final/` (and `best/` when validation picks a checkpoint) with:
 - `weights.safetensors`: the parameters this run trained (plus the random initial weights of a run
   whose base model was randomly initialised, since nothing else could reproduce them);
-- `meta.json`: the resolved config, the stage, and `parent` — the parent checkpoint folder or None.
+- `meta.json`: the resolved config, the stage, `parent` — the parent checkpoint folder or None — and
+  `base_weights`: the backbone and tokenizer weights the delta sits on (source, hub revision, file sha256);
+  loading onto a model built from other base weights is refused (vlmlab/models/provenance.py).
 
 Loading replays the chain root -> ... -> this run onto a model built from the config. A MoT stage 2 whose
 parent is a Joint-Decoder stage 1 gets the backbone's layers copied into its image transformer after the
@@ -19,10 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from vlmlab.errors import ConfigError
 from vlmlab.files import atomic_write_text, fsync_file, shareable
+from vlmlab.models.provenance import PART_PREFIX, check_base_weights
 
 WEIGHTS, META = "weights.safetensors", "meta.json"
 
@@ -69,6 +73,8 @@ def save_stage_checkpoint(
         # relative to this checkpoint folder, so a moved runs/ tree still loads (absolute when on another root)
         "parent": _relative(Path(parent), folder) if parent else None,
         "trained": sorted(n for n, p in model.named_parameters() if p.requires_grad),
+        # what the delta sits on: the base weights' source, hub revision and file sha256 (provenance.py)
+        "base_weights": getattr(model, "base_weights", None),
         "config": config,
         "metrics": metrics or {},
     }
@@ -115,9 +121,44 @@ def checkpoint_chain(path: str | Path) -> list[Path]:
     return chain[::-1]
 
 
+def _weights_file_error(checkpoint: Path, error: Exception) -> ConfigError:
+    return ConfigError(f"{checkpoint / WEIGHTS} cannot be read ({error}); is the file complete?")
+
+
+def _check_base_weights(model: torch.nn.Module, chain: list[Path]) -> None:
+    """Refuse a chain whose deltas were trained on other base weights than the model was built from.
+
+    Only parts of the base that the chain does not overwrite entirely matter: a backbone or tokenizer whose
+    every parameter is in some delta ends up the same whatever it was built from.
+    """
+    built = getattr(model, "base_weights", None)
+    if not built or not any(built.values()):  # random init throughout: nothing to compare
+        return
+    stored: set[str] = set()
+    for checkpoint in chain:
+        try:
+            with safe_open(str(checkpoint / WEIGHTS), framework="pt") as handle:
+                stored.update(handle.keys())
+        except Exception as error:  # safetensors raises its own error types for truncated / foreign files
+            raise _weights_file_error(checkpoint, error) from error
+    names = [name for name, _ in model.named_parameters()]
+    parts = [
+        part
+        for part, prefix in PART_PREFIX.items()
+        if any(name.startswith(prefix) and name not in stored for name in names)
+    ]
+    for checkpoint in chain:
+        recorded = json.loads((checkpoint / META).read_text()).get("base_weights")
+        check_base_weights(checkpoint, recorded, built, parts)
+
+
 def load_stage_checkpoint(model: torch.nn.Module, path: str | Path) -> list[Path]:
-    """Apply the chain of deltas ending at `path` onto `model`. Returns the chain applied."""
+    """Apply the chain of deltas ending at `path` onto `model`. Returns the chain applied.
+
+    Raises ConfigError when a delta was trained on base weights (file sha256) other than the model's.
+    """
     chain = checkpoint_chain(path)
+    _check_base_weights(model, chain)
     params = dict(model.named_parameters())
     buffers = dict(model.named_buffers())
     fusion = getattr(getattr(model, "config", None), "fusion", None)
@@ -136,9 +177,7 @@ def load_stage_checkpoint(model: torch.nn.Module, path: str | Path) -> list[Path
         try:
             tensors = load_file(str(checkpoint / WEIGHTS))
         except Exception as error:  # safetensors raises its own error types for truncated / foreign files
-            raise ConfigError(
-                f"{checkpoint / WEIGHTS} cannot be read ({error}); is the file complete?"
-            ) from error
+            raise _weights_file_error(checkpoint, error) from error
         for name, value in tensors.items():
             target = buffers.get(name[7:]) if name.startswith("buffer:") else params.get(name)
             if target is None:

@@ -13,12 +13,7 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
-from vlmlab.models.fusion.context import (
-    FusionContext,
-    block_causal_mask,
-    needs_block_mask,
-    positions_from_segments,
-)
+from vlmlab.models.fusion.context import positions_from_segments
 
 
 @torch.no_grad()
@@ -62,33 +57,14 @@ def greedy_generate(
 
 def _cached_steps(model, input_ids, segment_ids, pixel_values):
     """A generator: yields the prompt's last logits, then receives each new token and yields its logits."""
-    lm = model.lm
-    cache = DynamicCache(config=lm.config)
-    embeds, features = model.embed(input_ids, pixel_values)
-    ctx = model._context(embeds, input_ids, segment_ids, None, features, cache=cache)
-    hidden = model.fusion(lm, embeds, ctx)
-    positions = ctx.position_ids[:, -1:]
-    extras = ctx.extras
-    if "image_mask" in extras:  # a new token sees what the last prompt token sees: every image of its row
-        extras["image_mask"] = extras["image_mask"][:, :, -1:]
-        extras["sees_image"] = extras["sees_image"][:, -1:]
+    cache = DynamicCache(config=model.lm.config)
+    logits, positions, extras = model.prefill(input_ids, segment_ids, pixel_values, cache)
     segments = segment_ids
-    token = yield lm.lm_head(lm.model.norm(hidden[:, -1]))
+    token = yield logits
     while True:
         segments = torch.cat([segments, torch.zeros_like(segments[:, :1])], dim=1)
         positions = positions + 1
-        step_embeds = lm.model.embed_tokens(token[:, None])
-        mask = block_causal_mask(segments, 1, step_embeds.dtype) if needs_block_mask(segments) else None
-        step_ctx = FusionContext(
-            position_embeddings=lm.model.rotary_emb(step_embeds, positions),
-            position_ids=positions,
-            attn_mask=mask,
-            is_image=torch.zeros_like(token[:, None], dtype=torch.bool),
-            cache=cache,
-            extras=extras,
-        )
-        hidden = model.fusion(lm, step_embeds, step_ctx)
-        token = yield lm.lm_head(lm.model.norm(hidden[:, -1]))
+        token = yield model.decode_step(token, positions, segments, cache, extras)
 
 
 __all__ = ["greedy_generate", "positions_from_segments"]

@@ -25,7 +25,7 @@ from vlmlab.errors import ConfigError, unknown_choice
 from vlmlab.models.adapters import build_adapter, default_adapter
 from vlmlab.models.backbone import BackboneSpec, build_backbone, load_backbone_spec
 from vlmlab.models.fusion import FUSIONS, FusionContext
-from vlmlab.models.fusion.context import block_causal_mask, needs_block_mask, positions_from_segments
+from vlmlab.models.fusion.context import attention_masking, positions_from_segments
 from vlmlab.models.fusion.cross_attention import image_bank_and_mask
 from vlmlab.models.tokenizers import ImageTokenizer, build_tokenizer, load_tokenizer_spec
 
@@ -74,8 +74,19 @@ class VisionLanguageModel(nn.Module):
         self.image_tokenizer = image_tokenizer
         self.adapter = adapter
         self.fusion = fusion
+        # the base weights loaded (source, hub revision, file sha256; None: random init), which a stage
+        # checkpoint's delta is only valid on top of (vlmlab/models/provenance.py)
+        self.base_weights: dict[str, dict | None] = {
+            "backbone": getattr(lm, "base_weight_record", None),
+            "image_tokenizer": getattr(image_tokenizer, "base_weight_record", None),
+        }
         if image_tokenizer.is_discrete:
             image_tokenizer.requires_grad_(False)  # never trained (no straight-through estimator)
+
+    @property
+    def attn_implementation(self) -> str:
+        """The attention kernel the backbone's layers call (eager, sdpa, flash_attention_2, flex_attention)."""
+        return self.lm.config._attn_implementation
 
     # -- what the data pipeline needs to know
     @property
@@ -152,6 +163,49 @@ class VisionLanguageModel(nn.Module):
         hidden = self.lm.model.norm(hidden)
         return self._head(hidden, labels, return_logits)
 
+    # -- generation with a key-value cache: prompt once, then one token at a time (models/generation.py).
+    # Both are methods of the model itself so that a sharded model gathers its weights for them too.
+    def prefill(
+        self,
+        input_ids: torch.Tensor,  # [B, T] left-padded prompts
+        segment_ids: torch.Tensor,  # [B, T] 0 on prompt tokens, -1 on left padding
+        pixel_values: torch.Tensor | None,
+        cache: object,
+    ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Encode the prompts into `cache`; -> (last-position logits [B, V], last positions [B, 1], extras)."""
+        embeds, features = self.embed(input_ids, pixel_values)
+        ctx = self._context(embeds, input_ids, segment_ids, None, features, cache=cache)
+        hidden = self.fusion(self.lm, embeds, ctx)
+        extras = ctx.extras
+        if "image_mask" in extras:  # a new token sees what the last prompt token sees: every image of its row
+            extras["image_mask"] = extras["image_mask"][:, :, -1:]
+            extras["sees_image"] = extras["sees_image"][:, -1:]
+        logits = self.lm.lm_head(self.lm.model.norm(hidden[:, -1]))
+        return logits, ctx.position_ids[:, -1:], extras
+
+    def decode_step(
+        self,
+        token: torch.Tensor,  # [B] the tokens just generated
+        positions: torch.Tensor,  # [B, 1] their position ids
+        segment_ids: torch.Tensor,  # [B, T + 1] the whole sequence's segments, the new token included
+        cache: object,
+        extras: dict,
+    ) -> torch.Tensor:
+        """One cached decoding step -> next-token logits [B, V]."""
+        embeds = self.lm.model.embed_tokens(token[:, None])
+        mask, kwargs = attention_masking(self.attn_implementation, segment_ids, 1, embeds.dtype, True)
+        ctx = FusionContext(
+            position_embeddings=self.lm.model.rotary_emb(embeds, positions),
+            position_ids=positions,
+            attn_mask=mask,
+            is_image=torch.zeros_like(token[:, None], dtype=torch.bool),
+            cache=cache,
+            extras=extras,
+            attention_kwargs=kwargs,
+        )
+        hidden = self.fusion(self.lm, embeds, ctx)
+        return self.lm.lm_head(self.lm.model.norm(hidden[:, -1]))
+
     def _context(
         self,
         embeds: torch.Tensor,
@@ -163,10 +217,8 @@ class VisionLanguageModel(nn.Module):
     ) -> FusionContext:
         if position_ids is None:
             position_ids = positions_from_segments(segment_ids)
-        mask = (
-            block_causal_mask(segment_ids, input_ids.shape[1], embeds.dtype)
-            if needs_block_mask(segment_ids)
-            else None
+        mask, kwargs = attention_masking(
+            self.attn_implementation, segment_ids, input_ids.shape[1], embeds.dtype, cache is not None
         )
         ctx = FusionContext(
             position_embeddings=self.lm.model.rotary_emb(embeds, position_ids),
@@ -175,6 +227,7 @@ class VisionLanguageModel(nn.Module):
             is_image=input_ids == self.image_token_id,
             cache=cache,
             gradient_checkpointing=self.config.gradient_checkpointing and self.training,
+            attention_kwargs=kwargs,
         )
         if features is not None and not self.fusion.images_in_sequence:
             bank, image_mask, sees_image = image_bank_and_mask(

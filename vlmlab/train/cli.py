@@ -8,6 +8,8 @@ import logging
 
 
 def _train(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+
     from vlmlab.train.run import experiment_from_files, train
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
@@ -21,7 +23,8 @@ def _train(args: argparse.Namespace) -> int:
         "train_seconds": record["timings"]["train_seconds"],
         "metrics": record["metrics"],
     }
-    print("\nrun finished\n" + json.dumps(summary, indent=2))
+    if not dist.is_initialized() or dist.get_rank() == 0:  # one summary per run, not one per process
+        print("\nrun finished\n" + json.dumps(summary, indent=2))
     return 0
 
 

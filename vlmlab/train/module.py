@@ -17,6 +17,7 @@ from vlmlab.errors import ConfigError, TrainingStopped
 from vlmlab.files import atomic_write_bytes
 from vlmlab.models.vlm import VisionLanguageModel
 from vlmlab.train.schedule import build_optimizer, build_scheduler
+from vlmlab.train.sharding import local_tensor
 
 BATCH_KEYS = ("input_ids", "labels", "segment_ids", "position_ids", "pixel_values")
 progress = logging.getLogger("vlmlab.train")
@@ -40,6 +41,17 @@ class VLMModule(L.LightningModule):
         self._loader: Any = None
         self._reported_step = -1
         self._data_state: dict[str, Any] | None = None
+
+    def configure_model(self) -> None:
+        mesh = self.device_mesh  # set by ModelParallelStrategy (train.strategy: fsdp) only
+        if mesh is None or getattr(self, "_sharded_units", None):
+            return
+        from vlmlab.train.sharding import shard_model
+
+        bf16 = self.config.train.precision.startswith("bf16")
+        self._sharded_units = shard_model(self.model, mesh["data_parallel"], bf16=bf16)
+        if self.global_rank == 0:
+            progress.info("fsdp: %d units over %d processes", len(self._sharded_units), mesh.size())
 
     def train_dataloader(self) -> Any:
         loader = self.loader_factory(self.global_rank, self.trainer.world_size)
@@ -98,7 +110,7 @@ class VLMModule(L.LightningModule):
         out = self(batch)
         loss = out.loss
         if not loss.requires_grad:  # e.g. a text-only batch while only the adapter trains: zero gradients
-            loss = loss + 0.0 * sum(p.sum() for p in self.model.parameters() if p.requires_grad)
+            loss = loss + 0.0 * sum(local_tensor(p).sum() for p in self.model.parameters() if p.requires_grad)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(self._non_finite_report(float(loss)))
         real = int(batch["segment_ids"].ge(0).sum()) if "segment_ids" in batch else batch["input_ids"].numel()
@@ -124,17 +136,22 @@ class VLMModule(L.LightningModule):
             progress.info("step %d/%d  loss %.4f", step, self.config.train.max_steps, float(loss))
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        for group in optimizer.param_groups:
-            for param in group["params"]:
-                if param.grad is not None and not torch.isfinite(param.grad).all():
-                    raise NonFiniteLossError(self._non_finite_report(None, gradients=True))
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if self._any_rank(not all(_finite(g) for g in grads)):
+            raise NonFiniteLossError(self._non_finite_report(None, gradients=True))
 
     def non_finite_weights(self) -> str | None:
         """The report naming the groups whose weights are NaN / inf, or None when all are finite."""
-        for params in self.model.parameter_groups().values():
-            if any(not torch.isfinite(p).all() for _, p in params):
-                return self._non_finite_report(None, gradients=False, weights_checked=True)
+        finite = all(_finite(p) for params in self.model.parameter_groups().values() for _, p in params)
+        if self._any_rank(not finite):
+            return self._non_finite_report(None, gradients=False, weights_checked=True)
         return None
+
+    def _any_rank(self, flag: bool) -> bool:
+        """True on every rank when `flag` is true on one (a sharded run sees only its own shard of each
+        tensor, and all ranks must stop together)."""
+        trainer = self._trainer
+        return bool(trainer.strategy.reduce_boolean_decision(flag, all=False)) if trainer else flag
 
     def _non_finite_report(
         self, loss: float | None, gradients: bool = False, weights_checked: bool = False
@@ -142,7 +159,7 @@ class VLMModule(L.LightningModule):
         bad = []
         for group, params in self.model.parameter_groups().items():
             values = [p.grad if gradients else p for _, p in params]
-            if any(v is not None and not torch.isfinite(v).all() for v in values):
+            if any(v is not None and not _finite(v) for v in values):
                 bad.append(group)
         what = "gradients" if gradients else "weights"
         where = ", ".join(bad) if bad else f"no group's {what} (the loss alone overflowed)"
@@ -162,3 +179,7 @@ class VLMModule(L.LightningModule):
         total = self.config.train.schedule_steps or self.config.train.max_steps
         scheduler = build_scheduler(optimizer, self.config.optim, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _finite(tensor: torch.Tensor) -> bool:
+    return bool(torch.isfinite(local_tensor(tensor)).all())

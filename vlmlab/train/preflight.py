@@ -16,10 +16,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import OmegaConf
 
 from vlmlab.config import ExperimentConfig
-from vlmlab.errors import ConfigError
+from vlmlab.errors import ConfigError, unknown_choice
 
 # keys that change how a run executes or logs, not what it computes: they may differ on a re-run
 EXECUTION_KEYS = ("train.log_every_n_steps", "train.accelerator")
@@ -35,6 +36,22 @@ def _positive(name: str, value: Any, allow_none: bool = False) -> None:
 def _finite(name: str, value: Any, minimum: float = 0.0) -> None:
     if not isinstance(value, int | float) or not math.isfinite(value) or value < minimum:
         raise ConfigError(f"{name} must be a finite number >= {minimum:g}, got {value!r}.")
+
+
+def _check_attention_kernel(implementation: str) -> None:
+    """Kernels that need a package or a GPU fail here, not at the first forward of a queued job."""
+    import importlib.util
+
+    from vlmlab.models.backbone import ATTENTION_IMPLEMENTATIONS
+
+    if implementation not in ATTENTION_IMPLEMENTATIONS:
+        raise unknown_choice("model.attn_implementation", implementation, ATTENTION_IMPLEMENTATIONS)
+    if implementation == "flash_attention_2":
+        if importlib.util.find_spec("flash_attn") is None or not torch.cuda.is_available():
+            raise ConfigError(
+                "model.attn_implementation=flash_attention_2 needs a CUDA GPU and the flash-attn package "
+                "(pip install flash-attn); here use sdpa (or flex_attention)."
+            )
 
 
 def validate(config: ExperimentConfig) -> int:
@@ -73,6 +90,7 @@ def validate(config: ExperimentConfig) -> int:
             f"data.micro_batch_size x devices x nodes = {data.micro_batch_size} x {train.devices} x "
             f"{train.num_nodes} = {per_step}."
         )
+    _check_attention_kernel(config.model.attn_implementation)
     for key in ("backbone_weights", "tokenizer_weights"):
         value = getattr(config.model, key)
         if value and _looks_like_path(value) and not Path(value).expanduser().exists():

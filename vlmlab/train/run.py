@@ -45,7 +45,7 @@ from vlmlab.train.preemption import Preemption, slurm_job_id
 from vlmlab.train.preflight import RunLock, check_run_folder, launcher_rank, remove_leftovers, validate
 
 log = logging.getLogger("vlmlab.train")
-STRATEGIES = ("auto", "ddp", "fsdp", "deepspeed_stage_1")
+STRATEGIES = ("auto", "ddp", "fsdp")
 
 
 def build_model(config: ExperimentConfig) -> tuple[VisionLanguageModel, Path | None]:
@@ -80,14 +80,14 @@ def _strategy(config: ExperimentConfig) -> Any:
 
         raise unknown_choice("strategy", name, STRATEGIES)
     if name == "fsdp":
-        from lightning.pytorch.strategies import FSDPStrategy
-        from transformers.models.qwen3.modeling_qwen3 import Qwen3DecoderLayer
+        from lightning.pytorch.strategies import ModelParallelStrategy
 
-        from vlmlab.models.fusion.cross_attention import GatedCrossAttentionLayer
-
-        # shard per decoder layer; frozen and trainable parameters mix inside a layer only for MoT's copies
-        return FSDPStrategy(
-            auto_wrap_policy={Qwen3DecoderLayer, GatedCrossAttentionLayer}, use_orig_params=True
+        # FSDP2 over every process (VLMModule.configure_model shards per decoder layer); checkpoints are
+        # gathered into one file on rank 0, so resume and stage export read plain tensors
+        return ModelParallelStrategy(
+            data_parallel_size=config.train.num_nodes * config.train.devices,
+            tensor_parallel_size=1,
+            save_distributed_checkpoint=False,
         )
     if name == "ddp":
         from lightning.pytorch.strategies import DDPStrategy
@@ -271,6 +271,7 @@ def _train(config: ExperimentConfig, out: Path, resolved: dict[str, Any], accumu
         "checkpoint": str((out / "best") if best["step"] is not None else final),
         "parent": str(parent) if parent else None,
         "freezing": freezing,
+        "base_weights": model.base_weights,  # what the delta sits on: source, hub revision, file sha256
         "data": health,  # samples read, skipped as bad (by reason and shard), dropped as too long
         "timings": {"train_seconds": round(time.time() - started, 1), "steps": trainer.global_step},
         "created": datetime.now(timezone.utc).isoformat(timespec="microseconds"),

@@ -18,6 +18,9 @@ from vlmlab.models.fusion.context import FusionContext, attention
 
 
 class GatedCrossAttentionLayer(nn.Module):
+    # entry points besides forward (a sharded layer gathers its weights for these too: train/sharding.py)
+    fsdp_forward_methods = ("image_keys_values",)
+
     def __init__(self, config: Qwen3Config) -> None:
         super().__init__()
         hidden, head_dim = config.hidden_size, config.head_dim

@@ -4,6 +4,11 @@ Each decoder layer has a text copy (the backbone's own layer) and an image copy 
 Norms, q/k/v/o projections, q/k norms and the MLP are applied with the weights of each token's own
 modality; all tokens then meet in one causal self-attention. Each token passes through exactly one copy,
 so the FLOPs per token equal the Joint-Decoder's.
+
+Both copies are `MoTDecoderLayer`s: a Qwen3 decoder layer (same weights, same names, same forward) with
+its two halves, `attention_inputs` and `attention_outputs`, as methods of the layer itself. The fusion only
+ever calls those methods and `forward`, never a layer's submodules, so a sharded layer (FSDP2 registers the
+two methods as forward methods, vlmlab/train/sharding.py) has its weights gathered whenever they are used.
 """
 
 from __future__ import annotations
@@ -13,9 +18,29 @@ import copy
 import torch
 from torch import nn
 from transformers import Qwen3ForCausalLM
-from transformers.models.qwen3.modeling_qwen3 import apply_rotary_pos_emb
+from transformers.models.qwen3.modeling_qwen3 import Qwen3DecoderLayer, apply_rotary_pos_emb
 
-from vlmlab.models.fusion.context import FusionContext, attention
+from vlmlab.models.fusion.context import FusionContext
+
+
+class MoTDecoderLayer(Qwen3DecoderLayer):
+    """A Qwen3 decoder layer whose attention block can run split around a shared attention."""
+
+    fsdp_forward_methods = ("attention_inputs", "attention_outputs")
+
+    def attention_inputs(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[N, D] tokens of this modality -> [N, (heads + 2 kv_heads) * head_dim]: normed q, k and v."""
+        attn = self.self_attn
+        heads, kv_heads = attn.config.num_attention_heads, attn.config.num_key_value_heads
+        x = self.input_layernorm(hidden)
+        q = attn.q_norm(attn.q_proj(x).view(-1, heads, attn.head_dim)).flatten(1)
+        k = attn.k_norm(attn.k_proj(x).view(-1, kv_heads, attn.head_dim)).flatten(1)
+        return torch.cat([q, k, attn.v_proj(x)], dim=-1)
+
+    def attention_outputs(self, hidden: torch.Tensor, mixed: torch.Tensor) -> torch.Tensor:
+        """The rest of the layer for this modality's tokens: output projection, residual, MLP, residual."""
+        hidden = hidden + self.self_attn.o_proj(mixed)
+        return hidden + self.mlp(self.post_attention_layernorm(hidden))
 
 
 class MixtureOfTransformersFusion(nn.Module):
@@ -24,6 +49,9 @@ class MixtureOfTransformersFusion(nn.Module):
 
     def __init__(self, lm: Qwen3ForCausalLM, **_: object) -> None:
         super().__init__()
+        for layer in lm.model.layers:
+            # the backbone's own (already loaded) layers gain the split methods: no copy, nothing else changes
+            layer.__class__ = MoTDecoderLayer
         self.image_layers = nn.ModuleList(copy.deepcopy(layer) for layer in lm.model.layers)
 
     def reset_image_copy(self, lm: Qwen3ForCausalLM) -> None:
@@ -39,56 +67,46 @@ class MixtureOfTransformersFusion(nn.Module):
         routes = (torch.nonzero(~flat_image).squeeze(1), torch.nonzero(flat_image).squeeze(1))
         for text_layer, image_layer in zip(lm.model.layers, self.image_layers):
             hidden = ctx.checkpointed(
-                lambda h, t=text_layer, i=image_layer: self._layer(t, i, h, routes, ctx), hidden
+                lambda h, t=text_layer, i=image_layer: _mixed_layer((t, i), h, routes, ctx), hidden
             )
         return hidden
 
-    @staticmethod
-    def _layer(
-        text_layer: nn.Module,
-        image_layer: nn.Module,
-        hidden: torch.Tensor,
-        routes: tuple[torch.Tensor, torch.Tensor],
-        ctx: FusionContext,
-    ) -> torch.Tensor:
-        batch, length, width = hidden.shape
-        attn = text_layer.self_attn
-        heads, kv_heads, head_dim = (
-            attn.config.num_attention_heads,
-            attn.config.num_key_value_heads,
-            attn.head_dim,
-        )
 
-        def routed(function, inputs: torch.Tensor) -> torch.Tensor:
-            """Apply `function(layer, x)` with each modality's layer to its own tokens. [N, *] -> [N, *]."""
-            parts = [
-                function(layer, inputs.index_select(0, index))
-                for layer, index in zip((text_layer, image_layer), routes)
-            ]
-            out = inputs.new_empty((inputs.shape[0], parts[0].shape[-1]))
-            out[routes[0]] = parts[0]
-            out[routes[1]] = parts[1]
-            return out
+def _mixed_layer(
+    layers: tuple[MoTDecoderLayer, MoTDecoderLayer],  # (text copy, image copy)
+    hidden: torch.Tensor,
+    routes: tuple[torch.Tensor, torch.Tensor],  # flat indices of the text and of the image tokens
+    ctx: FusionContext,
+) -> torch.Tensor:
+    batch, length, width = hidden.shape
+    attn = layers[0].self_attn
+    heads, kv_heads, head_dim = (
+        attn.config.num_attention_heads,
+        attn.config.num_key_value_heads,
+        attn.head_dim,
+    )
 
-        def qkv(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-            a = layer.self_attn
-            x = layer.input_layernorm(x)
-            q = a.q_norm(a.q_proj(x).view(-1, heads, head_dim)).flatten(1)
-            k = a.k_norm(a.k_proj(x).view(-1, kv_heads, head_dim)).flatten(1)
-            return torch.cat([q, k, a.v_proj(x)], dim=-1)
+    def routed(parts: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+        """Scatter each modality's rows back to their flat positions. -> [B * T, *]"""
+        out = like.new_empty((batch * length, parts[0].shape[-1]))
+        for part, index in zip(parts, routes):
+            out[index] = part
+        return out
 
-        flat = hidden.reshape(batch * length, width)
-        q, k, v = routed(qkv, flat).split(
-            [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1
-        )
-        q = q.view(batch, length, heads, head_dim).transpose(1, 2)
-        k = k.view(batch, length, kv_heads, head_dim).transpose(1, 2)
-        v = v.view(batch, length, kv_heads, head_dim).transpose(1, 2)
-        cos, sin = ctx.position_embeddings
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        if ctx.cache is not None:
-            k, v = ctx.cache.update(k, v, attn.layer_idx)
-        mixed = attention(q, k, v, ctx.attn_mask, attn.scaling, causal=length > 1)
-        flat = flat + routed(lambda layer, x: layer.self_attn.o_proj(x), mixed.reshape(batch * length, -1))
-        flat = flat + routed(lambda layer, x: layer.mlp(layer.post_attention_layernorm(x)), flat)
-        return flat.view(batch, length, width)
+    flat = hidden.reshape(batch * length, width)
+    inputs = [flat.index_select(0, index) for index in routes]
+    qkv = routed([layer.attention_inputs(x) for layer, x in zip(layers, inputs)], flat)
+    q, k, v = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
+    q = q.view(batch, length, heads, head_dim).transpose(1, 2)
+    k = k.view(batch, length, kv_heads, head_dim).transpose(1, 2)
+    v = v.view(batch, length, kv_heads, head_dim).transpose(1, 2)
+    cos, sin = ctx.position_embeddings
+    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    if ctx.cache is not None:
+        k, v = ctx.cache.update(k, v, attn.layer_idx)
+    mixed = ctx.self_attention(attn, q, k, v).reshape(batch * length, -1)
+    outputs = [
+        layer.attention_outputs(x, mixed.index_select(0, index))
+        for layer, x, index in zip(layers, inputs, routes)
+    ]
+    return routed(outputs, flat).view(batch, length, width)

@@ -82,6 +82,8 @@ class ImageTokenizer(nn.Module):
     num_tokens: int  # tokens per image at spec.image_size
     embed_dim: int  # feature width (continuous); embedding width hint for discrete tokenizers
     codebook_size: int = 0  # discrete only
+    # what the pretrained weights were loaded from (vlmlab/models/provenance.py); None: random init
+    base_weight_record: dict[str, Any] | None = None
 
     @property
     def kind(self) -> str:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from vlmlab.errors import ConfigError
+from vlmlab.models.provenance import cached_hub_file, pretrained_files, record_loaded
 from vlmlab.models.tokenizers import TOKENIZER_BACKENDS
 from vlmlab.models.tokenizers.base import ImageTokenizer, TokenizerSpec
 
@@ -60,6 +61,53 @@ def _layer_index(spec: TokenizerSpec, depth: int) -> int:
     return index
 
 
+def open_clip_weight_files(spec: TokenizerSpec) -> list[Path] | None:
+    """The file `open_clip.create_model(spec.arch, pretrained=spec.pretrained)` loads its weights from."""
+    import open_clip
+
+    if spec.arch.startswith(("hf-hub:", "local-dir:")):
+        return None  # weights named by the model name itself (no vlmlab preset does this): not traced here
+    tag_config = open_clip.get_pretrained_cfg(spec.arch.replace("/", "-"), spec.pretrained)
+    if not tag_config:  # not a tag: create_model only accepts an existing file then
+        return [Path(spec.pretrained).expanduser()]
+    # a tag: the resolver create_model itself used, which returns the cached (hub or url) file it just read
+    path = open_clip.download_pretrained(tag_config)
+    return [Path(path)] if path else None
+
+
+def _safe_alternatives(filename: str) -> list[str]:
+    """timm's order for hub weights: a safetensors twin of a pickled file first (timm.models._hub)."""
+    if filename == "pytorch_model.bin":
+        return ["model.safetensors", filename]
+    if filename == "open_clip_pytorch_model.bin":
+        return ["open_clip_model.safetensors", filename]
+    return [filename[: -len(".bin")] + ".safetensors", filename] if filename.endswith(".bin") else [filename]
+
+
+def timm_weight_files(pretrained_cfg: dict) -> list[Path] | None:
+    """The file timm's `load_pretrained` reads for this pretrained config (the priority of its _builder.py)."""
+    source = pretrained_cfg.get("source", "")
+    hub_id, file = pretrained_cfg.get("hf_hub_id"), pretrained_cfg.get("file")
+    if source == "local-dir":
+        return None  # a folder timm searches itself (a `local-dir:` model name, unused by vlmlab's presets)
+    if source != "hf-hub" and pretrained_cfg.get("state_dict"):
+        return None  # weights handed over in memory: there is no file
+    if source != "hf-hub" and file:  # pretrained_cfg_overlay=dict(file=...): a local checkpoint
+        return [Path(file).expanduser()]
+    if hub_id:
+        repo, _, revision = hub_id.partition("@")
+        filename = pretrained_cfg.get("hf_hub_filename") or "pytorch_model.bin"
+        path = cached_hub_file(repo, _safe_alternatives(filename), revision or None)
+        return [path] if path else None
+    url = pretrained_cfg.get("url")
+    if url:  # torch.hub's cache, where timm's load_state_dict_from_url keeps the download
+        from urllib.parse import urlparse
+
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+        return [cached] if cached.is_file() else None
+    return None
+
+
 class OpenClipTokenizer(ImageTokenizer):
     """The image tower of an open_clip model (e.g. OpenAI CLIP ViT-B/16)."""
 
@@ -79,6 +127,8 @@ class OpenClipTokenizer(ImageTokenizer):
             if spec.pretrained is None:
                 raise
             raise _loading_failed(spec, error) from error
+        if spec.pretrained is not None:
+            self.base_weight_record = record_loaded(spec.pretrained, lambda: open_clip_weight_files(spec))
         self.visual = clip.visual  # the text tower is not needed by a VLM
         self.visual.output_tokens = False
         grid = self.visual.grid_size
@@ -121,6 +171,9 @@ class TimmTokenizer(ImageTokenizer):
             if not pretrained:
                 raise
             raise _loading_failed(spec, error) from error
+        if pretrained:
+            cfg = dict(self.model.pretrained_cfg)
+            self.base_weight_record = record_loaded(spec.pretrained, lambda: timm_weight_files(cfg))
         grid = self.model.patch_embed.grid_size
         self.num_tokens = int(grid[0] * grid[1])
         self.embed_dim = int(self.model.num_features)
@@ -155,6 +208,9 @@ class TransformersTokenizer(ImageTokenizer):
                 self.model = model_class.from_pretrained(spec.pretrained, **spec.arch_kwargs)
             except (OSError, ValueError, pickle.UnpicklingError) as error:
                 raise _loading_failed(spec, error) from error
+            self.base_weight_record = record_loaded(
+                spec.pretrained, lambda: pretrained_files(spec.pretrained)
+            )
         else:
             config = model_class.config_class(**spec.arch_kwargs)
             self.model = model_class(config)

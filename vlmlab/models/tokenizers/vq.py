@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from vlmlab.errors import ConfigError
+from vlmlab.models.provenance import weight_record
 from vlmlab.models.tokenizers.base import ImageTokenizer, TokenizerSpec
 from vlmlab.models.tokenizers.continuous import check_local_checkpoint, is_local_path
 
@@ -135,6 +136,8 @@ class FrozenDiscreteTokenizer(ImageTokenizer):
                     f"Tokenizer {self.spec.name!r}: {str(checkpoint)!r} does not match architecture "
                     f"{self.spec.arch!r} (arch_kwargs {self.spec.arch_kwargs}): {error}"
                 ) from error
+            # exactly the file read (a hub download is a path in the cache's snapshots/<commit>/)
+            self.base_weight_record = weight_record(str(self.spec.pretrained), [checkpoint])
         for parameter in self.parameters():
             parameter.requires_grad_(False)
         nn.Module.train(self, False)

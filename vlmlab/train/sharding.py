@@ -1,0 +1,80 @@
+"""Sharded training with FSDP2 (`torch.distributed.fsdp.fully_shard`), for every fusion.
+
+One FSDP unit per decoder layer: the backbone's layers, MoT's image copies and the Cross-Attention layers
+each gather their weights before they run and free them after, in forward and in backward; so does each
+block of the image tokenizer; the embeddings, the patch embedding, the adapter, the final norm and the
+head form the root unit. A unit's
+weights are gathered around `forward` and around the methods a layer class lists in
+`fsdp_forward_methods` (MoT's split attention halves, Cross-Attention's image keys/values), and the model's
+own `prefill` / `decode_step` (cached generation), so validation and generation run on the sharded model.
+
+Reached through `train.strategy: fsdp` (Lightning's ModelParallelStrategy, whose `configure_model` hook
+calls `shard_model`). Checkpoints are gathered into one full file on rank 0: `last.ckpt` resumes on any
+strategy with the same world size, and stage checkpoints hold plain tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+from transformers.models.qwen3.modeling_qwen3 import Qwen3DecoderLayer
+
+from vlmlab.models.fusion.cross_attention import GatedCrossAttentionLayer
+from vlmlab.models.vlm import VisionLanguageModel
+
+LAYER_UNITS = (Qwen3DecoderLayer, GatedCrossAttentionLayer)
+MODEL_FORWARD_METHODS = ("prefill", "decode_step")
+
+
+def shard_model(model: VisionLanguageModel, mesh: DeviceMesh, bf16: bool = False) -> list[str]:
+    """Shard `model` in place over `mesh` (1-D, data parallel); -> the names of the FSDP units, root last.
+
+    `bf16`: gather weights and compute in bfloat16, reduce gradients in float32 (the optimizer keeps float32
+    shards), as in published FSDP recipes."""
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
+    options = {"mesh": mesh, **({"mp_policy": policy} if policy else {})}
+    units = []
+    for name, module in model.named_modules():
+        if isinstance(module, LAYER_UNITS):
+            _shard(module, options)
+            units.append(name)
+    for name, block in tokenizer_blocks(model.image_tokenizer):
+        _shard(block, options)
+        units.append(f"image_tokenizer.{name}")
+    fully_shard(model, **options)
+    for method in MODEL_FORWARD_METHODS:
+        register_fsdp_forward_method(model, method)
+    units.append("(root: embeddings, adapter, norm, head)")
+    return units
+
+
+def tokenizer_blocks(tokenizer: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The transformer blocks of an image tokenizer, whatever library built it (open_clip, timm,
+    transformers, TiTok, VAR): the members of every outermost list of two or more same-type modules."""
+    lists = [
+        (name, module)
+        for name, module in tokenizer.named_modules()
+        if isinstance(module, nn.ModuleList)
+        and len(module) > 1
+        and len({type(child) for child in module}) == 1
+        and any(p.numel() for p in module.parameters())
+    ]
+    outermost = [(n, m) for n, m in lists if not any(n.startswith(f"{other}.") for other, _ in lists)]
+    return [(f"{name}.{index}", block) for name, blocks in outermost for index, block in enumerate(blocks)]
+
+
+def _shard(module: nn.Module, options: dict) -> None:
+    fully_shard(module, **options)
+    for method in getattr(module, "fsdp_forward_methods", ()):
+        register_fsdp_forward_method(module, method)
+
+
+def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a sharded tensor (DTensor), or the tensor itself."""
+    to_local = getattr(tensor, "to_local", None)
+    return to_local() if to_local is not None else tensor
+
+
+__all__ = ["shard_model", "local_tensor", "LAYER_UNITS"]
