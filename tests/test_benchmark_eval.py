@@ -65,17 +65,106 @@ def test_rendered_protocol_replaces_the_question_text_by_an_image(run_dir, textv
     assert "brand" not in prompt
 
 
-def test_oracle_predictions_score_one_in_both_protocols(run_dir, textvqa, monkeypatch):
-    seen = {}
+def gold(records_by_id):
+    """A stand-in for generation that answers every prompt with its first reference answer."""
+    calls = []
 
-    def oracle(model, tokenizer, encoder, records, protocol, **kwargs):
-        seen[protocol] = len(records)
-        return {str(r["id"]): r["answers"][0] for r in records}
+    def generate(model, tokenizer, items, *args, **kwargs):
+        calls.append([item["id"] for item in items])
+        return [records_by_id[item["id"]] for item in items]
 
-    monkeypatch.setattr(benchmark_eval, "predict", oracle)
-    record = evaluate_benchmarks(run_dir, [{"name": "textvqa", "path": str(textvqa)}], write=False)
+    return generate, calls
+
+
+def test_oracle_predictions_score_one_in_both_protocols(run_dir, textvqa, monkeypatch, tmp_path):
+    generate, calls = gold({"0": "nike", "1": "2"})
+    monkeypatch.setattr(benchmark_eval, "generate_texts", generate)
+    record = evaluate_benchmarks(
+        run_dir, [{"name": "textvqa", "path": str(textvqa)}], write=False, out_dir=tmp_path, batch_size=1
+    )
     assert record["metrics"]["textvqa"] == 1.0 and record["metrics"]["textvqa.rendered"] == 1.0
-    assert seen == {"standard": 2, "rendered": 2}
+    assert calls == [["0"], ["1"], ["0"], ["1"]]  # one batch at a time, each protocol once
+    lines = (tmp_path / "textvqa.jsonl").read_text().splitlines()
+    assert [json.loads(line)["prediction"] for line in lines] == ["nike", "2"]
+
+
+def test_a_killed_evaluation_continues_where_it_stopped(run_dir, textvqa, monkeypatch, tmp_path):
+    generate, calls = gold({"0": "nike", "1": "2"})
+
+    def dies_on_the_second_batch(model, tokenizer, items, *args, **kwargs):
+        if calls:
+            raise KeyboardInterrupt
+        return generate(model, tokenizer, items)
+
+    monkeypatch.setattr(benchmark_eval, "generate_texts", dies_on_the_second_batch)
+    entry = [{"name": "textvqa", "path": str(textvqa)}]
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_benchmarks(run_dir, entry, ("standard",), write=False, out_dir=tmp_path, batch_size=1)
+    path = tmp_path / "textvqa.jsonl"
+    with path.open("a") as handle:
+        handle.write('{"id": "1", "predic')  # a line torn by the kill
+    monkeypatch.setattr(benchmark_eval, "generate_texts", generate)
+    record = evaluate_benchmarks(run_dir, entry, ("standard",), write=False, out_dir=tmp_path, batch_size=1)
+    assert calls == [["0"], ["1"]]  # record 0 was not generated again
+    assert [json.loads(line)["id"] for line in path.read_text().splitlines()] == ["0", "1"]
+    assert record["metrics"]["textvqa"] == 1.0
+
+
+def test_records_are_read_one_batch_ahead_at_most(run_dir, textvqa, monkeypatch, tmp_path):
+    """Memory does not grow with the split: encoding and generation follow the record stream."""
+    pulled = []
+
+    def records():
+        for index in range(7):
+            pulled.append(index)
+            yield {"id": index, "benchmark": "textvqa", "question": "What brand?", "answers": ["nike"] * 10,
+                   "image": Image.new("RGB", (32, 24), "blue")}  # fmt: skip
+
+    def generate(model, tokenizer, items, *args, **kwargs):
+        assert len(pulled) <= 3 * (len(generate.seen) + 1)  # batch size 3
+        generate.seen.append(len(items))
+        return ["nike"] * len(items)
+
+    generate.seen = []
+    monkeypatch.setattr(benchmark_eval, "generate_texts", generate)
+    config, model = load_run(run_dir)
+    tokenizer, encoder = text_side(config, model)
+    path = benchmark_eval.predict(
+        model, tokenizer, encoder, records(), "standard", tmp_path / "p.jsonl", batch_size=3
+    )
+    assert generate.seen == [3, 3, 1] and benchmark_eval.score("textvqa", path) == 1.0
+
+
+def test_server_splits_get_the_official_submission_files(run_dir, tmp_path, monkeypatch):
+    vqav2 = tmp_path / "vqav2"
+    vqav2.mkdir()
+    questions = [{"image_id": 42, "question": "How many?", "question_id": 4200}]
+    (vqav2 / "v2_OpenEnded_mscoco_test-dev2015_questions.json").write_text(
+        json.dumps({"questions": questions})
+    )
+    (vqav2 / "test2015").mkdir()
+    Image.new("RGB", (32, 24)).save(vqav2 / "test2015" / "COCO_test2015_000000000042.jpg")
+    docvqa = tmp_path / "docvqa" / "test"
+    docvqa.mkdir(parents=True)
+    data = [{"questionId": 57, "question": "Date?", "image": "documents/d.png", "docId": 3}]
+    (docvqa / "test_v1.0.json").write_text(json.dumps({"data": data}))
+    (docvqa / "documents").mkdir()
+    Image.new("RGB", (32, 24)).save(docvqa / "documents" / "d.png")
+    monkeypatch.setattr(benchmark_eval, "generate_texts", lambda m, t, items, *a, **k: ["7"] * len(items))
+    out = tmp_path / "eval"
+    assert main(["eval", str(run_dir), "--benchmark", f"vqav2={vqav2}", "--split", "test-dev", "--out", str(out),
+                 "--dtype", "bf16", "--batch-size", "2", "--device", "cpu"]) == 0  # fmt: skip
+    assert main(["eval", str(run_dir), "--benchmark", f"docvqa={tmp_path / 'docvqa'}", "--split", "test",
+                 "--out", str(out)]) == 0  # fmt: skip
+    # the formats the servers take (EvalAI for VQAv2, the RRC for DocVQA), written out by hand
+    assert json.loads((out / "vqav2-test-dev-submission.json").read_text()) == [
+        {"question_id": 4200, "answer": "7"}
+    ]
+    assert json.loads((out / "docvqa-test-submission.json").read_text()) == [
+        {"questionId": 57, "answer": "7"}
+    ]
+    metrics = json.loads((run_dir / "eval.json").read_text())["metrics"]
+    assert "vqav2-test-dev" not in metrics  # nothing to score locally
 
 
 def test_cli_prints_standard_vs_rendered_with_the_gap(run_dir, textvqa, capsys):

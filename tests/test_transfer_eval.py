@@ -45,7 +45,7 @@ def stage_runs(tmp_path_factory):
 def gold_answers(monkeypatch, items_seen):
     """Replace generation by an oracle that answers each prompt with its gold option."""
 
-    def oracle(model, input_ids, segment_ids, pixel_values, max_new_tokens, stop_ids, use_cache=True):
+    def oracle(model, input_ids, segment_ids, pixel_values, max_new_tokens, stop_ids, **kwargs):
         batch = items_seen.pop(0)
         return [tokenizer.encode(f"Final answer: {item['answer']}") for item in batch]
 
@@ -56,9 +56,9 @@ def gold_answers(monkeypatch, items_seen):
         return original_accuracy(model, text_tokenizer, items, **kwargs)
 
     tokenizer = None
-    original_accuracy = accuracy.multiple_choice_accuracy
+    original_accuracy = accuracy.evaluate_items
     monkeypatch.setattr(accuracy, "greedy_generate", oracle)
-    monkeypatch.setattr("vlmlab.eval.transfer.multiple_choice_accuracy", run)
+    monkeypatch.setattr("vlmlab.eval.transfer.evaluate_items", run)
 
 
 def test_oracle_answers_score_one_and_chance_is_one_over_options(stage_runs, monkeypatch):

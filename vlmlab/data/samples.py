@@ -14,6 +14,8 @@ A sample is a dict::
         # optional
         "answer": str,                  # the gold answer, for accuracy with `extract_final_answer`
         "options": list[str],           # the answer options, when the question has them
+        "answers": list[str],           # every reference answer (validation with an official metric)
+        "benchmark": str,               # the benchmark whose official metric scores it (vlmlab.eval.metrics)
         "kind": "caption" | "vqa" | "text" | "interleaved",
     }
 

@@ -77,6 +77,8 @@ def build_val_set(
                 "pixel_values": encoded["pixel_values"],
                 "answer": sample["answer"],
                 "options": sample.get("options"),
+                "answers": sample.get("answers"),  # every reference answer (official metrics)
+                "benchmark": sample.get("benchmark"),  # whose official metric scores it
                 "source": name,
             }
         )

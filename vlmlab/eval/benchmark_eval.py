@@ -3,14 +3,16 @@
 - standard: the benchmark image, then the question as text (multiple-choice options lettered A, B, ...);
 - rendered: the benchmark image, then the whole question rendered as an image that replaces the text
   (LoMo's rendered evaluation), with only a fixed short instruction left as text.
-Predictions are scored with the official-style metric of each benchmark (vlmlab.eval.metrics); the results
-go into the run's `eval.json` as `<benchmark>` and `<benchmark>.rendered`, and the Standard vs Rendered table
-with the gap is printed.
+Predictions stream to a JSONL file per (benchmark, split, protocol) and are scored with the official metric of
+each benchmark (vlmlab.eval.metrics); the results go into the run's `eval.json` as `<benchmark>` and
+`<benchmark>.rendered` (`<benchmark>-<split>` for an explicit split), and the Standard vs Rendered table with
+the gap is printed. Server-scored splits get the official submission file instead of a score.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
@@ -21,11 +23,13 @@ import torch
 from PIL import Image
 
 from vlmlab.data.benchmarks import benchmark_from_config
+from vlmlab.errors import ConfigError, unknown_choice
 from vlmlab.eval.accuracy import generate_texts
 from vlmlab.eval.metrics import get_metric
 from vlmlab.eval.rendered import rendered_question_segments
 from vlmlab.eval.results import config_hash, write_record
 from vlmlab.eval.runs import load_run, text_side
+from vlmlab.files import atomic_write_text
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 MULTIPLE_CHOICE = "Answer with the option's letter from the given choices directly."
@@ -58,33 +62,108 @@ def benchmark_sample(record: Mapping[str, Any], protocol: str) -> dict[str, Any]
     return {"id": str(record["id"]), "segments": segments, "response": "", "source": record["benchmark"]}
 
 
+SUBMISSION_SPLITS = {  # benchmark -> (splits only the official server scores, the id field it expects)
+    "vqav2": (("test", "test-dev", "testdev", "test2015", "test-dev2015"), "question_id"),
+    "textvqa": (("test",), "question_id"),
+    "docvqa": (("test",), "questionId"),
+}
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _read_predictions(path: Path) -> dict[str, dict[str, Any]]:
+    """The lines a previous (perhaps killed) evaluation finished; a torn last line is dropped."""
+    done: dict[str, dict[str, Any]] = {}
+    if not path.exists():
+        return done
+    good = 0
+    with path.open("rb") as handle:
+        for line in handle:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                break
+            done[row["id"]] = row
+            good += len(line)
+    if good < path.stat().st_size:  # cut the torn tail so appending continues a valid file
+        with path.open("r+b") as handle:
+            handle.truncate(good)
+    return done
+
+
+def _reference(record: Mapping[str, Any]) -> dict[str, Any]:
+    """What the metrics read of a record (everything but the image)."""
+    return {k: v for k, v in record.items() if k != "image"}
+
+
 def predict(
     model: torch.nn.Module,
     tokenizer: Any,
     encoder: Any,
-    records: Sequence[Mapping[str, Any]],
+    records: Iterable[Mapping[str, Any]],
     protocol: str,
+    out: Path,
     batch_size: int = 16,
     max_new_tokens: int = 32,
-) -> dict[str, str]:
-    """{record id: generated answer text}; prompts too long for the model are answered with ''."""
-    predictions: dict[str, str] = {}
-    items = []
-    for record in records:
-        encoded = encoder.encode_prompt(benchmark_sample(record, protocol))
-        if encoded is None:
-            predictions[str(record["id"])] = ""
-            continue
-        items.append({"id": str(record["id"]), **encoded})
-    for item, text in zip(items, generate_texts(model, tokenizer, items, batch_size, max_new_tokens)):
-        predictions[item["id"]] = text.strip()
-    return predictions
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Generate an answer for every record into `out` (JSONL: id, prediction, reference), streaming: records
+    are encoded one batch at a time, and each finished batch is appended and fsynced, so memory does not grow
+    with the split and a killed evaluation continues where it stopped. Prompts too long for the model are
+    answered with ''."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = _read_predictions(out)
+    with out.open("a", encoding="utf-8") as handle:
+
+        def flush(batch: list[Mapping[str, Any]]) -> None:
+            encoded = [encoder.encode_prompt(benchmark_sample(record, protocol)) for record in batch]
+            items = [{"id": str(r["id"]), **e} for r, e in zip(batch, encoded) if e is not None]
+            texts = iter(generate_texts(model, tokenizer, items, batch_size, max_new_tokens, dtype))
+            for record, item in zip(batch, encoded):
+                text = next(texts).strip() if item is not None else ""
+                row = {"id": str(record["id"]), "prediction": text, "reference": _reference(record)}
+                handle.write(json.dumps(row, default=str) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+        batch: list[Mapping[str, Any]] = []
+        for record in records:
+            if str(record["id"]) in done:
+                continue
+            batch.append(record)
+            if len(batch) == batch_size:
+                flush(batch)
+                batch = []
+        if batch:
+            flush(batch)
+    return out
 
 
-def score(name: str, predictions: Mapping[str, str], records: Iterable[Mapping[str, Any]]) -> float:
+def score(name: str, predictions: Path) -> float | None:
+    """The official metric over a predictions file; None when the split has no reference answers."""
     metric = get_metric(name)
-    values = [metric(predictions.get(str(r["id"]), ""), r) for r in records]
-    return sum(values) / max(len(values), 1)
+    values = []
+    for row in _read_predictions(predictions).values():
+        reference = row["reference"]
+        if not reference.get("answers") and not reference.get("options"):
+            return None  # a server-scored split
+        values.append(metric(row["prediction"], reference))
+    return sum(values) / len(values) if values else None
+
+
+def write_submission(name: str, split: str, predictions: Path) -> Path | None:
+    """The official submission file of a server-scored split (VQAv2 test-dev / test and TextVQA test on
+    EvalAI: [{"question_id": int, "answer": str}]; DocVQA test on the RRC: [{"questionId": int, "answer":
+    str}]); None for other splits."""
+    splits, id_field = SUBMISSION_SPLITS.get(name, ((), ""))
+    if split not in splits:
+        return None
+    rows = [
+        {id_field: int(row["id"]), "answer": row["prediction"]}
+        for row in _read_predictions(predictions).values()
+    ]
+    path = predictions.with_name(predictions.name.removesuffix(".jsonl") + "-submission.json")
+    atomic_write_text(path, json.dumps(rows))
+    return path
 
 
 def evaluate_benchmarks(
@@ -92,19 +171,60 @@ def evaluate_benchmarks(
     entries: Sequence[Mapping[str, Any]],
     protocols: Sequence[str] = PROTOCOLS,
     write: bool = True,
+    *,
+    device: str | None = None,
+    dtype: str = "fp32",
+    batch_size: int = 16,
+    max_new_tokens: int = 32,
+    out_dir: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Score `run_dir` on each benchmark entry ({name, path, split?, limit?}) under each protocol."""
+    """Score `run_dir` on each benchmark entry ({name, path, split?, limit?, image_root?}) under each protocol.
+
+    Predictions go to `out_dir` (default RUN/eval/) as `<name>[-<split>][.rendered].jsonl`, one line per
+    record; an existing file is continued, not redone. Splits with reference answers are scored into
+    `eval.json`; server-scored splits (VQAv2 test-dev, TextVQA / DocVQA test) get their submission file."""
+    if dtype not in DTYPES:
+        raise unknown_choice("--dtype", dtype, DTYPES)
     started = time.time()
     config, model = load_run(run_dir)
+    if device is not None:
+        try:
+            model.to(torch.device(device))
+        except (RuntimeError, AssertionError) as error:
+            raise ConfigError(
+                f"--device {device!r} is not usable here ({str(error).splitlines()[0]})."
+            ) from None
     tokenizer, encoder = text_side(config, model)
-    metrics: dict[str, float] = {}
-    for entry in entries:
-        records = list(benchmark_from_config(entry))
-        for protocol in protocols:
-            predictions = predict(model, tokenizer, encoder, records, protocol)
-            key = entry["name"] if protocol == "standard" else f"{entry['name']}.rendered"
-            metrics[key] = score(entry["name"], predictions, records)
     run_dir = Path(run_dir)
+    out = Path(out_dir) if out_dir is not None else run_dir / "eval"
+    metrics: dict[str, float] = {}
+    files: dict[str, str] = {}
+    for entry in entries:
+        split = entry.get("split")
+        for protocol in protocols:
+            key = (
+                entry["name"]
+                + (f"-{split}" if split else "")
+                + ("" if protocol == "standard" else ".rendered")
+            )
+            path = predict(
+                model,
+                tokenizer,
+                encoder,
+                benchmark_from_config(entry),
+                protocol,
+                out / f"{key}.jsonl",
+                batch_size=batch_size,
+                max_new_tokens=max_new_tokens,
+                dtype=DTYPES[dtype],
+            )
+            files[key] = str(path)
+            value = score(entry["name"], path)
+            if value is not None:
+                metrics[key] = value
+            submission = write_submission(entry["name"], str(split or ""), path)
+            if submission is not None:
+                files[f"{key}.submission"] = str(submission)
     path = run_dir / "eval.json"
     previous = json.loads(path.read_text()) if path.exists() else {}
     if not previous and (run_dir / "result.json").exists():
@@ -123,4 +243,4 @@ def evaluate_benchmarks(
     }
     if write:
         write_record(record, path)
-    return record
+    return {**record, "files": files}

@@ -240,18 +240,43 @@ def _eval_benchmarks(args: argparse.Namespace) -> int:
         name, sep, path = item.partition("=")
         if not sep or not path:
             raise ConfigError(f"--benchmark expects NAME=FOLDER (e.g. docvqa=/data/docvqa), got {item!r}.")
-        entries.append({"name": name, "path": path, **({"limit": args.limit} if args.limit else {})})
+        entries.append(
+            {
+                "name": name,
+                "path": path,
+                **({"limit": args.limit} if args.limit else {}),
+                **({"split": args.split} if args.split else {}),
+            }
+        )
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}.")
     protocols = PROTOCOLS if args.rendered else ("standard",)
+    suffix = f"-{args.split}" if args.split else ""
     for run in args.runs:
-        metrics = evaluate_benchmarks(run, entries, protocols)["metrics"]
+        record = evaluate_benchmarks(
+            run,
+            entries,
+            protocols,
+            device=args.device,
+            dtype=args.dtype,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            out_dir=args.out,
+        )
+        metrics = record["metrics"]
         print(f"{run}:")
-        standard = {e["name"]: metrics[e["name"]] for e in entries}
-        if args.rendered:
-            rendered = {e["name"]: metrics[f"{e['name']}.rendered"] for e in entries}
+        standard = {e["name"]: metrics.get(e["name"] + suffix) for e in entries}
+        if args.rendered and all(v is not None for v in standard.values()):
+            rendered = {e["name"]: metrics[f"{e['name']}{suffix}.rendered"] for e in entries}
             print(rendered_gap_table(standard, rendered))
         else:
             for name, value in standard.items():
-                print(f"  {name:<12} {value:.4f}")
+                shown = (
+                    f"{value:.4f}" if value is not None else "no reference answers: see the submission file"
+                )
+                print(f"  {name:<12} {shown}")
+        for key, path in record["files"].items():
+            print(f"  {'submission' if key.endswith('.submission') else 'predictions'}: {path}")
     return 0
 
 
@@ -276,4 +301,25 @@ def add_eval_command(subparsers: argparse._SubParsersAction) -> None:
         "--rendered", action="store_true", help="with --benchmark: also LoMo's rendered protocol"
     )
     parser.add_argument("--limit", type=int, default=None, help="with --benchmark: first N items only")
+    parser.add_argument(
+        "--split",
+        default=None,
+        help="with --benchmark: the split (default: each benchmark's local one), e.g. test-dev",
+    )
+    parser.add_argument("--device", default=None, help="with --benchmark: e.g. cuda, cuda:1 (default: cpu)")
+    parser.add_argument(
+        "--dtype",
+        default="fp32",
+        choices=["fp32", "bf16", "fp16"],
+        help="with --benchmark: autocast precision",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=16, help="with --benchmark: prompts per generation batch"
+    )
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=32, help="with --benchmark: answer length limit"
+    )
+    parser.add_argument(
+        "--out", default=None, help="with --benchmark: folder for predictions (default: RUN/eval/)"
+    )
     parser.set_defaults(func=_eval)

@@ -18,7 +18,7 @@ from typing import Any
 
 from vlmlab.config import DataSourceConfig, to_dict
 from vlmlab.data.validation import build_val_set
-from vlmlab.eval.accuracy import multiple_choice_accuracy
+from vlmlab.eval.accuracy import evaluate_items
 from vlmlab.eval.results import config_hash, write_record
 from vlmlab.eval.runs import load_run, text_side
 
@@ -51,7 +51,7 @@ def evaluate_transfer(
                     kind="synthetic", task=task, mode=modality, split=split, difficulty=knobs
                 )
                 items = build_val_set(source, encoder, num_samples, seed=0, image_size=size)
-                result = multiple_choice_accuracy(model, tokenizer, items)
+                result = evaluate_items(model, tokenizer, items)
                 metrics.setdefault(task, {}).setdefault(modality, {})[cell] = result["accuracy"]
                 chance.setdefault(task, {}).setdefault(modality, {})[cell] = result["chance"]
     run_dir = Path(run_dir)

@@ -10,6 +10,8 @@ against.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from transformers import DynamicCache
 
@@ -25,8 +27,13 @@ def greedy_generate(
     max_new_tokens: int,
     stop_ids: list[int],
     use_cache: bool = True,
+    all_finished: Callable[[bool], bool] | None = None,
 ) -> list[list[int]]:
-    """Greedy continuation of each prompt; stops at any of `stop_ids` (not included in the result)."""
+    """Greedy continuation of each prompt; stops at any of `stop_ids` (not included in the result).
+
+    The image placeholder id is never generated: it is not text, and as an input it would mark an image
+    slot. `all_finished(done_here)` (multi-process lockstep) says whether every process is done, so all
+    keep decoding until the last one is."""
     was_training = model.training
     model.eval()
     step = _cached_steps(model, input_ids, segment_ids, pixel_values) if use_cache else None
@@ -37,13 +44,15 @@ def greedy_generate(
     ids, segments = input_ids, segment_ids
     logits = next(step) if step else model(ids, pixel_values=pixel_values, segment_ids=segments).logits[:, -1]
     for _ in range(max_new_tokens):
+        logits[:, model.image_token_id] = float("-inf")
         next_token = logits.argmax(dim=-1)
         is_stop = (next_token[:, None] == stop).any(dim=1)
         for row in range(batch):
             if not finished[row] and not is_stop[row]:
                 generated[row].append(int(next_token[row]))
         finished |= is_stop
-        if bool(finished.all()):
+        done = bool(finished.all())
+        if all_finished(done) if all_finished is not None else done:
             break
         if step:
             logits = step.send(next_token)

@@ -15,7 +15,7 @@ import torch
 from vlmlab.config import ExperimentConfig
 from vlmlab.data.stream import ResumableLoader, TrainStream, train_loader
 from vlmlab.data.validation import build_val_set
-from vlmlab.eval.accuracy import multiple_choice_accuracy
+from vlmlab.eval.accuracy import chance_level, evaluate_items
 from vlmlab.eval.runs import text_side
 from vlmlab.models.vlm import VisionLanguageModel
 
@@ -62,17 +62,23 @@ class TrainData:
         return self._val_sets
 
     def chance_levels(self) -> dict[str, float]:
-        return {
-            name: sum(1.0 / max(len(item["options"]), 1) for item in items) / max(len(items), 1)
-            for name, items in self.val_sets().items()
-        }
+        """Chance per validation set, where one exists (multiple choice); open-ended sets have none."""
+        levels = {name: chance_level(items) for name, items in self.val_sets().items()}
+        return {name: level for name, level in levels.items() if level is not None}
 
     def evaluate(self) -> dict[str, float]:
+        """Every validation set scored by generation (vlmlab.eval.accuracy: the official metric of a
+        benchmark set, "Final answer:" extraction for multiple choice), sharded across ranks, under the
+        training precision; `mean_accuracy` (the mean over the sets) selects the best checkpoint."""
+        bf16 = self.config.train.precision.startswith("bf16")
         metrics: dict[str, float] = {}
         for name, items in self.val_sets().items():
-            result = multiple_choice_accuracy(self.model, self.text_tokenizer, items)
+            result = evaluate_items(
+                self.model, self.text_tokenizer, items, dtype=torch.bfloat16 if bf16 else None
+            )
             metrics[f"{name}/accuracy"] = result["accuracy"]
-            metrics[f"{name}/extraction_failures"] = result["extraction_failures"]
+            if "extraction_failures" in result:
+                metrics[f"{name}/extraction_failures"] = result["extraction_failures"]
         accuracies = [v for k, v in metrics.items() if k.endswith("/accuracy")]
         if accuracies:
             metrics["mean_accuracy"] = sum(accuracies) / len(accuracies)

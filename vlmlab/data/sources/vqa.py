@@ -75,7 +75,8 @@ class VQASource(Source):
             for record in load_benchmark(self.benchmark, root, config.split, image_root=config.image_root):
                 image = record["image"]
                 self.items.append((image if isinstance(image, Image.Image) else Path(image),
-                                   record["question"], _target(self.benchmark, record)))  # fmt: skip
+                                   record["question"], _target(self.benchmark, record),
+                                   [str(a) for a in record.get("answers") or []]))  # fmt: skip
         if not self.items:
             raise ConfigError(f"vqa source {self.name!r}: {self.benchmark} {config.split} holds no samples.")
 
@@ -93,7 +94,7 @@ class VQASource(Source):
         return str(image) if isinstance(image, Path) else f"{self.config.path} ({self.benchmark})"
 
     def _sample(self, record: Record, load: bool) -> dict[str, Any]:
-        image, question, target = self.items[record["index"]]
+        image, question, target, *references = self.items[record["index"]]
         if target is None or not str(target).strip():
             raise BadSample("no reference answer")
         if isinstance(image, Path):
@@ -113,6 +114,10 @@ class VQASource(Source):
             "response": str(target),
             "answer": str(target),
             "kind": kind,
+            # validation scores with the benchmark's official metric against every reference answer
+            **(
+                {"benchmark": self.benchmark, "answers": references[0] or [str(target)]} if references else {}
+            ),
         }
 
     def text_sample(self, record: Record) -> dict[str, Any]:
