@@ -82,7 +82,12 @@ def test_oracle_predictions_score_one_in_both_protocols(run_dir, textvqa, monkey
     record = evaluate_benchmarks(
         run_dir, [{"name": "textvqa", "path": str(textvqa)}], write=False, out_dir=tmp_path, batch_size=1
     )
-    assert record["metrics"]["textvqa"] == 1.0 and record["metrics"]["textvqa.rendered"] == 1.0
+    assert (
+        record["metrics"]["textvqa"]["score"] == 1.0 and record["metrics"]["textvqa.rendered"]["score"] == 1.0
+    )
+    # two soft-scored (VQA accuracy) samples, both 1.0: n, the 0/1 count and the Wilson interval of 2/2
+    assert record["metrics"]["textvqa"]["n"] == 2 and record["metrics"]["textvqa"]["correct"] == 2
+    assert record["metrics"]["textvqa"]["ci"] == pytest.approx([0.3424, 1.0], abs=1e-3)
     assert calls == [["0"], ["1"], ["0"], ["1"]]  # one batch at a time, each protocol once
     lines = (tmp_path / "textvqa.jsonl").read_text().splitlines()
     assert [json.loads(line)["prediction"] for line in lines] == ["nike", "2"]
@@ -107,7 +112,7 @@ def test_a_killed_evaluation_continues_where_it_stopped(run_dir, textvqa, monkey
     record = evaluate_benchmarks(run_dir, entry, ("standard",), write=False, out_dir=tmp_path, batch_size=1)
     assert calls == [["0"], ["1"]]  # record 0 was not generated again
     assert [json.loads(line)["id"] for line in path.read_text().splitlines()] == ["0", "1"]
-    assert record["metrics"]["textvqa"] == 1.0
+    assert record["metrics"]["textvqa"]["score"] == 1.0
 
 
 def test_records_are_read_one_batch_ahead_at_most(run_dir, textvqa, monkeypatch, tmp_path):
@@ -133,6 +138,8 @@ def test_records_are_read_one_batch_ahead_at_most(run_dir, textvqa, monkeypatch,
         model, tokenizer, encoder, records(), "standard", tmp_path / "p.jsonl", batch_size=3
     )
     assert generate.seen == [3, 3, 1] and benchmark_eval.score("textvqa", path) == 1.0
+    assert benchmark_eval.score_metric("textvqa", path) == {"score": 1.0, "n": 7, "ci": pytest.approx(
+        [0.6457, 1.0], abs=1e-3), "correct": 7}  # fmt: skip
 
 
 def test_server_splits_get_the_official_submission_files(run_dir, tmp_path, monkeypatch):
@@ -172,4 +179,6 @@ def test_cli_prints_standard_vs_rendered_with_the_gap(run_dir, textvqa, capsys):
     out = capsys.readouterr().out
     assert "Gap" in out and "textvqa" in out.lower()
     metrics = json.loads((run_dir / "eval.json").read_text())["metrics"]
-    assert 0.0 <= metrics["textvqa"] <= 1.0 and 0.0 <= metrics["textvqa.rendered"] <= 1.0
+    for key in ("textvqa", "textvqa.rendered"):
+        low, high = metrics[key]["ci"]
+        assert 0.0 <= low <= metrics[key]["score"] <= high <= 1.0 and metrics[key]["n"] == 2

@@ -12,13 +12,16 @@ import pytest
 
 from vlmlab.errors import ConfigError
 from vlmlab.eval import cli as eval_cli
+from vlmlab.eval.intervals import wilson
 from vlmlab.eval.plots import plot_design, plot_scaling, plot_transfer
 from vlmlab.eval.results import (
+    Evidence,
     config_hash,
     design_table,
     flatten_metrics,
     get_dotted,
     make_record,
+    metric_evidence,
     read_records,
     scaling_table,
     transfer_table,
@@ -419,3 +422,165 @@ def test_cli_errors_through_the_top_level_command(tmp_path: Path, capsys: pytest
     assert main(["results", str(tmp_path / "one"), "--format", "md,xlsx", "--no-plot"]) == 2
     assert "Unknown table format 'xlsx'" in capsys.readouterr().err
     assert main(["results", str(tmp_path / "one"), "--where", "model.fusion"]) == 2
+
+
+# ------------------------------------------------------------------------------- confidence intervals
+
+
+def with_counts(metrics: dict, n: int = 200) -> dict:
+    """Float leaves -> {"score", "n", "ci", "correct"} entries, as `vlmlab eval` writes them (0/1 outcomes)."""
+    if isinstance(metrics, dict):
+        return {key: with_counts(value, n) for key, value in metrics.items()}
+    correct = round(metrics * n)
+    return {"score": correct / n, "n": n, "ci": list(wilson(correct, n)), "correct": correct}
+
+
+def counted_transfer_records(n: int = 200) -> list[dict]:
+    return [{**record, "metrics": with_counts(record["metrics"], n)} for record in transfer_records()]
+
+
+def test_metric_evidence_reads_dicts_and_flat_interval_pairs() -> None:
+    metrics = {
+        "grid": {"tqa": {"ind": {"score": 0.05, "n": 200, "ci": [0.027, 0.090], "correct": 10}}},
+        "docvqa": {"score": 0.25, "n": 10, "ci": [0.1, 0.4]},  # soft scores: no "correct"
+        "vqav2": 0.5,
+        "vqav2_ci_low": 0.4,
+        "vqav2_ci_high": 0.6,
+        "textvqa": {"score": 0.5, "ci": [0.6, 0.4]},  # malformed interval: ignored
+    }
+    evidence = metric_evidence(metrics)
+    assert evidence["grid.tqa.ind"] == Evidence(200, (0.027, 0.090), 10)
+    assert evidence["docvqa"] == Evidence(10, (0.1, 0.4), None)
+    assert evidence["vqav2"] == Evidence(ci=(0.4, 0.6))
+    assert "textvqa" not in evidence
+    # the flat pair is the accuracy's interval, not two metrics of their own
+    assert set(flatten_metrics(metrics)) == {"grid.tqa.ind", "docvqa", "vqav2", "textvqa"}
+    make_record("r", {}, metrics, stage=3)  # both forms validate
+
+
+def test_transfer_table_shows_intervals_in_every_format() -> None:
+    table = transfer_table(counted_transfer_records(), "tqa")
+    chance, clip_jd, *_ = table.rows
+    # Wilson 10/200 by hand: centre 0.05848, half 0.03110 -> [2.7, 9.0] %
+    low, high = clip_jd.interval("grid|ind|none")
+    assert low == pytest.approx(0.02738, abs=1e-4) and high == pytest.approx(0.08958, abs=1e-4)
+    assert chance.interval("grid|ind|none") is None  # the chance row has none
+    markdown = table.to_markdown()
+    assert "| clip | Joint-Decoder | **5.0** [2.7, 9.0] | **90.0** [85.1, 93.4] |" in markdown
+    assert "| Chance |  | 25.0 | 25.0 | 25.0 |" in markdown  # the chance row stays, bare
+    assert "95 % confidence interval" in markdown
+    rows = list(csv.reader(io.StringIO(table.to_csv())))
+    header = rows[0]
+    assert header[2:5] == [
+        "Grid TQA (InD) / No Train",
+        "Grid TQA (InD) / No Train_lo",
+        "Grid TQA (InD) / No Train_hi",
+    ]
+    cells = dict(zip(header, rows[2]))
+    assert (cells["Grid TQA (InD) / No Train"], cells["Grid TQA (InD) / No Train_lo"]) == ("5.00", "2.74")
+    assert cells["Grid TQA (InD) / No Train_hi"] == "8.96"
+    assert dict(zip(header, rows[1]))["Grid TQA (InD) / No Train_lo"] == ""  # chance: no interval
+    latex = table.to_latex()
+    assert r"\textbf{5.0} {\scriptsize [2.7, 9.0]}" in latex and "95 \\% confidence" in latex
+
+
+def test_averaged_cells_pool_their_samples_or_show_no_interval() -> None:
+    per_tokenizer = transfer_table(counted_transfer_records(), "tqa").collapse(1)
+    clip = [r for r in per_tokenizer.rows if r.labels == ("clip",)][0]
+    # two fusions x 10/200 -> the pooled 20/400, whose proportion is the shown mean
+    assert clip.values["grid|ind|none"] == pytest.approx(0.05)
+    assert clip.interval("grid|ind|none") == pytest.approx(wilson(20, 400))
+    siglip = [r for r in per_tokenizer.rows if r.labels == ("siglip2",)][0]
+    assert siglip.interval("ring|ind|cross") is None  # a gap has no interval
+    assert "[" in per_tokenizer.to_markdown()
+    # unequal sample counts: the pooled proportion is not the mean shown, so no interval
+    records = counted_transfer_records()
+    records[0]["metrics"]["grid"]["tqa"]["ind"].update(n=100, correct=5, score=0.05)
+    mixed = transfer_table(records, "tqa").collapse(1)
+    clip = [r for r in mixed.rows if r.labels == ("clip",)][0]
+    assert clip.values["grid|ind|none"] == pytest.approx(0.05) and clip.interval("grid|ind|none") is None
+    # old records (plain floats): no interval anywhere, no note, empty _lo/_hi CSV cells
+    plain = transfer_table(transfer_records(), "tqa")
+    assert not plain.has_intervals() and "confidence interval" not in plain.to_markdown()
+    header, _, first = list(csv.reader(io.StringIO(plain.to_csv())))[:3]
+    assert dict(zip(header, first))["Grid TQA (InD) / No Train_lo"] == ""
+
+
+def test_design_table_intervals_per_benchmark_and_pooled_rows() -> None:
+    metrics = dict(CLIP_FROZEN)
+    metrics["vqav2"] = {"score": 0.5, "n": 100, "ci": list(wilson(50, 100)), "correct": 50}
+    metrics["docvqa"] = {"score": 0.121, "n": 50, "ci": [0.08, 0.17]}  # soft (ANLS): a bootstrap interval
+    records = [
+        make_record("a", config("clip", True), metrics, stage=2),
+        make_record("b", config("clip", False), metrics, stage=2),
+    ]
+    table = design_table(records, ["model.tokenizer", "train.freeze"])
+    row = table.rows[0]
+    assert row.interval("vqav2") == pytest.approx(wilson(50, 100))
+    assert row.interval("docvqa") == (0.08, 0.17)
+    assert row.interval("aokvqa") is None and row.interval("avg_ind") is None  # plain float; mixed average
+    assert "| clip | yes | **50.0** [40.4, 59.6] |" in table.to_markdown()
+    # one row over both records: vqav2 pools 100/200; docvqa (soft, no counts) has no honest interval
+    merged = design_table(records, ["model.tokenizer"]).rows[0]
+    assert merged.interval("vqav2") == pytest.approx(wilson(100, 200)) and merged.interval("docvqa") is None
+    # a training run's result.json: flat floats with the interval beside the accuracy
+    flat = {"vqav2": 0.5, "vqav2_ci_low": 0.4, "vqav2_ci_high": 0.6}
+    table = design_table([make_record("t", config("clip", True), flat, stage=2)], ["model.tokenizer"])
+    assert [c.key for c in table.columns] == ["vqav2", "avg_ind", "avg_all"]
+    assert table.rows[0].interval("vqav2") == (0.4, 0.6) and table.rows[0].interval("avg_ind") == (0.4, 0.6)
+
+
+def captured_figures(monkeypatch: pytest.MonkeyPatch) -> list:
+    from vlmlab.eval import plots
+
+    figures = []
+    original = plots._save
+
+    def save(figure, path):
+        figures.append(figure)
+        return original(figure, path)
+
+    monkeypatch.setattr(plots, "_save", save)
+    return figures
+
+
+def error_bars(figure) -> list:
+    from matplotlib.container import ErrorbarContainer
+
+    return [c for ax in figure.axes for c in ax.containers if isinstance(c, ErrorbarContainer)]
+
+
+def test_figures_draw_error_bars_where_intervals_exist(tmp_path: Path, monkeypatch) -> None:
+    figures = captured_figures(monkeypatch)
+    transfer = transfer_table(counted_transfer_records(), "tqa").collapse(1)
+    plot_transfer(transfer, tmp_path / "transfer.png")
+    bars = error_bars(figures[-1])
+    # 2 tasks x 2 splits x 3 conditions x 2 tokenizers, less siglip2's missing ring cross-modality cells
+    assert len(bars) == 2 * 2 * 3 * 2 - 2
+    # each spans the pooled Wilson interval of its bar (in %)
+    lows = sorted(round(float(segment[0][1]), 3) for bar in bars for segment in bar[2][0].get_segments())
+    assert round(100 * wilson(20, 400)[0], 3) in lows
+    plot_transfer(transfer_table(transfer_records(), "tqa").collapse(1), tmp_path / "plain.png")
+    assert error_bars(figures[-1]) == []  # no intervals recorded: plain bars
+
+    metrics = with_counts(CLIP_FROZEN, 100)
+    records = [make_record(f"r{i}", config("clip", i == 0), metrics, stage=2) for i in range(2)]
+    plot_design(design_table(records, ["model.tokenizer", "train.freeze"]), tmp_path / "design.png")
+    assert len(error_bars(figures[-1])) == 2 * 2  # avg_ind and avg_ood panels, two bars each
+    sizes = [
+        make_record(s, {"model": {"tokenizer": "siglip2", "backbone": f"qwen3-{s}"}}, metrics, stage=2)
+        for s in ("0.6b", "4b")
+    ]
+    plot_scaling(scaling_table(sizes, ["model.tokenizer"], "model.backbone"), tmp_path / "scaling.png")
+    assert len(error_bars(figures[-1])) == 2  # one series per panel, both points with an interval
+
+
+def test_cli_results_prints_intervals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for record in counted_transfer_records():
+        write_record(record, tmp_path / "transfer")
+    out = tmp_path / "out"
+    argv = ["results", str(tmp_path / "transfer"), "--layout", "transfer", "--out", str(out), "--no-plot"]
+    assert run_cli(argv) == 0
+    printed = capsys.readouterr().out
+    assert "**5.0** [2.7, 9.0]" in printed and "| Chance |" in printed
+    assert "No Train_lo" in (out / "transfer_tqa.csv").read_text()

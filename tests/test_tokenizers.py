@@ -44,7 +44,8 @@ def test_released_architecture_token_shape_on_meta(name):
     with torch.device("meta"):
         tok = build_tokenizer(spec, pretrained=None)
         out = tok(torch.empty(1, 3, spec.image_size, spec.image_size))
-    patch = {"clip-vit-b16": 16, "clip-vit-l14": 14, "dinov3-vitb16-hf": 16}.get(name) or int(
+    base = name.removesuffix("-penultimate")  # the same tower, features from the block before the last
+    patch = {"clip-vit-b16": 16, "clip-vit-l14": 14, "dinov3-vitb16-hf": 16}.get(base) or int(
         spec.arch.split("patch")[1][:2]
     )
     assert tok.num_tokens == (spec.image_size // patch) ** 2

@@ -67,7 +67,11 @@ def test_oracle_answers_score_one_and_chance_is_one_over_options(stage_runs, mon
     record = evaluate_transfer(runs[2], tasks=["ring", "grid"], num_samples=6, write=False)
     for task in ("ring", "grid"):
         for modality in ("vqa", "tqa"):
-            assert record["metrics"][task][modality] == {"ind": 1.0, "ood": 1.0}
+            for split in ("ind", "ood"):
+                cell = record["metrics"][task][modality][split]
+                # 6/6 correct: Wilson, z^2/n = 0.6403: centre 1.3201 / 1.6403 = 0.8048, half 0.1952
+                assert cell["score"] == 1.0 and cell["n"] == 6 and cell["correct"] == 6
+                assert cell["ci"] == pytest.approx([0.6097, 1.0], abs=1e-3)
     # Ring: 8 objects in distribution, 12 out of distribution -> 1/8 and 1/12 (Appendix C)
     assert record["chance"]["ring"]["tqa"] == pytest.approx({"ind": 1 / 8, "ood": 1 / 12})
     # Grid: 3x3 grid -> 9 options; 4x4 OOD -> 16
@@ -80,7 +84,30 @@ def test_transfer_records_feed_the_transfer_table_and_figure(stage_runs, tmp_pat
         evaluate_transfer(runs[stage], tasks=["ring"], num_samples=4)
         record = json.loads((runs[stage] / "eval.json").read_text())
         assert record["stage"] == stage and set(record["metrics"]["ring"]) == {"vqa", "tqa"}
+        cell = record["metrics"]["ring"]["tqa"]["ind"]
+        assert cell["n"] == 4 and cell["ci"][0] <= cell["score"] <= cell["ci"][1]
     out = tmp_path / "report"
     assert main(["results", str(root), "--layout", "transfer", "--out", str(out)]) == 0
     written = {p.name for p in out.iterdir()}
     assert any(name.endswith(".png") for name in written) and any(name.endswith(".md") for name in written)
+    table = (out / "transfer_tqa.md").read_text()
+    assert "95 % confidence interval" in table and " [" in table  # every accuracy with its interval
+
+
+def test_validation_intervals_reach_the_eval_record(monkeypatch):
+    """Training validation writes `<set>/accuracy_ci_low|high` beside each accuracy (plain floats: the
+    checkpoint selection and the log read floats); the eval record folds them into the accuracy's entry."""
+    from vlmlab.eval.transfer import _as_fractions
+    from vlmlab.train.data import TrainData
+
+    result = {"accuracy": 0.5, "n": 20.0, "ci_low": 0.2993, "ci_high": 0.7007, "correct": 10.0}
+    monkeypatch.setattr("vlmlab.train.data.evaluate_items", lambda *args, **kwargs: dict(result))
+    data = object.__new__(TrainData)  # no model or data needed: evaluate_items is stubbed
+    data.config, data.model, data.text_tokenizer = load_config(ExperimentConfig), None, None
+    data._val_sets = {"grid-vqa": [{}], "ring-tqa": [{}]}
+    metrics = data.evaluate()
+    assert metrics["mean_accuracy"] == 0.5 and all(isinstance(v, float) for v in metrics.values())
+    assert metrics["grid-vqa/accuracy_ci_low"] == 0.2993 and metrics["grid-vqa/accuracy_ci_high"] == 0.7007
+    folded = _as_fractions(metrics)
+    assert folded["val.grid-vqa.accuracy"] == {"score": 0.5, "ci": [0.2993, 0.7007]}
+    assert folded["val.mean_accuracy"] == 0.5 and not any("_ci_" in name for name in folded)

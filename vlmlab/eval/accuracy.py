@@ -22,6 +22,7 @@ import torch.distributed as dist
 
 from vlmlab.data.synthetic.prompts import extract_final_answer
 from vlmlab.data.validation import collate_prompts
+from vlmlab.eval.intervals import interval, is_binary
 from vlmlab.eval.metrics import get_metric, vqa_normalize
 from vlmlab.models.generation import greedy_generate
 
@@ -116,7 +117,11 @@ def evaluate_items(
     dtype: torch.dtype | None = None,
 ) -> dict[str, float]:
     """`accuracy` (mean item score), `n`, and for multiple-choice items `extraction_failures` and `chance`,
-    over all items, each rank generating a disjoint share. The same on every rank."""
+    over all items, each rank generating a disjoint share. The same on every rank.
+
+    Also the 95 % interval of the accuracy from the gathered per-item scores (vlmlab.eval.intervals:
+    Wilson when every score is 0 or 1, else the seeded percentile bootstrap) as `ci_low` / `ci_high`, and
+    for 0/1 outcomes the number `correct`, so that results can pool runs. All values are plain floats."""
     rank, world = _world()
     mine = list(range(rank, len(items), world))
     texts = generate_texts(
@@ -134,13 +139,30 @@ def evaluate_items(
         dist.all_gather_object(gathered, scored)
         scored = {i: value for part in gathered for i, value in part.items()}
     count = max(len(items), 1)
+    scores = [scored[i][0] for i in sorted(scored)]  # item order, whatever the number of ranks
+    low, high = interval(scores)
     result = {
-        "accuracy": sum(score for score, _ in scored.values()) / count,
+        "accuracy": sum(scores) / count,
         "n": float(len(items)),
+        "ci_low": low,
+        "ci_high": high,
     }
+    if is_binary(scores):
+        result["correct"] = float(sum(scores))
     if any(item.get("options") and not item.get("benchmark") for item in items):
         result["extraction_failures"] = sum(failed for _, failed in scored.values()) / count
     chance = chance_level(items)
     if chance is not None:
         result["chance"] = chance
     return result
+
+
+def as_metric(result: dict[str, float]) -> dict[str, Any]:
+    """An `evaluate_items` result as a record metric (vlmlab.eval.results): {"score", "n", "ci": [low,
+    high]}, plus "correct" (the number of 0/1 successes) where the outcomes were 0/1."""
+    metric: dict[str, Any] = {"score": result["accuracy"], "n": int(result["n"])}
+    if "ci_low" in result and "ci_high" in result:
+        metric["ci"] = [result["ci_low"], result["ci_high"]]
+    if "correct" in result:
+        metric["correct"] = int(round(result["correct"]))
+    return metric

@@ -25,6 +25,7 @@ from PIL import Image
 from vlmlab.data.benchmarks import benchmark_from_config
 from vlmlab.errors import ConfigError, unknown_choice
 from vlmlab.eval.accuracy import generate_texts
+from vlmlab.eval.intervals import interval, is_binary
 from vlmlab.eval.metrics import get_metric
 from vlmlab.eval.rendered import rendered_question_segments
 from vlmlab.eval.results import config_hash, write_record
@@ -138,16 +139,37 @@ def predict(
     return out
 
 
-def score(name: str, predictions: Path) -> float | None:
-    """The official metric over a predictions file; None when the split has no reference answers."""
+def sample_scores(name: str, predictions: Path) -> list[float] | None:
+    """The official metric of every prediction in the file (in [0, 1]); None when the split has no
+    reference answers."""
     metric = get_metric(name)
     values = []
     for row in _read_predictions(predictions).values():
         reference = row["reference"]
         if not reference.get("answers") and not reference.get("options"):
             return None  # a server-scored split
-        values.append(metric(row["prediction"], reference))
+        values.append(float(metric(row["prediction"], reference)))
+    return values
+
+
+def score(name: str, predictions: Path) -> float | None:
+    """The official metric over a predictions file; None when the split has no reference answers."""
+    values = sample_scores(name, predictions)
     return sum(values) / len(values) if values else None
+
+
+def score_metric(name: str, predictions: Path) -> dict[str, Any] | None:
+    """The record entry of a predictions file: {"score", "n", "ci": [low, high]} with the 95 % interval of
+    the per-sample scores (Wilson when all are 0/1, then also "correct"; else the seeded bootstrap), or
+    None when the split has no reference answers."""
+    values = sample_scores(name, predictions)
+    if not values:
+        return None
+    low, high = interval(values)
+    entry: dict[str, Any] = {"score": sum(values) / len(values), "n": len(values), "ci": [low, high]}
+    if is_binary(values):
+        entry["correct"] = int(sum(values))
+    return entry
 
 
 def write_submission(name: str, split: str, predictions: Path) -> Path | None:
@@ -182,7 +204,8 @@ def evaluate_benchmarks(
 
     Predictions go to `out_dir` (default RUN/eval/) as `<name>[-<split>][.rendered].jsonl`, one line per
     record; an existing file is continued, not redone. Splits with reference answers are scored into
-    `eval.json`; server-scored splits (VQAv2 test-dev, TextVQA / DocVQA test) get their submission file."""
+    `eval.json` as {"score", "n", "ci": [low, high]} (`score_metric`); server-scored splits (VQAv2
+    test-dev, TextVQA / DocVQA test) get their submission file."""
     if dtype not in DTYPES:
         raise unknown_choice("--dtype", dtype, DTYPES)
     started = time.time()
@@ -197,7 +220,7 @@ def evaluate_benchmarks(
     tokenizer, encoder = text_side(config, model)
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir / "eval"
-    metrics: dict[str, float] = {}
+    metrics: dict[str, Any] = {}
     files: dict[str, str] = {}
     for entry in entries:
         split = entry.get("split")
@@ -219,7 +242,7 @@ def evaluate_benchmarks(
                 dtype=DTYPES[dtype],
             )
             files[key] = str(path)
-            value = score(entry["name"], path)
+            value = score_metric(entry["name"], path)
             if value is not None:
                 metrics[key] = value
             submission = write_submission(entry["name"], str(split or ""), path)

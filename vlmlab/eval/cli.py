@@ -206,6 +206,20 @@ def _parse_difficulty(items: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
     return nested
 
 
+def _score_of(value: Any) -> float | None:
+    """A record metric's score: the float itself, or the "score" of a {"score", "n", "ci"} entry."""
+    return value.get("score") if isinstance(value, dict) else value
+
+
+def _with_interval(value: Any, digits: int = 3) -> str:
+    """`0.485 [0.416, 0.554]` for a metric entry with an interval, the bare score otherwise."""
+    text = f"{_score_of(value):.{digits}f}"
+    ci = value.get("ci") if isinstance(value, dict) else None
+    if isinstance(ci, list | tuple) and len(ci) == 2:
+        text += f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+    return text
+
+
 def _eval(args: argparse.Namespace) -> int:
     if args.benchmark:
         return _eval_benchmarks(args)
@@ -223,7 +237,7 @@ def _eval(args: argparse.Namespace) -> int:
             cells = record["metrics"][task]
             chance = record["chance"][task]
             line = "  ".join(
-                f"{m}/{s} {cells[m][s]:.3f} (chance {chance[m][s]:.3f})"
+                f"{m}/{s} {_with_interval(cells[m][s])} (chance {chance[m][s]:.3f})"
                 for m in ("vqa", "tqa")
                 for s in ("ind", "ood")
             )
@@ -265,14 +279,17 @@ def _eval_benchmarks(args: argparse.Namespace) -> int:
         )
         metrics = record["metrics"]
         print(f"{run}:")
-        standard = {e["name"]: metrics.get(e["name"] + suffix) for e in entries}
+        entries_of = {e["name"]: metrics.get(e["name"] + suffix) for e in entries}
+        standard = {name: _score_of(value) for name, value in entries_of.items()}
         if args.rendered and all(v is not None for v in standard.values()):
-            rendered = {e["name"]: metrics[f"{e['name']}{suffix}.rendered"] for e in entries}
+            rendered = {e["name"]: _score_of(metrics[f"{e['name']}{suffix}.rendered"]) for e in entries}
             print(rendered_gap_table(standard, rendered))
         else:
-            for name, value in standard.items():
+            for name, value in entries_of.items():
                 shown = (
-                    f"{value:.4f}" if value is not None else "no reference answers: see the submission file"
+                    _with_interval(value, 4)
+                    if value is not None
+                    else "no reference answers: see the submission file"
                 )
                 print(f"  {name:<12} {shown}")
         for key, path in record["files"].items():

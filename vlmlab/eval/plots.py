@@ -6,9 +6,11 @@
   same-modality and cross-modality training per tokenizer, with the chance level as a dashed line.
 * `plot_scaling`: Figure 2 -- average accuracy against backbone size, one line per tokenizer x recipe.
 
-Missing values are gaps: no bar (a small "n/a" marks the slot) and broken lines, never zeros. Figures are
-drawn on `matplotlib.figure.Figure` with the Agg canvas, so nothing touches pyplot's global state or needs a
-display.
+Bars and points carry 95 % error bars wherever the table has an interval for the cell (`Row.interval`:
+the record's own, or that of the pooled samples of an averaged cell; see vlmlab.eval.results); a cell
+without one is drawn without. Missing values are gaps: no bar (a small "n/a" marks the slot) and broken
+lines, never zeros. Figures are drawn on `matplotlib.figure.Figure` with the Agg canvas, so nothing touches
+pyplot's global state or needs a display.
 """
 
 from __future__ import annotations
@@ -35,6 +37,14 @@ __all__ = ["plot_design", "plot_scaling", "plot_transfer"]
 # Okabe-Ito colour-blind-safe palette, then matplotlib's tab20 for long series lists.
 _PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
 _CONDITION_COLOURS = {"none": "#9E9E9E", "same": "#0072B2", "cross": "#E69F00"}
+_ERRORBAR = {
+    "fmt": "none",
+    "ecolor": "#222222",
+    "elinewidth": 0.8,
+    "capsize": 2.0,
+    "capthick": 0.8,
+    "zorder": 5,
+}
 _DPI = 200
 _STYLE = {
     "font.size": 9,
@@ -116,11 +126,15 @@ def _grouped_bars(
     colours: Sequence[str],
     *,
     annotate: bool,
+    intervals: Sequence[Sequence[tuple[float, float] | None]] | None = None,
 ) -> None:
-    """values[s][g]: bar of series s in group g; None -> an empty slot labelled n/a."""
+    """values[s][g]: bar of series s in group g; None -> an empty slot labelled n/a. intervals[s][g]: the
+    bar's 95 % interval (fractions), drawn as an error bar; None -> no error bar."""
     n_series = max(len(series), 1)
     width = 0.8 / n_series
-    top = max((v for row in values for v in row if v is not None), default=0.0)
+    tops = [v for row in values for v in row if v is not None]
+    tops += [ci[1] for row in intervals or () for ci in row if ci is not None]
+    top = max(tops, default=0.0)
     for s, colour in enumerate(colours[: len(series)]):
         for g in range(len(groups)):
             x = g - 0.4 + width * (s + 0.5)
@@ -132,8 +146,13 @@ def _grouped_bars(
                 )  # fmt: skip
                 continue
             ax.bar(x, 100 * value, width=width * 0.92, color=colour, edgecolor="white", linewidth=0.4)
+            ci = intervals[s][g] if intervals is not None else None
+            if ci is not None:
+                below, above = max(0.0, value - ci[0]), max(0.0, ci[1] - value)
+                ax.errorbar([x], [100 * value], yerr=[[100 * below], [100 * above]], **_ERRORBAR)
             if annotate:
-                ax.text(x, 100 * value + 0.8, f"{100 * value:.1f}", ha="center", va="bottom", fontsize=6)
+                label_y = 100 * (ci[1] if ci is not None else value) + 0.8
+                ax.text(x, label_y, f"{100 * value:.1f}", ha="center", va="bottom", fontsize=6)
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels(groups)
     ax.set_xlim(-0.6, len(groups) - 0.4)
@@ -174,7 +193,10 @@ def plot_design(table: Table, path: str | os.PathLike[str], *, metrics: Sequence
         values = [
             [lookup[(g, s)].values.get(metric) if (g, s) in lookup else None for g in groups] for s in series
         ]
-        _grouped_bars(ax, groups, series, values, colours, annotate=n_bars <= 24)
+        intervals = [
+            [lookup[(g, s)].interval(metric) if (g, s) in lookup else None for g in groups] for s in series
+        ]
+        _grouped_bars(ax, groups, series, values, colours, annotate=n_bars <= 24, intervals=intervals)
         _style_axes(ax)
         label = AVERAGE_LABELS.get(metric) or table.column(metric).label
         ax.set_title(label.replace("Avg ", "Average "), loc="left", fontweight="bold")
@@ -198,7 +220,8 @@ def plot_design(table: Table, path: str | os.PathLike[str], *, metrics: Sequence
 def plot_transfer(table: Table, path: str | os.PathLike[str]) -> Path:
     """Figures 4/5 from a `transfer_table`: subplots task (columns) x split (rows), x = the table's first
     key (tokenizer; build the table grouped by tokenizer only to average over fusions, as the paper does),
-    bars No Train / same-modality / cross-modality, and a dashed chance line where the chance is known."""
+    bars No Train / same-modality / cross-modality with their 95 % error bars, and a dashed chance line
+    where the chance is known."""
     data_rows = [row for row in table.rows if row.kind == "data"]
     chance_row = next((row for row in table.rows if row.kind == "chance"), None)
     if not data_rows:
@@ -217,7 +240,16 @@ def plot_transfer(table: Table, path: str | os.PathLike[str]) -> Path:
         for row_index, split in enumerate(("ind", "ood")):
             ax = axes[row_index, col]
             values = [[row.values.get(f"{task}|{split}|{cond}") for row in data_rows] for cond in conditions]
-            _grouped_bars(ax, groups, [labels[c] for c in conditions], values, colours, annotate=False)
+            intervals = [[row.interval(f"{task}|{split}|{cond}") for row in data_rows] for cond in conditions]
+            _grouped_bars(
+                ax,
+                groups,
+                [labels[c] for c in conditions],
+                values,
+                colours,
+                annotate=False,
+                intervals=intervals,
+            )
             ax.set_ylim(0, 105)
             chance = chance_row.values.get(f"{task}|{split}|none") if chance_row else None
             if chance is not None:
@@ -267,8 +299,20 @@ def plot_scaling(table: Table, path: str | os.PathLike[str]) -> Path:
     for ax, metric in zip(axes, metrics):
         for key in series:
             ys = [lookup[(key, x)].values.get(metric) if (key, x) in lookup else None for x in xs]
+            cis = [lookup[(key, x)].interval(metric) if (key, x) in lookup else None for x in xs]
             ys = [math.nan if y is None else 100 * y for y in ys]
             style = rests.index(key[1:])
+            shown = [i for i, ci in enumerate(cis) if ci is not None and not math.isnan(ys[i])]
+            if shown:
+                ax.errorbar(
+                    shown,
+                    [ys[i] for i in shown],
+                    yerr=[
+                        [max(0.0, ys[i] - 100 * cis[i][0]) for i in shown],
+                        [max(0.0, 100 * cis[i][1] - ys[i]) for i in shown],
+                    ],
+                    **{**_ERRORBAR, "ecolor": colours[key[0] if key else ""]},
+                )
             ax.plot(
                 range(len(xs)),
                 ys,

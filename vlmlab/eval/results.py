@@ -14,13 +14,19 @@ sees half a record) by `write_record`; `make_record` fills in the hash and the t
                                                  #   train.freeze, model.backbone, data.train.0.mode ...
       "metrics": {                               # name -> score in [0, 1], or a dict:
         "vqav2": 0.712,                          #   academic benchmarks by their `benchmarks` name,
-        "docvqa": {"score": 0.253, "n": 5349},   #   a dict with "score" (extras such as n are kept),
-        "grid": {"tqa": {"ind": 0.58, "ood": 0.2}}   # or nested dicts, flattened with "." ("grid.tqa.ind")
-      },
+        "docvqa": {"score": 0.253, "n": 5349,    #   a dict with "score" (extras such as n are kept),
+                   "ci": [0.241, 0.265]},        #   "ci": its 95 % interval, "correct": 0/1 successes,
+        "grid": {"tqa": {"ind": {"score": 0.58, "n": 200, "ci": [0.511, 0.646], "correct": 116}}}
+      },                                         # or nested dicts, flattened with "." ("grid.tqa.ind")
       "chance": {"grid.tqa.ind": 0.25, "ring": 0.1},   # optional: chance level, same names (or a prefix)
       "timings": {"eval_s": 812.4},              # free-form timing info, seconds
       "created": "2026-11-23T11:30:00+00:00"     # ISO 8601 time the record was written
     }
+
+Plain floats (older records) and {"score", ...} dicts are both read. The evaluations write the dict form:
+`vlmlab eval` (vlmlab.eval.transfer, benchmark_eval) with "n", "ci" and, for 0/1 outcomes, "correct";
+a training run's result.json (vlmlab.train.data) flat floats, an accuracy `X` with `X_ci_low` / `X_ci_high`
+beside it, which are read as X's interval (and not as metrics of their own).
 
 Cross-modality transfer records (Tables 6-7, Figures 4-5) name metrics `<task>.<vqa|tqa>.<ind|ood>`
 (task: spatialmap, grid, ring; "test" is accepted for "ind", the synthetic sets' in-distribution split).
@@ -47,7 +53,18 @@ Conventions (deliberate, so that missing work can never read as a result):
   * when several records fall into one row (e.g. tokenizers averaged, as in Table 2), cells are their mean;
     a benchmark missing from any of them makes that cell a gap too (or partial, as above);
   * the best value per column is bold (Markdown/LaTeX; CSV: a `best` column listing the columns where the
-    row is best), compared at the displayed precision so ties are all marked.
+    row is best), compared at the displayed precision so ties are all marked;
+  * 95 % confidence intervals, where the records carry them, follow the value: Markdown `48.5 [41.6, 55.4]`
+    (in %, one decimal; brackets, not ±, since Wilson and bootstrap intervals are not symmetric), LaTeX
+    the same with the brackets in a smaller font (scriptsize), CSV in the columns `<column>_lo` and
+    `<column>_hi` after each value column (always present, empty without an interval). A cell from one
+    record shows that record's interval (Wilson for 0/1 outcomes, percentile bootstrap for soft scores:
+    vlmlab.eval.intervals). A cell averaging several results (records of one row, benchmarks of an
+    average, `Table.collapse`) shows the Wilson interval of their pooled samples when every one records
+    its 0/1 outcomes ("correct") on the same number of samples, so that the pooled proportion IS the
+    displayed mean (the pooled samples are treated as independent; the same items answered by several
+    models are not, so read it as the uncertainty over the items); otherwise, and for partial averages,
+    it has no interval. The chance row has none. A note under the table says so whenever one is shown.
 LaTeX output uses booktabs rules (and graphicx's \resizebox for wide tables).
 """
 
@@ -71,12 +88,14 @@ from typing import Any
 
 from vlmlab.data.benchmarks import DISPLAY_NAMES, IN_DOMAIN, OUT_OF_DOMAIN
 from vlmlab.errors import ConfigError, unknown_choice
+from vlmlab.eval.intervals import wilson
 
 __all__ = [
     "AVERAGE_LABELS",
     "DEFAULT_GROUP_BY",
     "TRANSFER_TASKS",
     "Column",
+    "Evidence",
     "Row",
     "Table",
     "config_hash",
@@ -84,6 +103,7 @@ __all__ = [
     "flatten_metrics",
     "get_dotted",
     "make_record",
+    "metric_evidence",
     "read_records",
     "scaling_table",
     "transfer_table",
@@ -110,6 +130,11 @@ _MODALITY_ALIASES = {"vqa": "vqa", "image": "vqa", "img": "vqa", "tqa": "tqa", "
 _TRANSFER_METRIC = re.compile(r"^(?P<task>[a-z0-9_\-]+)\.(?P<mod>vqa|tqa)\.(?P<split>ind|id|test|ood)$")
 _CONDITIONS = ("none", "same", "cross")
 MISSING = {"md": "–", "tex": "--", "csv": ""}
+INTERVAL_NOTE = (
+    "[low, high]: 95 % confidence interval (Wilson for 0/1 outcomes, percentile bootstrap for soft scores); "
+    "a cell averaging several results has the interval of their pooled samples where each records its "
+    "0/1 outcomes on as many samples, and none otherwise."
+)
 
 # ---------------------------------------------------------------------------------------------------------
 # Records
@@ -286,7 +311,86 @@ def flatten_metrics(
             raise ConfigError(f"{source}: metric {prefix!r} has non-numeric value {value!r}.")
 
     walk("", metrics)
+    for name in [n for n in flat if n.endswith(_CI_SUFFIXES)]:  # an accuracy's interval, not a metric
+        if name.rsplit("_ci_", 1)[0] in flat:
+            del flat[name]
     return flat
+
+
+_CI_SUFFIXES = ("_ci_low", "_ci_high")
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What a record says about one score beyond its value: the number of samples `n`, the 95 % interval
+    `ci` (low, high) as fractions, and `correct`, the number of successes when the outcomes are 0/1."""
+
+    n: int | None = None
+    ci: tuple[float, float] | None = None
+    correct: int | None = None
+
+
+def _count(value: Any) -> int | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
+        return int(round(value))
+    return None
+
+
+def _interval(value: Any) -> tuple[float, float] | None:
+    """A well-formed interval [low, high] within [0, 1], else None (a malformed one is ignored)."""
+    if not isinstance(value, list | tuple) or len(value) != 2:
+        return None
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+        return None
+    low, high = float(value[0]), float(value[1])
+    return (low, high) if 0.0 <= low <= high <= 1.0 else None
+
+
+def metric_evidence(metrics: Mapping[str, Any]) -> dict[str, Evidence]:
+    """{"dotted.name": Evidence} for the metrics that carry more than a score: {"score", "n", "ci",
+    "correct"} dicts, and flat `X_ci_low` / `X_ci_high` pairs beside a score X. Names as `flatten_metrics`."""
+    found: dict[str, Evidence] = {}
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, Mapping):
+            if "score" in value:
+                n, correct = _count(value.get("n")), _count(value.get("correct"))
+                if correct is not None and (n is None or correct > n):
+                    correct = None
+                evidence = Evidence(n, _interval(value.get("ci")), correct)
+                if evidence != Evidence():
+                    found[prefix.lower()] = evidence
+                return
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), item)
+        else:
+            flat[prefix.lower()] = value
+
+    walk("", metrics)
+    for name in flat:
+        if name.endswith("_ci_low"):
+            base = name.removesuffix("_ci_low")
+            ci = _interval([flat[name], flat.get(f"{base}_ci_high")])
+            if base in flat and ci is not None and base not in found:
+                found[base] = Evidence(ci=ci)
+    return found
+
+
+def _pool(evidence: Sequence[Evidence | None]) -> Evidence | None:
+    """Evidence of the mean of several results: one result's own; several, the Wilson interval of the
+    pooled 0/1 samples when each has `correct` out of the same `n` (the pooled proportion is then the
+    unweighted mean the table shows); None otherwise."""
+    if not evidence or any(e is None for e in evidence):
+        return None
+    if len(evidence) == 1:
+        return evidence[0]
+    sizes = {e.n for e in evidence}
+    if len(sizes) != 1 or None in sizes or any(e.correct is None for e in evidence):
+        return None
+    correct = sum(e.correct for e in evidence)
+    n = sum(e.n for e in evidence)
+    return Evidence(n, wilson(correct, n), correct)
 
 
 _RECORD_FIELDS = ("run_id", "stage", "config_hash")
@@ -426,6 +530,14 @@ class Row:
     values: dict[str, float | None]
     partial: set[str] = field(default_factory=set)
     kind: str = "data"  # "data" or "chance"
+    evidence: dict[str, Evidence] = field(default_factory=dict)  # per column: n, interval, successes
+
+    def interval(self, key: str) -> tuple[float, float] | None:
+        """The 95 % interval (fractions) of the cell in column `key`, None where it has none."""
+        if self.kind != "data" or self.values.get(key) is None:
+            return None
+        evidence = self.evidence.get(key)
+        return evidence.ci if evidence is not None else None
 
 
 @dataclass
@@ -473,13 +585,32 @@ class Table:
             return MISSING[style]
         text = f"{100 * value:.2f}" if style == "csv" else f"{100 * value:.1f}"
         partial = column.key in row.partial
+        ci = row.interval(column.key)
+        shown_ci = f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci is not None else ""
         if style == "md":
             text = f"**{text}**" if best else text
-            return text + ("†" if partial else "")
+            return text + ("†" if partial else "") + (f" {shown_ci}" if shown_ci else "")
         if style == "tex":
             text = rf"\textbf{{{text}}}" if best else text
-            return text + (r"$^\dagger$" if partial else "")
+            text += r"$^\dagger$" if partial else ""
+            return text + (rf" {{\scriptsize {shown_ci}}}" if shown_ci else "")
         return text
+
+    def _interval_cells(self, row: Row, column: Column) -> list[str]:
+        """CSV: the `_lo` and `_hi` cells of a value (in %, two decimals), empty without an interval."""
+        ci = row.interval(column.key)
+        return [f"{100 * ci[0]:.2f}", f"{100 * ci[1]:.2f}"] if ci is not None else ["", ""]
+
+    def has_intervals(self) -> bool:
+        """Whether any cell of the table has a confidence interval."""
+        return any(row.interval(column.key) for row in self.rows for column in self.columns)
+
+    @property
+    def shown_notes(self) -> list[str]:
+        """The notes, with the interval convention added where the table shows an interval."""
+        if not self.has_intervals() or INTERVAL_NOTE in self.notes:
+            return list(self.notes)
+        return [*self.notes, INTERVAL_NOTE]
 
     def _column_header(self, column: Column, sep: str = " ") -> str:
         return f"{column.group}{sep}{column.label}" if column.group else column.label
@@ -515,11 +646,10 @@ class Table:
         for i, (row, labels) in enumerate(zip(self.rows, self._row_labels("md"))):
             cells = [self._cell(row, c, i in best.get(c.key, ()), "md") for c in self.columns]
             lines.append("| " + " | ".join([*labels, *cells]) + " |")
-        if self.notes:
+        notes = self.shown_notes
+        if notes:
             lines.append("")
-            lines.extend(
-                f"{note}  " if n < len(self.notes) - 1 else note for n, note in enumerate(self.notes)
-            )
+            lines.extend(f"{note}  " if n < len(notes) - 1 else note for n, note in enumerate(notes))
         return "\n".join(lines) + "\n"
 
     def to_csv(self) -> str:
@@ -527,10 +657,15 @@ class Table:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         headers = [self._column_header(c, " / ") for c in self.columns]
-        writer.writerow([*self.key_labels, *headers, "best", "partial"])
+        interval_headers = [f"{header}{end}" for header in headers for end in ("", "_lo", "_hi")]
+        writer.writerow([*self.key_labels, *interval_headers, "best", "partial"])
         for i, row in enumerate(self.rows):
             labels = [label if label != MISSING["md"] else "" for label in row.labels]
-            cells = [self._cell(row, c, False, "csv") for c in self.columns]
+            cells = [
+                cell
+                for c in self.columns
+                for cell in (self._cell(row, c, False, "csv"), *self._interval_cells(row, c))
+            ]
             best_in = [headers[j] for j, c in enumerate(self.columns) if i in best.get(c.key, ())]
             partial = [headers[j] for j, c in enumerate(self.columns) if c.key in row.partial]
             writer.writerow([*labels, *cells, ";".join(best_in), ";".join(partial)])
@@ -573,8 +708,9 @@ class Table:
             if row.kind == "chance":
                 lines.append(r"\midrule")
         lines += [r"\bottomrule", r"\end{tabular}" + ("}" if wide else "")]
-        if self.notes:
-            lines.append(r"\par\smallskip\footnotesize " + " ".join(_escape_tex(n) for n in self.notes))
+        notes = self.shown_notes
+        if notes:
+            lines.append(r"\par\smallskip\footnotesize " + " ".join(_escape_tex(n) for n in notes))
         lines.append(r"\end{table}")
         return "\n".join(lines) + "\n"
 
@@ -596,11 +732,12 @@ class Table:
             Row(row.raw[:keep], row.labels[:keep], dict(row.values), set(row.partial), row.kind)
             for row in self.rows
             if row.kind != "data"
-        ]
+        ]  # (chance rows: no intervals)
         expected = {row.labels[keep:] for row in self.rows if row.kind == "data"}
         for labels, members in merged.items():
             values: dict[str, float | None] = {}
             partial: set[str] = set()
+            evidence: dict[str, Evidence] = {}
             absent = len(expected - {m.labels[keep:] for m in members})  # e.g. a fusion never run here
             for column in self.columns:
                 scores = [m.values.get(column.key) for m in members] + [None] * absent
@@ -608,7 +745,11 @@ class Table:
                 values[column.key] = value
                 if value is not None and any(column.key in m.partial for m in members):
                     partial.add(column.key)
-            rows.append(Row(members[0].raw[:keep], labels, values, partial))
+                elif value is not None:  # the pooled samples of the rows averaged (see the docstring)
+                    pooled = _pool([m.evidence.get(column.key) for m in members])
+                    if pooled is not None:
+                        evidence[column.key] = pooled
+            rows.append(Row(members[0].raw[:keep], labels, values, partial, evidence=evidence))
         dropped = ", ".join(self.key_labels[keep:])
         notes = [*self.notes, f"Averaged over {dropped}; a cell is empty unless every {dropped} has it."]
         return Table(self.name, self.title, self.keys[:keep], list(self.columns), rows, notes)
@@ -799,12 +940,16 @@ def _benchmarks_in(records: Sequence[Mapping[str, Any]]) -> list[str]:
 
 def _record_cells(
     record: Mapping[str, Any], benchmarks: Sequence[str], domains: Mapping[str, Sequence[str]], partial: bool
-) -> tuple[dict[str, float | None], set[str]]:
+) -> tuple[dict[str, float | None], set[str], dict[str, Evidence | None]]:
+    """A record's benchmark and average cells, the averages that are partial, and each cell's evidence."""
     flat = flatten_metrics(record["metrics"])
+    known = metric_evidence(record["metrics"])
     cells: dict[str, float | None] = {}
+    evidence: dict[str, Evidence | None] = {}
     for name in benchmarks:
         value = flat.get(name)
         cells[name] = None if value is None or math.isnan(value) else value
+        evidence[name] = known.get(name) if cells[name] is not None else None
     flags = set()
     for average, members in domains.items():
         if not members:
@@ -812,9 +957,12 @@ def _record_cells(
             continue
         value, is_partial = _mean([flat.get(name) for name in members], partial)
         cells[average] = value
+        evidence[average] = None
         if is_partial:
             flags.add(average)
-    return cells, flags
+        elif value is not None:
+            evidence[average] = _pool([known.get(name) for name in members])
+    return cells, flags, evidence
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -904,6 +1052,7 @@ def design_table(
         expected = {point(r) for r in members}
         values: dict[str, float | None] = {}
         partial: set[str] = set()
+        evidence: dict[str, Evidence] = {}
         for column in columns:
             absent = 0
             if pivot is None:
@@ -918,12 +1067,16 @@ def design_table(
             if not selected:
                 values[column.key] = None
                 continue
-            scores = [cells[metric] for cells, _ in selected] + [None] * absent
+            scores = [cells[metric] for cells, _, _ in selected] + [None] * absent
             value, is_partial = _mean(scores, partial_averages)
             values[column.key] = value
-            if value is not None and (is_partial or any(metric in flags for _, flags in selected)):
+            if value is not None and (is_partial or any(metric in flags for _, flags, _ in selected)):
                 partial.add(column.key)
-        rows.append(Row(raw, tuple(display_value(v) for v in raw), values, partial))
+            elif value is not None and not absent:
+                pooled = _pool([found[metric] for _, _, found in selected])
+                if pooled is not None:
+                    evidence[column.key] = pooled
+        rows.append(Row(raw, tuple(display_value(v) for v in raw), values, partial, evidence=evidence))
 
     notes.insert(0, "Accuracy in %; best per column in bold; – = not evaluated.")
     if any(row.partial for row in rows):
@@ -987,15 +1140,30 @@ def _lookup_chance(chances: Mapping[str, float], task: str, modality: str, split
     return None
 
 
+def _transfer_cell(name: str) -> tuple[str, str, str] | None:
+    match = _TRANSFER_METRIC.match(name)
+    if not match:
+        return None
+    return match.group("task"), match.group("mod"), "ood" if match.group("split") == "ood" else "ind"
+
+
 def _transfer_scores(record: Mapping[str, Any]) -> dict[tuple[str, str, str], float]:
     """(task, modality, ind|ood) -> score of one record, accepting "test"/"id" for the InD split."""
     scores = {}
     for name, value in flatten_metrics(record["metrics"]).items():
-        match = _TRANSFER_METRIC.match(name)
-        if match and not math.isnan(value):
-            split = "ood" if match.group("split") == "ood" else "ind"
-            scores[(match.group("task"), match.group("mod"), split)] = value
+        cell = _transfer_cell(name)
+        if cell and not math.isnan(value):
+            scores[cell] = value
     return scores
+
+
+def _transfer_evidence(record: Mapping[str, Any]) -> dict[tuple[str, str, str], Evidence]:
+    """(task, modality, ind|ood) -> the evidence (n, interval, successes) of one record's score."""
+    return {
+        cell: evidence
+        for name, evidence in metric_evidence(record["metrics"]).items()
+        if (cell := _transfer_cell(name)) is not None
+    }
 
 
 def transfer_tasks(records: Iterable[Mapping[str, Any]]) -> list[str]:
@@ -1076,9 +1244,11 @@ def transfer_table(
 
     for raw, members in groups:
         values: dict[str, float | None] = {}
+        evidence: dict[str, Evidence] = {}
         for column in columns:
             task, split, cond = column.key.split("|")
             scores = []
+            found: list[Evidence | None] = []
             for record in members:
                 if condition(record) != cond:
                     continue
@@ -1088,8 +1258,12 @@ def transfer_table(
                 value = _transfer_scores(record).get((task, eval_modality, split))
                 if value is not None:
                     scores.append(value)
+                    found.append(_transfer_evidence(record).get((task, eval_modality, split)))
             values[column.key] = sum(scores) / len(scores) if scores else None
-        rows.append(Row(raw, tuple(display_value(v) for v in raw), values))
+            pooled = _pool(found) if scores else None
+            if pooled is not None:
+                evidence[column.key] = pooled
+        rows.append(Row(raw, tuple(display_value(v) for v in raw), values, evidence=evidence))
 
     direction = "Image-to-Text (VQA→TQA)" if eval_modality == "tqa" else "Text-to-Image (TQA→VQA)"
     notes.insert(

@@ -18,7 +18,7 @@ from typing import Any
 
 from vlmlab.config import DataSourceConfig, to_dict
 from vlmlab.data.validation import build_val_set
-from vlmlab.eval.accuracy import evaluate_items
+from vlmlab.eval.accuracy import as_metric, evaluate_items
 from vlmlab.eval.results import config_hash, write_record
 from vlmlab.eval.runs import load_run, text_side
 
@@ -36,7 +36,10 @@ def evaluate_transfer(
     write: bool = True,
 ) -> dict[str, Any]:
     """Accuracy per task x modality x split. `difficulty[task][split]` overrides the generator settings
-    (e.g. the quickstart's easy tasks); by default each split has the paper's settings."""
+    (e.g. the quickstart's easy tasks); by default each split has the paper's settings.
+
+    Each cell is stored as {"score", "n", "ci": [low, high], "correct"} (vlmlab.eval.accuracy.as_metric):
+    the accuracy, the number of samples, its 95 % interval and the number answered correctly."""
     started = time.time()
     config, model = load_run(run_dir)
     tokenizer, encoder = text_side(config, model, max_length)
@@ -52,7 +55,7 @@ def evaluate_transfer(
                 )
                 items = build_val_set(source, encoder, num_samples, seed=0, image_size=size)
                 result = evaluate_items(model, tokenizer, items)
-                metrics.setdefault(task, {}).setdefault(modality, {})[cell] = result["accuracy"]
+                metrics.setdefault(task, {}).setdefault(modality, {})[cell] = as_metric(result)
                 chance.setdefault(task, {}).setdefault(modality, {})[cell] = result["chance"]
     run_dir = Path(run_dir)
     previous = json.loads((run_dir / "result.json").read_text()) if (run_dir / "result.json").exists() else {}
@@ -73,10 +76,16 @@ def evaluate_transfer(
     return record
 
 
-def _as_fractions(metrics: dict[str, float]) -> dict[str, float]:
-    """Training-time validation metrics that are fractions (accuracies), renamed without slashes."""
-    return {
-        f"val.{name.replace('/', '.')}": value
-        for name, value in metrics.items()
-        if 0.0 <= value <= 1.0 and "extraction" not in name
-    }
+def _as_fractions(metrics: dict[str, float]) -> dict[str, Any]:
+    """Training-time validation metrics that are fractions (accuracies), renamed without slashes; an
+    accuracy's `<name>_ci_low` / `<name>_ci_high` (vlmlab.train.data) become its {"score", "ci"} entry."""
+    out: dict[str, Any] = {}
+    for name, value in metrics.items():
+        if not 0.0 <= value <= 1.0 or "extraction" in name or name.endswith(("_ci_low", "_ci_high")):
+            continue
+        low, high = metrics.get(f"{name}_ci_low"), metrics.get(f"{name}_ci_high")
+        entry: Any = value
+        if isinstance(low, int | float) and isinstance(high, int | float):
+            entry = {"score": value, "ci": [low, high]}
+        out[f"val.{name.replace('/', '.')}"] = entry
+    return out

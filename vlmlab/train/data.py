@@ -69,7 +69,9 @@ class TrainData:
     def evaluate(self) -> dict[str, float]:
         """Every validation set scored by generation (vlmlab.eval.accuracy: the official metric of a
         benchmark set, "Final answer:" extraction for multiple choice), sharded across ranks, under the
-        training precision; `mean_accuracy` (the mean over the sets) selects the best checkpoint."""
+        training precision; `mean_accuracy` (the mean over the sets) selects the best checkpoint.
+        Each `<set>/accuracy` comes with its 95 % interval as `<set>/accuracy_ci_low` / `_ci_high`
+        (plain floats, as every metric here; vlmlab.eval.results pairs them with the accuracy)."""
         bf16 = self.config.train.precision.startswith("bf16")
         metrics: dict[str, float] = {}
         for name, items in self.val_sets().items():
@@ -77,6 +79,8 @@ class TrainData:
                 self.model, self.text_tokenizer, items, dtype=torch.bfloat16 if bf16 else None
             )
             metrics[f"{name}/accuracy"] = result["accuracy"]
+            metrics[f"{name}/accuracy_ci_low"] = result["ci_low"]
+            metrics[f"{name}/accuracy_ci_high"] = result["ci_high"]
             if "extraction_failures" in result:
                 metrics[f"{name}/extraction_failures"] = result["extraction_failures"]
         accuracies = [v for k, v in metrics.items() if k.endswith("/accuracy")]
