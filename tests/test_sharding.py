@@ -131,3 +131,139 @@ def test_two_process_fsdp2_follows_one_process_training(tmp_path: Path, fusion: 
     blocks = sum(isinstance(m, ResidualAttentionBlock) for m in model.image_tokenizer.modules())
     assert blocks >= 2
     assert len(sharded["units"]) == expected + blocks + 1  # + the root
+
+
+def _jd_then_mot(model_for, shard, batches_for) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """Stage 1 Joint-Decoder, then the stage-2 MoT hand-off (its weights in, the image copy reset from the
+    trained backbone), then MoT training; `shard(model)` and `batches_for(model, offset)` set the layout."""
+    jd = model_for("joint_decoder")
+    shard(jd)
+    train_steps(jd, batches_for(jd, 0))
+    trained = _full_state(jd)
+    mot = model_for("mot")
+    with torch.no_grad():
+        for name, param in mot.named_parameters():
+            if name in trained:
+                param.copy_(trained[name])
+    mot.fusion.reset_image_copy(mot.lm)
+    shard(mot)
+    losses = train_steps(mot, batches_for(mot, 10))
+    return losses, _full_state(mot)
+
+
+def _full_state(model) -> dict[str, torch.Tensor]:
+    if not dist.is_initialized():
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))  # on every rank
+
+
+def _handoff_worker(rank: int, port: int, out: str) -> None:
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from vlmlab.train.sharding import shard_model
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    mesh = init_device_mesh("cpu", (2,))
+    losses, state = _jd_then_mot(
+        tiny_model,
+        lambda model: shard_model(model, mesh),
+        lambda model, offset: [half(global_batch(model, offset + s), rank) for s in range(STEPS)],
+    )
+    mean = torch.tensor(losses)
+    dist.all_reduce(mean)
+    if rank == 0:
+        torch.save({"losses": (mean / 2).tolist(), "state": state}, out)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_mot_stage_2_from_a_sharded_joint_decoder_stage_1_follows_one_process(tmp_path: Path) -> None:
+    out = tmp_path / "handoff.pt"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.spawn(_handoff_worker, args=(port, str(out)), nprocs=2, join=True)
+    sharded = torch.load(out, weights_only=True)
+    losses, state = _jd_then_mot(
+        tiny_model,
+        lambda model: None,
+        lambda model, offset: [global_batch(model, offset + s) for s in range(STEPS)],
+    )
+    assert sharded["losses"] == pytest.approx(losses, rel=1e-4, abs=1e-5)
+    assert state.keys() == sharded["state"].keys()
+    for name, value in state.items():
+        torch.testing.assert_close(sharded["state"][name], value, rtol=1e-4, atol=2e-5, msg=name)
+    # the hand-off happened: the image copy left the backbone's layers and both trained
+    image, text = (
+        state["fusion.image_layers.0.mlp.up_proj.weight"],
+        state["lm.model.layers.0.mlp.up_proj.weight"],
+    )
+    assert not torch.equal(image, text)
+
+
+# -- the training engine with train.strategy=fsdp (Lightning's ModelParallelStrategy) against DDP
+TWO_CPUS = ["train.devices=2", "train.accelerator=cpu", "train.deterministic=true"]
+
+
+def _run(tmp: Path, name: str, stage: int, fusion: str, strategy: str, fault: str | None = None, **train):
+    from omegaconf import OmegaConf
+    from test_training import experiment, run_cli
+
+    path = tmp / f"{name}.yaml"
+    if not path.exists():
+        config = experiment(tmp, name, stage, fusion, **train)
+        path.write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
+    proc = run_cli(str(path), f"train.strategy={strategy}", *TWO_CPUS, fault=fault)
+    code = proc.wait(timeout=600)
+    error = proc.stderr.read()[-3000:]
+    proc.stderr.close()
+    return code, error
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(run / "final" / "weights.safetensors"))
+
+
+def test_fsdp_training_equals_ddp_for_every_fusion_and_the_mot_hand_off(tmp_path: Path) -> None:
+    """Stage 1 Joint-Decoder, then a stage-2 MoT started from it and a stage-2 Cross-Attention run (both
+    validating, i.e. generating, on the sharded model): the same weights and metrics under FSDP as under DDP."""
+    import json
+
+    records = {}
+    for strategy in ("ddp", "fsdp"):
+        jd = f"jd-{strategy}"
+        assert _run(tmp_path, jd, 1, "joint_decoder", strategy)[0] == 0
+        mot = f"mot-{strategy}"
+        assert _run(tmp_path, mot, 2, "mot", strategy, init_from=str(tmp_path / jd))[0] == 0
+        xattn = f"xattn-{strategy}"
+        assert _run(tmp_path, xattn, 2, "cross_attention", strategy)[0] == 0
+        records[strategy] = {
+            run: json.loads((tmp_path / f"{run}-{strategy}" / "result.json").read_text())
+            for run in ("jd", "mot", "xattn")
+        }
+    for run in ("jd", "mot", "xattn"):
+        ddp, fsdp = _weights(tmp_path / f"{run}-ddp"), _weights(tmp_path / f"{run}-fsdp")
+        assert ddp.keys() == fsdp.keys()
+        for name in ddp:
+            torch.testing.assert_close(fsdp[name], ddp[name], rtol=1e-4, atol=1e-5, msg=f"{run}: {name}")
+        assert records["fsdp"][run]["metrics"] == records["ddp"][run]["metrics"]
+    assert any(name.startswith("fusion.image_layers.") for name in _weights(tmp_path / "mot-fsdp"))
+
+
+def test_fsdp_run_killed_after_a_checkpoint_resumes_exactly(tmp_path: Path) -> None:
+    """The gathered last.ckpt of a sharded run (and each rank's stream state) resumes bit-identically."""
+    common = dict(max_steps=4, checkpoint_every_n_steps=2, schedule_steps=4)
+    assert _run(tmp_path, "straight", 2, "mot", "fsdp", **common)[0] == 0
+    assert _run(tmp_path, "split", 2, "mot", "fsdp", fault="checkpoint:2", **common)[0] != 0
+    assert not (tmp_path / "split" / "result.json").exists()
+    code, error = _run(tmp_path, "split", 2, "mot", "fsdp", **common)
+    assert code == 0, error
+    straight, split = _weights(tmp_path / "straight"), _weights(tmp_path / "split")
+    for name in straight:
+        assert torch.equal(straight[name], split[name]), name
