@@ -1,10 +1,13 @@
 """The data layer at scale: start-up and memory vs dataset size, resume cost vs step, decode throughput.
 
-Prints each figure with its goal beside it (wall and CPU time); not a test. Shards are generated once into
+Prints each figure with its goal beside it, in wall and in CPU time (benchmarks/timing.py: CPU counts this
+process and its loader workers, so it is what the work costs whatever else runs on the machine), with a
+verdict on each; not a test. Shards are generated once into
 --data-dir (small JPEG + JSON samples, img2dataset-like sizes at --image-size for the throughput part).
 
     python benchmarks/bench_data.py                      # 2,000 x 500 samples (about 2.5 GB, ~2 min once)
     python benchmarks/bench_data.py --shards 200         # quicker
+    python benchmarks/bench_data.py --skip-startup       # without part 1 and its two fresh processes
 """
 
 from __future__ import annotations
@@ -19,11 +22,11 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from timing import timed, verdict
 
 
 def jpeg_bytes(size: int, seed: int) -> bytes:
@@ -86,14 +89,14 @@ def child_startup(pattern: str) -> None:
     torch.set_num_threads(1)
     encoder = build_encoder()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    wall, cpu = time.perf_counter(), time.process_time()
-    stream = TrainStream([DataSourceConfig(name="coyo", kind="webdataset", path=pattern)], encoder)
-    next(iter(train_loader(stream)))
+    with timed() as took:
+        stream = TrainStream([DataSourceConfig(name="coyo", kind="webdataset", path=pattern)], encoder)
+        next(iter(train_loader(stream)))
     print(
         json.dumps(
             {
-                "wall": time.perf_counter() - wall,
-                "cpu": time.process_time() - cpu,
+                "wall": took.wall,
+                "cpu": took.cpu,
                 "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "rss_before_mb": before,
             }
@@ -116,6 +119,12 @@ def main() -> None:
     parser.add_argument("--resume-batch", type=int, default=100_000)
     parser.add_argument("--image-size", type=int, default=256, help="JPEG side for the throughput part")
     parser.add_argument("--throughput-samples", type=int, default=600)
+    parser.add_argument("--packing-batches", type=int, default=100, help="batches of the packing part (4.)")
+    parser.add_argument(
+        "--skip-startup",
+        action="store_true",
+        help="leave out part 1 (start-up in two fresh processes, each importing torch and vlmlab anew)",
+    )
     parser.add_argument("--child-startup")
     args = parser.parse_args()
     if args.child_startup:
@@ -129,27 +138,16 @@ def main() -> None:
 
     torch.set_num_threads(1)
     root = Path(args.data_dir)
-    start = time.perf_counter()
-    small = write_shards(root / "small", 20, args.per_shard, 16, 8)
-    large = write_shards(root / "large", args.shards, args.per_shard, 16, 8)
-    photos = write_shards(root / f"photos{args.image_size}", 4, 250, args.image_size, 50)
-    print(f"shards ready in {time.perf_counter() - start:.0f} s under {root}")
+    with timed() as took:
+        small = write_shards(root / "small", 20, args.per_shard, 16, 8)
+        large = write_shards(root / "large", args.shards, args.per_shard, 16, 8)
+        photos = write_shards(root / f"photos{args.image_size}", 4, 250, args.image_size, 50)
+    print(f"shards ready ({took.describe()}) under {root}")
 
-    # 1. start-up and memory: 20 shards vs --shards shards, each in a fresh process
-    few, many = startup(small), startup(large)
-    n_few, n_many = 20 * args.per_shard, args.shards * args.per_shard
-    print("\n1. start-up until the first batch (fresh process, 0 workers)")
-    for name, n, figures in (("small", n_few, few), ("large", n_many, many)):
-        print(
-            f"   {name}: {n:>9,} samples  wall {figures['wall']:.3f} s  cpu {figures['cpu']:.3f} s  "
-            f"peak RSS {figures['rss_mb']:.0f} MB ({figures['rss_mb'] - figures['rss_before_mb']:+.0f} MB "
-            "for the stream)"
-        )
-    extra = many["rss_mb"] - few["rss_mb"]
-    print(
-        f"   {n_many // n_few}x the samples: start-up x{many['wall'] / few['wall']:.2f} (goal: independent of "
-        f"the sample count), extra memory {extra:+.1f} MB (goal: <= 50 MB for the index)"
-    )
+    if args.skip_startup:
+        print("\n1. start-up: skipped (--skip-startup)")
+    else:
+        report_startup(small, large, args)
 
     # 2. resume cost at batch 0 vs --resume-batch (micro-batch 1, padded: one sample per batch)
     encoder = build_encoder()
@@ -161,36 +159,40 @@ def main() -> None:
     template = train_loader(stream(), keep=4)
     next(iter(template))
     early = template.state_after(1)
-    wall = time.perf_counter()
-    reader = _Reader(stream(), 0, 1)  # the reader's own code path, without building the batches
-    for _ in range(args.resume_batch - 1):
-        while not reader.rows:
-            item = reader.read_one()
-            if item is not None:
-                reader.rows.append([item])
-        reader.rows.pop(0)
-        reader.batches += 1
+    with timed() as took:
+        reader = _Reader(stream(), 0, 1)  # the reader's own code path, without building the batches
+        for _ in range(args.resume_batch - 1):
+            while not reader.rows:
+                item = reader.read_one()
+                if item is not None:
+                    reader.rows.append([item])
+            reader.rows.pop(0)
+            reader.batches += 1
     late = {**early, "loader": _replace_stream_state(early["loader"], reader.state_dict())}
     late["batches"] = args.resume_batch
     print(
-        f"\n2. resume (reached batch {args.resume_batch:,} in {time.perf_counter() - wall:.0f} s by reading "
+        f"\n2. resume (reached batch {args.resume_batch:,} in {took.describe()} by reading "
         f"records only; reader position: {reader.state_dict()['readers'][0]})"
     )
     timings = {}
     for name, state in (("batch 0", template.state_after(0)), (f"batch {args.resume_batch:,}", late)):
         runs = []
-        for _ in range(7):  # restore + first batch; the median of 7
-            wall, cpu = time.perf_counter(), time.process_time()
-            loader = train_loader(stream())
-            loader.restore(state)
-            next(iter(loader))
-            runs.append((time.perf_counter() - wall, time.process_time() - cpu))
-        timings[name] = sorted(runs)[len(runs) // 2]
+        for _ in range(7):  # restore + first batch; the median of 7 (wall and CPU each)
+            with timed() as took:
+                loader = train_loader(stream())
+                loader.restore(state)
+                next(iter(loader))
+            runs.append((took.wall, took.cpu))
+        timings[name] = tuple(sorted(values)[len(values) // 2] for values in zip(*runs))
         print(
             f"   resume at {name:>14}: wall {timings[name][0] * 1e3:.1f} ms  cpu {timings[name][1] * 1e3:.1f} ms"
         )
-    (w0, _), (w1, _) = timings.values()
-    print(f"   ratio {w1 / w0:.2f} (goal <= 1.2; local tars seek to the next sample, others skip <= 1 shard)")
+    (w0, c0), (w1, c1) = timings.values()
+    print(
+        f"   ratio {w1 / w0:.2f} wall ({verdict(w1 / w0, 1.2, higher_is_better=False)}), "
+        f"{c1 / max(c0, 1e-9):.2f} CPU ({verdict(c1 / max(c0, 1e-9), 1.2, higher_is_better=False)}) "
+        "(goal <= 1.2; local tars seek to the next sample, others skip <= 1 shard)"
+    )
     assert stream_states(late["loader"])[0]["readers"] == reader.state_dict()["readers"]
 
     # 3. one loader worker decoding --image-size JPEGs and encoding them for a tiny model (clip-tiny, 64 px)
@@ -200,16 +202,20 @@ def main() -> None:
     photo_loader = train_loader(photo_stream, num_workers=1)
     loader = iter(photo_loader)
     next(loader)  # worker start-up
-    samples, wall, batches = 0, time.perf_counter(), 0
-    while samples < args.throughput_samples:
-        batch = next(loader)
-        samples += int(batch["segment_ids"].max(dim=1).values.add(1).sum())
-        batches += 1
-    seconds = time.perf_counter() - wall
+    samples, batches = 0, 0
+    with timed(children=True) as took:  # CPU: the worker (read while it runs) and this process
+        while samples < args.throughput_samples:
+            batch = next(loader)
+            samples += int(batch["segment_ids"].max(dim=1).values.add(1).sum())
+            batches += 1
     fill = batch["num_real_tokens"] / batch["input_ids"].numel()
+    rate, cpu_rate = took.rate(samples), took.cpu_rate(samples)
     print(
-        f"\n3. one worker, {args.image_size} px JPEGs -> clip-tiny pixels + packed rows: {samples / seconds:.0f} "
-        f"samples/s (goal >= 150/s/worker); wall {seconds:.1f} s for {samples} samples"
+        f"\n3. one worker, {args.image_size} px JPEGs -> clip-tiny pixels + packed rows: {rate:.0f} samples/s "
+        f"wall, {cpu_rate:.0f} per CPU second (worker + main process); {took.describe()} for {samples} samples"
+    )
+    print(
+        f"   goal >= 150 samples/s per worker: {verdict(rate, 150)} on wall time, {verdict(cpu_rate, 150)} on CPU time"
     )
     sizes = []
     for count in range(photo_loader.batches - 2, photo_loader.batches + 1):
@@ -226,10 +232,30 @@ def main() -> None:
     from bench_packing import sources as stage2_mix
 
     mix = TrainStream(stage2_mix(True, 64), encoder, micro_batch_size=8)
-    batches = list(itertools.islice(train_loader(mix), 100))
+    batches = list(itertools.islice(train_loader(mix), args.packing_batches))
     fraction = sum(b["num_real_tokens"] for b in batches) / sum(b["input_ids"].numel() for b in batches)
     print(
-        f"\n4. packing, stage-2-like mix, 100 batches x 8 rows x 256: {fraction:.1%} real tokens (goal >= 95%)"
+        f"\n4. packing, stage-2-like mix, {args.packing_batches} batches x 8 rows x 256: {fraction:.1%} real "
+        "tokens (goal >= 95%)"
+    )
+
+
+def report_startup(small: str, large: str, args: argparse.Namespace) -> None:
+    """Part 1, start-up and memory: 20 shards vs --shards shards, each in a fresh process."""
+    few, many = startup(small), startup(large)
+    n_few, n_many = 20 * args.per_shard, args.shards * args.per_shard
+    print("\n1. start-up until the first batch (fresh process, 0 workers)")
+    for name, n, figures in (("small", n_few, few), ("large", n_many, many)):
+        print(
+            f"   {name}: {n:>9,} samples  wall {figures['wall']:.3f} s  cpu {figures['cpu']:.3f} s  "
+            f"peak RSS {figures['rss_mb']:.0f} MB ({figures['rss_mb'] - figures['rss_before_mb']:+.0f} MB "
+            "for the stream)"
+        )
+    extra = many["rss_mb"] - few["rss_mb"]
+    print(
+        f"   {n_many // n_few}x the samples: start-up x{many['wall'] / few['wall']:.2f} wall, "
+        f"x{many['cpu'] / max(few['cpu'], 1e-9):.2f} CPU (goal: independent of the sample count), "
+        f"extra memory {extra:+.1f} MB (goal: <= 50 MB for the index: {verdict(extra, 50, higher_is_better=False)})"
     )
 
 

@@ -1,6 +1,7 @@
 """CPU cost of one training step (forward + backward) per fusion, on the same batch and weights.
 
-Prints seconds per step and the ratios the model-assembly issue sets goals for:
+Prints seconds per step, wall and CPU (all `--threads` threads together: benchmarks/timing.py), and the
+ratios the model-assembly issue sets goals for, each judged on wall and on CPU time:
   Joint-Decoder text-only / raw Qwen3ForCausalLM      (goal <= 1.05)
   MoT / Joint-Decoder, half the tokens image tokens    (goal <= 1.15: equal FLOPs per token)
   Cross-Attention / Joint-Decoder                      (informative)
@@ -12,26 +13,42 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
+from timing import timed, verdict
 from transformers import Qwen3ForCausalLM
 
 from vlmlab.models.vlm import build_vlm
 
 
-def step_times(steps: dict, rounds: int) -> dict[str, float]:
-    """Median seconds per step of each named step, measured round-robin so that load from other
+def step_times(steps: dict, rounds: int) -> dict[str, tuple[float, float]]:
+    """Median (wall, CPU) seconds per step of each named step, measured round-robin so that load from other
     processes on the machine affects every configuration alike."""
     for step in steps.values():
         step()  # warm-up
-    times: dict[str, list[float]] = {name: [] for name in steps}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in steps}
     for _ in range(rounds):
         for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+            with timed() as took:
+                step()
+            times[name].append((took.wall, took.cpu))
+    return {
+        name: (statistics.median(w for w, _ in values), statistics.median(c for _, c in values))
+        for name, values in times.items()
+    }
+
+
+def ratio_line(label: str, step: tuple[float, float], base: tuple[float, float], goal: float | None) -> str:
+    """'<label> wall s/step, CPU s/step, ratio to `base` on both (with the goal's verdict on each)'."""
+    wall, cpu = step[0] / base[0], step[1] / max(base[1], 1e-12)
+    if goal is None:
+        judged = ""
+    else:
+        judged = (
+            f"  (goal <= {goal}: {verdict(wall, goal, higher_is_better=False)} on wall, "
+            f"{verdict(cpu, goal, higher_is_better=False)} on CPU)"
+        )
+    return f"{label:<39}{step[0]:8.3f} s/step wall {step[1]:8.3f} s CPU   ratio {wall:.3f} wall, {cpu:.3f} CPU{judged}"
 
 
 def main() -> None:
@@ -111,19 +128,15 @@ def main() -> None:
         f"backbone {args.backbone} ({n_params / 1e6:.1f}M params), batch {args.batch} x {args.length} tokens, "
         f"{args.threads} threads, median of {args.steps} steps"
     )
-    print(f"raw Qwen3ForCausalLM, text             {t_raw:8.3f} s/step")
+    print(f"{'raw Qwen3ForCausalLM, text':<39}{t_raw[0]:8.3f} s/step wall {t_raw[1]:8.3f} s CPU")
+    print(ratio_line("Joint-Decoder, text", t_joint_text, t_raw, 1.05))
     print(
-        f"Joint-Decoder, text                    {t_joint_text:8.3f} s/step   ratio {t_joint_text / t_raw:.3f}"
-        "  (goal <= 1.05)"
+        f"{'Joint-Decoder, half image tokens':<39}{t_joint_mm[0]:8.3f} s/step wall {t_joint_mm[1]:8.3f} s CPU"
     )
-    print(f"Joint-Decoder, half image tokens       {t_joint_mm:8.3f} s/step")
+    print(ratio_line("MoT, half image tokens", t_mot, t_joint_mm, 1.15))
     print(
-        f"MoT, half image tokens                 {t_mot:8.3f} s/step   ratio {t_mot / t_joint_mm:.3f}"
-        "  (goal <= 1.15)"
-    )
-    print(
-        f"Cross-Attention, same text and images  {t_xattn:8.3f} s/step   ratio {t_xattn / t_joint_mm:.3f}"
-        f"  ({len(x_row)} sequence positions vs {len(row)})"
+        ratio_line("Cross-Attention, same text and images", t_xattn, t_joint_mm, None)
+        + f"  ({len(x_row)} sequence positions vs {len(row)})"
     )
 
 

@@ -30,13 +30,13 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from timing import timed
 
 REPO = Path(__file__).resolve().parent.parent
 ISSUE_OLD_TB = 1.34  # issue 13: "Checkpoints of the 0.6B design-space grid total ~1.34 TB"
@@ -375,8 +375,7 @@ def measure(root: Path) -> bool:
     models, ok = MetaModels(), True
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "HF_HUB_OFFLINE": "1"}
     for name, path in tiny_configs(root):
-        start = time.perf_counter()
-        with open(root / f"{name}.log", "w") as log:
+        with timed(children=True) as took, open(root / f"{name}.log", "w") as log:
             code = subprocess.call(
                 [sys.executable, "-m", "vlmlab.cli", "train", str(path)],
                 cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -391,7 +390,7 @@ def measure(root: Path) -> bool:
         files = folder_bytes(run_dir)
         resume = files.pop("checkpoints/last.ckpt", 0)
         measured = sum(files.values())
-        print(f"\n   {name} (trained in {time.perf_counter() - start:.0f} s): {len(files)} files kept")
+        print(f"\n   {name} (trained in {took.describe()}): {len(files)} files kept")
         for ckpt in predicted.checkpoints:
             got, want = files.get(f"{ckpt}/weights.safetensors", 0), predicted.weights[ckpt]
             ok &= _line(f"{ckpt}/weights.safetensors", got, want, "exact", got == want)
@@ -418,8 +417,16 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger().setLevel(logging.ERROR)  # open_clip's "initialized randomly" on the meta device
-    wall, cpu = time.perf_counter(), time.process_time()
+    with timed() as this_process, timed(children=True) as took:
+        ok = run(args)
+    print(f"\n{took.describe()} ({this_process.cpu:.1f} s CPU here, the rest in the tiny training runs)")
+    if not ok:
+        print("FAILED: see MISMATCH / NOT COMPUTED above", file=sys.stderr)
+        sys.exit(1)
 
+
+def run(args: argparse.Namespace) -> bool:
+    """The grid's bytes, then (unless --skip-measure) the tiny chain; True when every check agreed."""
     print(
         f"1. {args.sweep.name}: bytes kept by every run after completion (meta-device models, fp32 weights)"
     )
@@ -452,14 +459,7 @@ def main() -> None:
         else:
             with tempfile.TemporaryDirectory(prefix="checkpoint-bytes-") as tmp:
                 ok &= measure(Path(tmp))
-    children = os.times()
-    print(
-        f"\nwall {time.perf_counter() - wall:.1f} s, CPU {time.process_time() - cpu:.1f} s "
-        f"(+ {children.children_user + children.children_system:.1f} s in the tiny training runs)"
-    )
-    if not ok:
-        print("FAILED: see MISMATCH / NOT COMPUTED above", file=sys.stderr)
-        sys.exit(1)
+    return ok
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -317,3 +318,222 @@ def test_benchmark_from_config(tmp_path: Path) -> None:
         benchmark_from_config({"name": "aokvqa"})
     with pytest.raises(ConfigError, match="benchmark config key 'folder'"):
         benchmark_from_config({"name": "aokvqa", "path": str(tmp_path), "folder": "x"})
+
+
+# ------------------------------------------------------------------ the benchmark scripts' timing (benchmarks/)
+
+BENCHMARKS_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
+
+# A child that burns CPU until SIGTERM and reports its own CPU clock on SIGUSR1 and on SIGTERM: the truth
+# the timing helper's count of a child is compared with.
+BURNER = """
+import signal, sys, time
+def report(*_):
+    print(time.process_time(), flush=True)
+def stop(*_):
+    report()
+    sys.exit(0)
+signal.signal(signal.SIGUSR1, report)
+signal.signal(signal.SIGTERM, stop)
+print("ready", flush=True)
+while True:
+    pass
+"""
+
+
+def _timing_module():
+    """benchmarks/timing.py (the scripts import it as `timing`; benchmarks/ is no package)."""
+    import importlib.util
+    import sys
+
+    if "bench_timing" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("bench_timing", BENCHMARKS_DIR / "timing.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["bench_timing"] = module  # its dataclass looks its module up while being built
+        spec.loader.exec_module(module)
+    return sys.modules["bench_timing"]
+
+
+def _burner():
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", BURNER], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "ready"
+    return child
+
+
+def _child_clock(child, signum: int) -> float:
+    import os
+
+    os.kill(child.pid, signum)
+    return float(child.stdout.readline())
+
+
+def test_timing_separates_waiting_from_working() -> None:
+    import time
+
+    timing = _timing_module()
+    with timing.timed() as idle:
+        time.sleep(0.3)
+    assert idle.wall >= 0.3 and idle.cpu < 0.1  # sleeping costs no CPU
+    with timing.timed() as busy:
+        end = time.perf_counter() + 0.3
+        while time.perf_counter() < end:
+            pass
+    assert busy.wall >= 0.3 and busy.cpu > 0.1 and busy.cpu <= busy.wall + 0.02
+    assert busy.rate(30) == pytest.approx(30 / busy.wall) and busy.cpu_rate(30) == pytest.approx(
+        30 / busy.cpu
+    )
+    assert "wall" in busy.describe() and "CPU" in busy.describe()
+    assert timing.verdict(101, 100) == "met" and timing.verdict(99, 100) == "NOT met"
+    assert timing.verdict(1.0, 1.05, higher_is_better=False) == "met"
+
+
+def test_timing_counts_a_child_still_running_at_the_end() -> None:
+    import signal
+    import time
+
+    timing = _timing_module()
+    child = _burner()
+    try:
+        start = _child_clock(child, signal.SIGUSR1)
+        with timing.timed(children=True) as counted, timing.timed() as alone:
+            time.sleep(0.6)
+        end = _child_clock(child, signal.SIGTERM)
+    finally:
+        child.kill()
+        child.wait()
+    assert end - start > 0.1  # the child did work meanwhile
+    assert counted.cpu == pytest.approx(end - start, abs=0.15)
+    assert alone.cpu < 0.1  # without children=True only this (sleeping) process counts
+
+
+def test_timing_counts_a_child_ended_inside_the_block_once() -> None:
+    import signal
+    import time
+
+    timing = _timing_module()
+    child = _burner()
+    try:
+        time.sleep(0.4)  # CPU the child spends before the block: not the block's
+        start = _child_clock(child, signal.SIGUSR1)
+        with timing.timed(children=True) as counted:
+            time.sleep(0.4)
+            end = _child_clock(child, signal.SIGTERM)
+            child.wait()  # ended and waited for inside the block
+    finally:
+        child.kill()
+        child.wait()
+    assert start > 0.1 and end - start > 0.1
+    assert counted.cpu == pytest.approx(end - start, abs=0.15)  # not its whole lifetime (end)
+
+
+def _run_benchmark(script: str, *args: str) -> str:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS_DIR / script), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=BENCHMARKS_DIR.parent,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+# Each smoke run is a few seconds, most of it Python importing torch and vlmlab: the scripts' size flags keep the
+# work itself small. bench_eval.py has no such run: it trains a run (Lightning) and then starts one fresh
+# `vlmlab eval` process per size, each importing the whole stack (~10-15 s apiece here), so only its report is
+# tested (below).
+
+
+def test_bench_lomo_prints_wall_and_cpu_rates_and_both_verdicts() -> None:
+    out = _run_benchmark("bench_lomo.py", "--spans", "6")
+    assert re.search(r"spans/s wall .* spans per CPU second", out)
+    assert re.search(
+        r"goal >= 100 spans/s per core: (met|NOT met) on wall time, (met|NOT met) on CPU time", out
+    )
+    assert re.search(r"samples/s wall, [\d.]+ per CPU second", out)
+
+
+def test_bench_synthetic_prints_wall_and_cpu_seconds() -> None:
+    out = _run_benchmark("bench_synthetic.py", "--scale", "0.0005", "--image-size", "32", "--workers", "1")
+    assert len(re.findall(r"s wall +[\d.]+ s CPU", out)) == 9  # 3 tasks x 3 splits
+    assert re.search(r"total: .*wall [\d.]+ s, CPU [\d.]+ s .*ms CPU/sample", out)
+
+
+def test_bench_packing_prints_rates_per_wall_and_cpu_second() -> None:
+    out = _run_benchmark("bench_packing.py", "--batches", "1", "--micro-batch", "2")
+    assert len(re.findall(r"samples/s wall, +[\d.]+ per CPU second", out)) == 2  # padded and packed
+    assert re.search(r"goal >= 95% real tokens: (met|NOT met)", out)
+
+
+def test_bench_fusion_prints_wall_and_cpu_per_step_and_both_ratios() -> None:
+    # titok-tiny: clip-tiny would import open_clip, seconds of the run for nothing the output shows
+    out = _run_benchmark(
+        "bench_fusion.py", "--backbone", "qwen3-tiny", "--tokenizer", "titok-tiny", "--batch", "1",
+        "--length", "32", "--steps", "1", "--threads", "1",
+    )  # fmt: skip
+    assert len(re.findall(r"s/step wall +[\d.]+ s CPU", out)) == 5
+    assert len(re.findall(r"goal <= [\d.]+: (met|NOT met) on wall, (met|NOT met) on CPU", out)) == 2
+
+
+def test_bench_data_prints_cpu_beside_wall(tmp_path: Path) -> None:
+    # part 1 (start-up) starts two fresh Python processes, ~5 s of imports each: skipped here
+    out = _run_benchmark(
+        "bench_data.py", "--data-dir", str(tmp_path), "--shards", "2", "--per-shard", "10",
+        "--resume-batch", "12", "--throughput-samples", "16", "--image-size", "32", "--packing-batches", "2",
+        "--skip-startup",
+    )  # fmt: skip
+    assert "1. start-up: skipped (--skip-startup)" in out
+    assert re.search(r"ratio [\d.]+ wall \((met|NOT met)\), [\d.]+ CPU \((met|NOT met)\)", out)
+    assert re.search(r"samples/s wall, \d+ per CPU second", out)
+    assert re.search(
+        r"goal >= 150 samples/s per worker: (met|NOT met) on wall time, (met|NOT met) on CPU", out
+    )
+    assert "4. packing, stage-2-like mix, 2 batches x 8 rows x 256" in out
+
+
+def test_checkpoint_bytes_prints_cpu_with_the_training_runs(tmp_path: Path) -> None:
+    # a one-run grid (the design-space sweep builds dozens of meta-device models)
+    sweep = tmp_path / "one.yaml"
+    sweep.write_text(
+        f"name: one\nbase: {BENCHMARKS_DIR.parent / 'configs' / 'model' / 'tiny.yaml'}\n"
+        "axes: {tokenizer: [titok-tiny], freeze: [unfreeze-lm]}\nstages: {1: {}}\n"
+    )
+    out = _run_benchmark("checkpoint_bytes.py", "--skip-measure", "--sweep", str(sweep))
+    assert re.search(r"titok-tiny +joint_decoder +1 +1 ", out)  # the grid's one run
+    assert re.search(r"wall [\d.]+ s, CPU [\d.]+ s \([\d.]+ s CPU here", out)
+
+
+def test_bench_eval_reports_rates_per_wall_and_per_cpu_second(monkeypatch, capsys) -> None:
+    """bench_eval.py's table from given measurements: samples/s of the evaluation per wall and CPU second."""
+    import importlib.util
+    import sys
+
+    monkeypatch.setitem(sys.modules, "timing", _timing_module())  # what the script imports as `timing`
+    spec = importlib.util.spec_from_file_location("bench_eval_script", BENCHMARKS_DIR / "bench_eval.py")
+    bench_eval = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_eval)
+    rows = [
+        {"records": 250, "wall_s": 20.0, "cpu_s": 18.0, "predict_s": 5.0, "predict_cpu_s": 4.0,
+         "peak_rss_mib": 1000.0},
+        {"records": 2000, "wall_s": 60.0, "cpu_s": 50.0, "predict_s": 40.0, "predict_cpu_s": 25.0,
+         "peak_rss_mib": 1200.0},
+    ]  # fmt: skip
+    bench_eval.report("CPU, fp32", rows)
+    out = capsys.readouterr().out
+    assert "eval CPU s" in out and "/CPU s" in out
+    table = re.findall(
+        r"^ +(\d+) +([\d.]+) +([\d.]+) +([\d.]+) +([\d.]+) +([\d.]+) +([\d.]+) +\d+$", out, re.M
+    )
+    assert [row[0] for row in table] == ["250", "2000"]
+    # samples/s = records / eval s, /CPU s = records / eval CPU s
+    assert [(float(row[5]), float(row[6])) for row in table] == [(50.0, 62.5), (50.0, 80.0)]
+    assert "peak RSS 2000 / 250 records: 1.200 (goal <= 1.10) ABOVE GOAL" in out

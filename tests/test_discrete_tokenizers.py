@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -282,3 +283,119 @@ def test_discrete_tokenizers_are_registered() -> None:
         assert spec.kind == "discrete" and not spec.text_aware and spec.library in ("titok", "var")
     build_tokenizer("titok-tiny")  # loads the backends
     assert "titok" in TOKENIZER_BACKENDS and "var" in TOKENIZER_BACKENDS
+
+
+def _official_var_pixels(image: Image.Image, size: int) -> torch.Tensor:
+    """FoundationVision/VAR's evaluation transform (utils/data.py), written out with PIL and numpy.
+
+    The release composes torchvision's `Resize(round(1.125 * size), LANCZOS)` (on the PIL image: short side to
+    that size, long side truncated to int), `CenterCrop(size)` (offset int(round((side - size) / 2))),
+    `ToTensor` (uint8 / 255) and x * 2 - 1.
+    """
+    short = round(1.125 * size)
+    width, height = image.size
+    if width <= height:
+        new_size = (short, int(short * height / width))
+    else:
+        new_size = (int(short * width / height), short)
+    resized = image.convert("RGB").resize(new_size, Image.Resampling.LANCZOS)
+    left = int(round((new_size[0] - size) / 2.0))
+    top = int(round((new_size[1] - size) / 2.0))
+    cropped = np.asarray(resized.crop((left, top, left + size, top + size)))
+    x = torch.from_numpy(cropped.copy()).permute(2, 0, 1).to(torch.float32).div(255)
+    return x.add(x).add_(-1)
+
+
+def _photo_like(width: int, height: int, seed: int) -> Image.Image:
+    """Smooth colour waves plus noise: content on which a resampling filter's differences show."""
+    generator = np.random.default_rng(seed)
+    rows, cols = np.mgrid[0:height, 0:width]
+    waves = np.stack([np.sin(cols / 17 + c) * np.cos(rows / 23 - c) for c in range(3)], axis=-1)
+    noisy = waves * 100 + 128 + generator.normal(0, 25, (height, width, 3))
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+
+
+def test_official_var_reference_is_the_release_transform() -> None:
+    # the hand-written reference against the release's own torchvision composition, so the test below
+    # compares vlmlab with the official transform and not with a misreading of it
+    from torchvision import transforms as v1
+
+    for size in (64, 256):
+        official = v1.Compose(
+            [
+                v1.Resize(round(1.125 * size), interpolation=v1.InterpolationMode.LANCZOS),
+                v1.CenterCrop((size, size)),
+                v1.ToTensor(),
+                lambda x: x.add(x).add_(-1),
+            ]
+        )
+        for width, height in [(300, 200), (257, 611)]:
+            image = _photo_like(width, height, seed=width)
+            assert torch.equal(_official_var_pixels(image, size), official(image))
+
+
+@pytest.mark.parametrize(("width", "height"), [(300, 200), (512, 512), (257, 611), (64, 64), (611, 257)])
+def test_var_pixels_and_ids_from_a_pil_image_match_the_official_transform(
+    tiny: dict, width: int, height: int
+) -> None:
+    # var-tiny is 64 px: the release's 288 / 256 framing scales to a 72 px short side and a 64 px crop
+    tokenizer = tiny["var-tiny"]
+    spec = tokenizer.spec
+    assert spec.image_size == 64
+    image = _photo_like(width, height, seed=width * height)
+    expected = _official_var_pixels(image, spec.image_size)
+    pixels = build_image_transform(spec)(image)
+    assert pixels.dtype == torch.float32 and torch.equal(pixels, expected)
+    assert torch.equal(tokenizer(pixels[None]), tokenizer(expected[None]))
+
+
+def test_var_full_size_transform_crops_at_288() -> None:
+    # the released VAE's framing (no model needed: the pixels decide the ids)
+    spec = load_tokenizer_spec("var-d16-vae")
+    for width, height in [(300, 200), (257, 611), (1024, 768)]:
+        image = _photo_like(width, height, seed=width)
+        pixels = build_image_transform(spec)(image)
+        assert torch.equal(pixels, _official_var_pixels(image, 256))
+
+
+def test_var_grey_and_palette_images_are_filtered_in_rgb() -> None:
+    spec = load_tokenizer_spec("var-tiny")
+    rgb = _photo_like(120, 90, seed=3)
+    for image in (rgb.convert("L"), rgb.convert("P")):
+        assert torch.equal(build_image_transform(spec)(image), _official_var_pixels(image, 64))
+
+
+def test_var_encoder_feeds_phi_the_contiguous_upsampled_map() -> None:
+    # The official encoder (models/quant.py `f_to_idxBl_or_fhat`) upsamples each scale's entries, makes the map
+    # contiguous, then applies phi. With 32-wide entries a channels-last input runs another conv kernel that
+    # rounds about 1e-6 differently, so phi's outputs are compared bit for bit with that order written out.
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer(
+        "var-tiny", arch_kwargs={**load_tokenizer_spec("var-tiny").arch_kwargs, "z_channels": 32}
+    )
+    quantize = tokenizer.quantize
+    seen: list[torch.Tensor] = []
+    hooks = [
+        phi.register_forward_hook(lambda module, args, output: seen.append(output))
+        for phi in quantize.quant_resi.qresi_ls
+    ]
+    try:
+        x = _image("var-tiny", seed=4)
+        ids = tokenizer(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    latent = tokenizer.quant_conv(tokenizer.encoder(x))
+    batch, size = latent.shape[0], latent.shape[-1]
+    patch_nums = tokenizer.config.patch_nums
+    assert len(seen) == len(patch_nums)
+    for scale, (pn, scale_ids) in enumerate(zip(patch_nums, tokenizer.split_scales(ids))):
+        entries = quantize.embedding(scale_ids.view(batch, pn, pn)).permute(0, 3, 1, 2)
+        if scale != len(patch_nums) - 1:
+            entries = torch.nn.functional.interpolate(entries, size=(size, size), mode="bicubic")
+        h = entries.contiguous()
+        phi = quantize.quant_resi.qresi_ls[quantize.quant_resi.choice[scale]]
+        expected = h.mul(1 - phi.ratio) + torch.nn.functional.conv2d(h, phi.weight, phi.bias, padding=1).mul_(
+            phi.ratio
+        )
+        assert torch.equal(seen[scale], expected), scale

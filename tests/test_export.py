@@ -302,7 +302,7 @@ def test_remote_code_round_trip(tmp_path, fusion, tokenizer, format):
 
 
 # -- the command line on a trained run --------------------------------------------------------------------
-def trained_run(tmp: Path, tokenizer: str) -> Path:
+def trained_run(tmp: Path, tokenizer: str, freeze: str = "unfreeze-all") -> Path:
     from vlmlab.train.run import train
 
     config = {
@@ -321,7 +321,7 @@ def trained_run(tmp: Path, tokenizer: str) -> Path:
         },
         "train": {
             "stage": 1,
-            "freeze": "unfreeze-all",
+            "freeze": freeze,
             "max_steps": 2,
             "global_batch_size": 4,
             "output_dir": str(tmp / "run"),
@@ -358,6 +358,86 @@ def test_cli_exports_a_trained_run(tmp_path, capsys):
     )
     assert not (out / "stale.txt").exists() and (out / "modeling_vlmlab.py").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".exported")]  # no temporary leftovers
+
+
+def var_release_pixels(image: Image.Image, size: int) -> torch.Tensor:
+    """VAR's own evaluation transform (FoundationVision/VAR utils/data.py), written from the release, not vlmlab:
+    Resize(round(1.125 * size), Lanczos) and CenterCrop on the PIL image, ToTensor, x.add(x).add_(-1)."""
+    from torchvision import transforms
+
+    release = transforms.Compose(
+        [
+            transforms.Resize(round(1.125 * size), interpolation=transforms.InterpolationMode.LANCZOS),
+            transforms.CenterCrop((size, size)),
+            transforms.ToTensor(),
+        ]
+    )
+    pixels = release(image.convert("RGB"))
+    return pixels.add(pixels).add_(-1)
+
+
+def test_a_var_run_exports_a_pixel_exact_processor(tmp_path, capsys):
+    """No stock processor reproduces VAR's PIL Lanczos resize and torchvision's crop; the folder's own one does."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    run = trained_run(tmp_path, "var-tiny", freeze="unfreeze-lm")  # a discrete tokenizer stays frozen
+    out = tmp_path / "exported"
+    assert main(["export", str(run), "--out", str(out)]) == 0
+    assert "remote-code" in capsys.readouterr().out
+    record = json.loads((out / "vlmlab_export.json").read_text())
+    assert record["image_processor"] == "VlmlabImageProcessor"
+    assert record["checks"]["max_pixel_difference"] == 0.0
+    saved = json.loads((out / "processor_config.json").read_text())["image_processor"]
+    assert saved["auto_map"]["AutoImageProcessor"] == "image_processing_vlmlab.VlmlabImageProcessor"
+    assert (saved["short_side"], saved["crop_size"]) == (72, 64)  # round(1.125 * 64), the 64 px crop
+    assert (out / "image_processing_vlmlab.py").exists()
+    assert_no_pickles(out)
+
+    config, model = load_run(run)
+    processor = AutoProcessor.from_pretrained(out, trust_remote_code=True)
+    assert type(processor.image_processor).__name__ == "VlmlabImageProcessor"
+    transform = build_image_transform(model.image_tokenizer.spec)
+    images = [
+        photo(93, 61),
+        photo(80, 50, seed=1),  # 115 px wide: margin 51, torchvision's crop rounds 25.5 up, a floor would not
+        photo(40, 170, seed=2),  # tall
+        photo(64, 64, mode="L", seed=3),  # grey, upscaled
+        photo(72, 72, seed=4),  # already at the short side: not resized
+        photo(30, 23, mode="RGBA", seed=5),  # tiny, upscaled, with an (opaque) alpha channel
+        photo(333, 257, seed=6),  # downscaled
+    ]
+    batch_pixels = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+    assert batch_pixels.shape == (len(images), 3, 64, 64) and batch_pixels.dtype == torch.float32
+    for image, got in zip(images, batch_pixels):
+        assert torch.equal(got, transform(image.convert("RGB")))  # vlmlab, bit for bit
+        assert torch.equal(got, var_release_pixels(image, 64))  # and so the release
+    array = np.asarray(images[0])  # a uint8 array (H x W x C, or C x H x W) gives the image's pixels
+    for layout in (array, array.transpose(2, 0, 1)):
+        got = processor.image_processor(images=layout, return_tensors="pt")["pixel_values"]
+        assert torch.equal(got, batch_pixels[:1])
+
+    # the folder's model on the folder's processor output = vlmlab on vlmlab's own encoding of the prompt
+    inputs = check_processor(out, model, config, trust_remote_code=True)
+    _, encoder = text_side(config, model)
+    question = "Which color is the square at the top left?"
+    sample = {
+        "id": "q",
+        "segments": [{"type": "image", "image": photo(seed=4)}, {"type": "text", "text": question}],
+    }
+    encoded = encoder.encode_prompt({**sample, "response": "red"})
+    assert torch.equal(inputs["pixel_values"], encoded["pixel_values"])
+    hf = AutoModelForImageTextToText.from_pretrained(out, trust_remote_code=True).eval()
+    with torch.no_grad():
+        got = hf(**inputs).logits
+    expected = vlmlab_logits(model, encoded["input_ids"][None], None, encoded["pixel_values"])
+    assert_close_where(got, expected, inputs["attention_mask"])
+    assert_same_generation(hf, model, out, trust_remote_code=True)
+
+    # an option the fixed transform would ignore is refused, naming it and what the transform is fixed by
+    with pytest.raises(ValueError, match=r"no option\(s\) size: .*short_side, crop_size"):
+        processor.image_processor(images=images[0], size={"shortest_edge": 10})
+    with pytest.raises(ValueError, match="dtype float32 .* uint8"):
+        processor.image_processor(images=np.zeros((8, 8, 3), np.float32))
 
 
 # -- refusals and bad inputs ---------------------------------------------------------------------------------

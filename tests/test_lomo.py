@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import logging
 import random
 import shutil
 import subprocess
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from vlmlab.config import DataSourceConfig
 from vlmlab.data.lomo import (
     DISTORTIONS,
     POSITIONS,
@@ -28,14 +31,19 @@ from vlmlab.data.lomo import (
     mixture_weights,
     natural_image_text_ratio,
     read_rendered_shard,
+    resolve_math_engine,
     sample_group,
     sentence_count,
     write_rendered_shards,
 )
-from vlmlab.data.lomo.mathtex import MathTypesetter, Unsupported, parse_formula
+from vlmlab.data.lomo import render as render_module
+from vlmlab.data.lomo import transform as transform_module
+from vlmlab.data.lomo.mathtex import MathTypesetter, Unsupported, find_latex, parse_formula
 from vlmlab.data.lomo.spans import scan_fragments
-from vlmlab.data.lomo.synthetic import random_prompt
+from vlmlab.data.lomo.synthetic import random_formula, random_prompt
+from vlmlab.data.sources import open_source
 from vlmlab.errors import ConfigError
+from vlmlab.eval import rendered as rendered_module
 from vlmlab.eval.rendered import (
     render_question,
     rendered_eval_sample,
@@ -156,6 +164,119 @@ def test_blank_prompt_has_no_span() -> None:
     assert localize_spans("   \n ").spans == []
 
 
+# Punctuation that closes the word or formula before it; the test's own list, not the module's.
+_CLOSING = set(".,;:!?)]}%'\"")
+_WORDS = "apple train speed value box sum each find total number price rover crew only".split()
+
+
+def _fuzz_prompt(rng: random.Random) -> tuple[str, int, int, list[tuple[int, int]]]:
+    """A prompt of 1-12 sentences of 1-15 words with formulas glued to punctuation ("$x$.", "($y$),").
+
+    Returns (text, sentences, words + formulas, formula spans): the generator knows its own counts, so
+    the test does not need the module's chunker to decide what "long enough" means.
+    """
+    n_sent = rng.choice((1, 2, 3, 4, 4, 5, 6, 8, 12))
+    one_word = rng.random() < 0.25  # very short sentences: "Yes. Why? Go! Stop." has 4 units only
+    sentences, formulas, units, pos = [], [], 0, 0
+    for k in range(n_sent):
+        n_words = 1 if one_word else rng.randint(1, 15)
+        tokens: list[str] = []
+        for w in range(n_words):
+            if w and rng.random() < 0.2:
+                tokens.append(
+                    "\x00".join(rng.choice((("", ""), ("", ","), ("(", ")"), ("(", "),"), ("", ":"))))
+                )
+            word = rng.choice(_WORDS)
+            tokens.append((word.capitalize() if w == 0 else word) + rng.choice(("", "", "", ",", ";")))
+        if rng.random() < 0.3:
+            tokens.append("\x00")  # a formula right before the sentence end: "... $x=1$."
+        end = rng.choice((".", ".", "?", "!", ".)", '."'))
+        sep = "" if k == 0 else rng.choice((" ", " ", "\n", "\n\n"))
+        sentence = sep
+        for t_idx, token in enumerate(tokens):
+            sentence += " " if t_idx else ""
+            if "\x00" in token:
+                formula = random_formula(rng)
+                head, tail = token.split("\x00")
+                start = pos + len(sentence) + len(head)
+                formulas.append((start, start + len(formula)))
+                token = head + formula + tail
+            sentence += token
+            units += 1
+        sentence += end
+        pos += len(sentence)
+        sentences.append(sentence)
+    return "".join(sentences), n_sent, units, formulas
+
+
+def _check_pieces(text: str, split, formulas: list[tuple[int, int]]) -> None:  # noqa: ANN001
+    assert split.text == text
+    cut = 0
+    for k, piece in enumerate(split.pieces):
+        inside = [(a, b) for a, b in formulas if a < cut + len(piece.text) and b > cut]
+        if piece.render:
+            assert any(ch.isalnum() for ch in piece.text) or inside, (text, piece)
+        if k:
+            assert not any(a < cut < b for a, b in formulas), (text, cut)
+            glued = text[cut] in _CLOSING and not text[cut - 1].isspace()
+            assert not glued, (f"piece starts with orphaned {text[cut]!r}", text[cut - 5 : cut + 10])
+        cut += len(piece.text)
+
+
+def test_property_multi_span_is_text_image_text_image_text() -> None:
+    """Several hundred generated prompts: every long-enough prompt gives T-I-T-I-T, the rest say why."""
+    rng = random.Random(2024)
+    seen = {"multi": 0, "fallback": 0, "whole": 0}
+    for _ in range(600):
+        text, n_sent, units, formulas = _fuzz_prompt(rng)
+        assert sentence_count(text) == n_sent, text
+        split = localize_spans(text, "multi")
+        _check_pieces(text, split, formulas)
+        flags = [p.render for p in split.pieces]
+        if n_sent <= 3:
+            assert split.whole, text
+            seen["whole"] += 1
+        elif units >= 5:
+            assert flags == [False, True, False, True, False] and not split.fallback, (text, split.pieces)
+            assert all(any(ch.isalnum() for ch in p.text) or "\\" in p.text for p in split.pieces)
+            seen["multi"] += 1
+        else:
+            assert flags == [False, True, False] and split.fallback.startswith("multi->middle"), text
+            seen["fallback"] += 1
+        for position in ("middle", "prefix", "suffix"):
+            _check_pieces(text, localize_spans(text, position), formulas)
+    assert min(seen.values()) >= 10, seen  # the generator exercises every branch
+    for _ in range(200):  # 4-9 long sentences, often prose only: where the last text piece used to vanish
+        text, formulas = random_prompt(
+            rng, n_sentences=rng.randint(4, 9), math_prob=rng.choice((0, 0.3, 0.9))
+        )
+        split = localize_spans(text, "multi")
+        _check_pieces(text, split, formulas)
+        assert [p.render for p in split.pieces] == [False, True, False, True, False], text
+
+
+def test_multi_span_on_four_short_sentences() -> None:
+    text = "One is here. Two is here. Three is here. Four is here."
+    split = localize_spans(text, "multi")
+    assert [p.render for p in split.pieces] == [False, True, False, True, False]
+    assert split.text == text and not split.fallback
+    assert split.pieces[0].text == "One is here. " and split.spans[0] == "Two is here."  # sentence cuts
+    short = localize_spans("Yes. Why? Go! Stop.", "multi")  # four words cannot make five pieces
+    assert [p.render for p in short.pieces] == [False, True, False]
+    assert short.fallback == "multi->middle: 4 words/formulas < 5 needed for two spans"
+    t = LomoTransform(LomoConfig(rewrite_ratio=1.0, position="multi", distortion=False))
+    out = t({"prompt": "Yes. Why? Go! Stop.", "response": "x"}, 0, render_images=False)
+    assert [s["type"] for s in out["segments"]] == ["text", "image", "text"]
+    assert out["lomo"]["fallback"] == short.fallback and t.layout_fallbacks == 1  # counted, not silent
+
+
+def test_cut_after_a_formula_keeps_its_punctuation() -> None:
+    text = r"Let $x=1$. Then find y. We know $y = x+2$. So y is three. Check it now."
+    pieces = [p.text for p in localize_spans(text, "multi").pieces]
+    assert pieces[0] == "Let $x=1$. " and pieces[2] == " $y = x+2$. "
+    assert not any(p.lstrip()[:1] in _CLOSING for p in pieces)
+
+
 # --------------------------------------------------------------------------------------------------
 # Rendering
 # --------------------------------------------------------------------------------------------------
@@ -176,8 +297,9 @@ def test_render_trims_and_keeps_native_size(renderer: SpanRenderer, rendered: Im
 
 
 def test_math_fallback_never_drops_the_span(renderer: SpanRenderer) -> None:
+    """Math neither LaTeX nor mathtext can typeset is drawn as its source text, and counted."""
     before = renderer.math_failures
-    img = renderer.render(r"Matrix \begin{pmatrix} 1 & 2 \end{pmatrix} and $\notacommand{x}$ still render.")
+    img = renderer.render(r"Env \begin{nosuchenv} 1 & 2 \end{nosuchenv} and $\notacommand{x}$ still render.")
     assert renderer.math_failures >= before + 2
     assert _ink(img) > 200
     no_math = SpanRenderer(RenderConfig(render_math=False)).render(r"Plain $x^2$ source.")
@@ -198,6 +320,162 @@ def test_fuzz_render_and_split_never_fail(renderer: SpanRenderer) -> None:
     before = renderer.math_failures
     renderer.render("A glyph mathtext lacks: $\u6f22$.")  # mathtext would draw a dummy box: count a failure
     assert renderer.math_failures == before + 1
+
+
+def _ink_extent(img: Image.Image) -> tuple[int, int]:
+    """(height, width) of the ink's bounding box."""
+    rows, cols = np.where(np.asarray(img.convert("L")) < 128)
+    return int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
+
+
+SUM = r"\sum_{k=1}^{n} k"
+needs_tex = pytest.mark.skipif(
+    find_latex() is None,
+    reason="latex or dvipng not on PATH (Debian: apt-get install texlive-latex-base texlive-latex-extra "
+    "cm-super dvipng)",
+)
+
+
+@needs_tex
+def test_latex_renders_display_math_in_display_style() -> None:
+    """Display math puts the limits of a sum above and below it: taller and narrower than inline."""
+    r = SpanRenderer(RenderConfig())
+    assert r.math_engine == "latex"
+    inline = _ink_extent(r.render(f"${SUM}$"))
+    assert r.latex_runs == 1 and r.latex_formulas == 1  # the LaTeX path, not mathtext
+    for source in (f"$${SUM}$$", f"\\[{SUM}\\]", f"\\begin{{equation}}{SUM}\\end{{equation}}"):
+        height, width = _ink_extent(r.render(source))
+        assert height > 1.5 * inline[0] and width < inline[1], (source, (height, width), inline)
+    # mathtext, the fallback, has no display style: both come out the same size, as inline LaTeX does.
+    mt = SpanRenderer(RenderConfig(math_engine="mathtext"))
+    assert _ink_extent(mt.render(f"$${SUM}$$")) == _ink_extent(mt.render(f"${SUM}$"))
+    assert r.math_failures == 0 and r.latex_failures == 0
+
+
+@needs_tex
+def test_latex_batches_formulas_and_recovers_from_errors() -> None:
+    r = SpanRenderer(RenderConfig())
+    span = r"Let $a^2$ and $\frac{x+3}{4} \le 15$ and \begin{align} a &= b \\ c &= d \end{align} hold."
+    r.render(span)
+    assert r.latex_runs == 1 and r.latex_formulas == 3  # three formulas, one latex run
+    r.render(span)
+    assert r.latex_runs == 1  # cached: latex is not spawned again
+    r.prefetch([r"First $y_1$.", r"Second $y_2$ and $$y_3$$."])
+    r.render(r"First $y_1$.")
+    r.render(r"Second $y_2$ and $$y_3$$.")
+    assert r.latex_runs == 2 and r.latex_formulas == 6  # two spans' formulas in one run
+    # Each formula LaTeX rejects costs one more run for the formulas after it, which still come out right;
+    # mathtext draws the one it knows (\mathdefault is mathtext-only), the unknown one becomes text.
+    r.render(r"Now $z_1$, $\mathdefault{q}$, $z_2$, $\notacommand{x}$ and $z_3$.")
+    assert r.latex_runs == 2 + 3 and r.latex_formulas == 9 and r.latex_failures == 2
+    assert r.math_failures == 1
+    fresh = SpanRenderer(RenderConfig())
+    assert fresh.render("$z_3$").tobytes() == r.render("$z_3$").tobytes()
+    # File access and macro definitions never reach latex.
+    runs = r.latex_runs
+    r.render(r"Read $\input{/etc/hostname}$ or $\def\x{\x}\x$.")
+    assert r.latex_runs == runs and r.latex_failures == 4
+
+
+def test_mathtext_is_the_fallback_without_tex(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With latex/dvipng missing (the lookup patched), math goes to mathtext and latex is never run."""
+    monkeypatch.setattr(render_module, "find_latex", lambda: None)
+    r = SpanRenderer(RenderConfig())
+    assert r.math_engine == "mathtext"
+    img = r.render(f"Sum $${SUM}$$ and $x^2$.")
+    reference = SpanRenderer(RenderConfig(math_engine="mathtext")).render(f"Sum $${SUM}$$ and $x^2$.")
+    assert img.tobytes() == reference.tobytes()
+    assert r.latex_runs == 0 and r.latex_formulas == 0 and r.math_failures == 0
+    with pytest.raises(ConfigError, match="math_engine='latex' needs latex and dvipng"):
+        SpanRenderer(RenderConfig(math_engine="latex"))
+    with pytest.raises(ConfigError, match="Unknown math engine 'tex'.*Valid choices: auto, latex, mathtext"):
+        RenderConfig(math_engine="tex")
+    with pytest.raises(ConfigError, match="math_fontset='stix'"):
+        RenderConfig(math_engine="latex", math_fontset="stix")
+
+
+# A prompt short enough to be rendered whole, whose display sum LaTeX and mathtext typeset differently.
+POLICY_SAMPLE = {"prompt": f"Compute $${SUM}$$ for n = 4.", "response": "10"}
+POLICY_CONFIG = LomoConfig(rewrite_ratio=1.0, distortion=False, seed=1)
+
+
+def _image_and_source(sample: dict) -> tuple[bytes, str]:
+    seg = next(s for s in sample["segments"] if s["type"] == "image")
+    return seg["image"].convert("RGB").tobytes(), seg["source"]
+
+
+def _reference(engine: str, text: str) -> bytes:
+    """The span typeset by a renderer with ``engine`` named explicitly: the truth each path is held to."""
+    return SpanRenderer(RenderConfig(math_engine=engine)).render(text).convert("RGB").tobytes()
+
+
+def _notes(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "math_engine='auto' renders math" in r.getMessage()]
+
+
+@needs_tex
+def test_auto_engine_per_path_with_tex(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TeX installed: auto is LaTeX offline (shards, rendered eval) and mathtext online, noted once."""
+    monkeypatch.setattr(transform_module, "_ONLINE_AUTO_NOTED", False)
+    monkeypatch.setattr(rendered_module, "_DEFAULT_RENDERER", None)
+    caplog.set_level(logging.INFO, logger=transform_module.__name__)
+    assert resolve_math_engine(RenderConfig()) == "latex"
+
+    online = LomoTransform(POLICY_CONFIG)
+    image, span = _image_and_source(online(POLICY_SAMPLE, 0))
+    latex, mathtext = _reference("latex", span), _reference("mathtext", span)
+    assert latex != mathtext  # else the comparisons below could not tell the engines apart
+    assert online.online and online.renderer.math_engine == "mathtext"
+    assert image == mathtext and online.renderer.latex_runs == 0
+    assert len(_notes(caplog)) == 1
+    LomoTransform(POLICY_CONFIG)  # every worker builds one: the note is not repeated
+    assert len(_notes(caplog)) == 1
+    # The training stream's LoMo wrapper takes the online path.
+    source = DataSourceConfig(kind="synthetic", task="ring", mode="tqa", difficulty={"num_objects": 4})
+    assert open_source(source, lomo={"rewrite_ratio": 1.0}).transform.renderer.math_engine == "mathtext"
+
+    forced = LomoTransform(dataclasses.replace(POLICY_CONFIG, math_engine="latex"))  # online, by name
+    assert forced.renderer.math_engine == "latex"
+    assert _image_and_source(forced(POLICY_SAMPLE, 0))[0] == latex
+
+    offline = LomoTransform(POLICY_CONFIG, online=False)
+    assert offline.renderer.math_engine == "latex"
+    assert _image_and_source(offline(POLICY_SAMPLE, 0))[0] == latex
+    (path,) = write_rendered_shards([POLICY_SAMPLE], tmp_path, POLICY_CONFIG)
+    (record,) = read_rendered_shard(path)
+    assert _image_and_source(record) == (latex, span)
+    assert render_question(span).tobytes() == latex  # rendered evaluation is offline too
+    assert len(_notes(caplog)) == 1  # the offline paths log nothing
+
+
+def test_auto_engine_per_path_without_tex(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """latex/dvipng missing (the lookup patched): every path takes mathtext, and asking for latex fails."""
+    monkeypatch.setattr(render_module, "find_latex", lambda: None)
+    monkeypatch.setattr(transform_module, "_ONLINE_AUTO_NOTED", False)
+    monkeypatch.setattr(rendered_module, "_DEFAULT_RENDERER", None)
+    caplog.set_level(logging.INFO, logger=transform_module.__name__)
+    assert resolve_math_engine(RenderConfig()) == "mathtext"
+
+    online = LomoTransform(POLICY_CONFIG)
+    image, span = _image_and_source(online(POLICY_SAMPLE, 0))
+    mathtext = _reference("mathtext", span)
+    assert online.renderer.math_engine == "mathtext" and image == mathtext
+    assert _notes(caplog) == []  # nothing to note: auto would be mathtext offline as well
+    offline = LomoTransform(POLICY_CONFIG, online=False)
+    assert offline.renderer.math_engine == "mathtext" and offline.renderer.latex_runs == 0
+    (path,) = write_rendered_shards([POLICY_SAMPLE], tmp_path, POLICY_CONFIG)
+    (record,) = read_rendered_shard(path)
+    assert _image_and_source(record) == (mathtext, span)
+    assert render_question(span).tobytes() == mathtext
+    for is_online in (True, False):
+        with pytest.raises(ConfigError, match="math_engine='latex' needs latex and dvipng"):
+            LomoTransform(dataclasses.replace(POLICY_CONFIG, math_engine="latex"), online=is_online)
+    with pytest.raises(ConfigError, match="math_engine='latex' needs latex and dvipng"):
+        resolve_math_engine(RenderConfig(math_engine="latex"))
 
 
 def test_formula_composer_matches_mathtext_extent() -> None:
@@ -415,7 +693,7 @@ def test_write_and_read_shards_atomically(tmp_path: Path) -> None:
     records = [r for p in paths for r in read_rendered_shard(p)]
     assert [r["__key__"] for r in records] == [f"{i:09d}" for i in range(7)]
     assert [r["response"] for r in records] == [s["response"] for s in samples]
-    direct = LomoTransform(cfg)(samples[0], 0)
+    direct = LomoTransform(cfg, online=False)(samples[0], 0)  # the shard writer's (offline) engine
     assert _reassemble(records[0]["segments"]) == samples[0]["prompt"]
     img_direct = next(s["image"] for s in direct["segments"] if s["type"] == "image")
     img_shard = next(s["image"] for s in records[0]["segments"] if s["type"] == "image")

@@ -12,9 +12,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from vlmlab.errors import ConfigError, closest
+from vlmlab.errors import ConfigError, closest, unknown_choice
 
 FUSION_NAMES = ("joint_decoder", "cross_attention", "mot")
+# where the gated cross-attention layers sit among the decoder layers (vlmlab/models/fusion/cross_attention.py)
+CROSS_ATTENTION_LAYOUTS = ("every", "llama32")
 
 
 @dataclass
@@ -27,11 +29,24 @@ class ModelConfig:
     tokenizer_weights: str | None = None  # overrides the preset's `pretrained` (a file or a library tag)
     random_tokenizer: bool = False  # ignore the preset's `pretrained`: random init (tests, offline runs)
     fusion: str = "joint_decoder"  # joint_decoder | cross_attention | mot
-    cross_attention_every: int = 4  # one gated cross-attention layer after every k-th decoder layer
+    cross_attention_every: int = 4  # one gated cross-attention layer per k decoder layers
+    # every: after every k-th decoder layer (the paper); llama32: Llama 3.2-Vision's offset, the first after
+    # k - 1 decoder layers and a decoder layer after the last (k = 4 on 32 layers: its indices 3, 8, ..., 38)
+    cross_attention_layout: str = "every"
     adapter: str = "auto"  # auto | mlp | linear | embedding
     adapter_hidden: int | None = None  # MLP adapter hidden width; None = the backbone's hidden size
     attn_implementation: str = "sdpa"  # eager | sdpa | flash_attention_2
     gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        # checked on loading, so a sweep's expansion (which loads every stage config and axis value) stops
+        # at a misspelled layout, as its fusion check does, instead of a run failing when it builds its model
+        if self.cross_attention_layout not in CROSS_ATTENTION_LAYOUTS:
+            raise unknown_choice(
+                "cross-attention layout (model.cross_attention_layout)",
+                self.cross_attention_layout,
+                CROSS_ATTENTION_LAYOUTS,
+            )
 
 
 @dataclass
@@ -296,6 +311,7 @@ __all__ = [
     "OptimConfig",
     "TrainConfig",
     "ModelConfig",
+    "CROSS_ATTENTION_LAYOUTS",
     "FUSION_NAMES",
     "check_keys",
     "load_config",

@@ -39,6 +39,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--grid-size", type=int, help="grid side length (grid)")
     synth.add_argument("--min-steps", type=int, help="shortest navigation (grid, ring)")
     synth.add_argument("--max-steps", type=int, help="longest navigation (grid, ring)")
+    synth.add_argument(
+        "--balance-start",
+        action="store_true",
+        help="grid: redraw walks that return to their start until that happens at chance (1/n^2); "
+        "off = the paper's generator, where 30%% of 3x3 answers are the start object",
+    )
     synth.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
     synth.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="render processes")
     synth.add_argument("--stats", action="store_true", help="print split statistics afterwards")
@@ -85,6 +91,7 @@ def _synth(args: argparse.Namespace) -> int:
         "grid_size": args.grid_size,
         "min_steps": args.min_steps,
         "max_steps": args.max_steps,
+        "balance_start": True if args.balance_start else None,  # None: not given (other tasks lack it)
     }
     given = {k: v for k, v in difficulty.items() if v is not None}
     files = write_split(

@@ -4,7 +4,9 @@
 
 Two formats, both with the weights as safetensors, a `generation_config.json`, and a `LlavaProcessor`
 (`AutoProcessor.from_pretrained(DIR)`): vlmlab's image transform as a `CLIPImageProcessor` (resize the
-short side, centre crop, the tokenizer's mean / std and interpolation), the run's text tokenizer, and
+short side, centre crop, the tokenizer's mean / std and interpolation) or, for a tokenizer whose transform
+resizes the PIL image (VAR), which no stock processor reproduces, as vlmlab's own remote-code
+`VlmlabImageProcessor` (export_templates/image_processing_vlmlab.py); the run's text tokenizer; and
 vlmlab's chat template (ChatML; an image part renders as `<|image_pad|>`, which the processor expands to the
 model's image tokens, as vlmlab's encoder does):
 
@@ -490,8 +492,46 @@ def check_llava(model: Any, llava: Any) -> dict[str, float]:
 
 
 # -- the processor (both formats) ---------------------------------------------------------------------------
+PIL_PROCESSOR_FILE = "image_processing_vlmlab.py"
+
+
+def needs_pil_processor(spec: Any) -> bool:
+    """Whether the tokenizer's transform resizes the PIL image (VAR), which no stock processor reproduces.
+
+    transformers 5's `CLIPImageProcessor` resizes a uint8 tensor with torch's antialiased kernel (int16
+    weights: one or two levels from Pillow's Lanczos), and all its backends place the centre crop at
+    floor((size - crop) / 2) where torchvision rounds half to even: such a folder gets vlmlab's own
+    processor class (export_templates/image_processing_vlmlab.py) as remote code instead. (Only VAR does
+    this; it is discrete, so never LLaVA, whose folders load without remote code.)
+    """
+    from vlmlab.models.tokenizers.preprocess import _RELEASE_SHORT_SIDE_RATIO
+
+    return spec.library in _RELEASE_SHORT_SIDE_RATIO
+
+
+def _pil_image_processor(spec: Any) -> Any:
+    """vlmlab's remote-code image processor for a PIL-resizing tokenizer, mapped for AutoImageProcessor."""
+    import importlib
+
+    from vlmlab.models.tokenizers.preprocess import release_short_side
+
+    module = importlib.import_module("vlmlab.eval.export_templates.image_processing_vlmlab")
+    processor = module.VlmlabImageProcessor(
+        short_side=release_short_side(spec),
+        crop_size=int(spec.image_size),
+        resample=_PIL_RESAMPLE[spec.interpolation],
+        image_mean=list(spec.mean),
+        image_std=list(spec.std),
+    )
+    # saved into preprocessor_config.json: AutoImageProcessor (trust_remote_code) loads the folder's copy
+    stem = PIL_PROCESSOR_FILE.removesuffix(".py")
+    processor.auto_map = {"AutoImageProcessor": f"{stem}.{type(processor).__name__}"}
+    return processor
+
+
 def build_processor(model: Any, tokenizer: Any, patch_size: int, strategy: str, additional: int) -> Any:
-    """LlavaProcessor: vlmlab's image transform as a CLIPImageProcessor, the text tokenizer, the chat template."""
+    """LlavaProcessor: vlmlab's image transform (a CLIPImageProcessor, or vlmlab's own processor where the
+    tokenizer resizes the PIL image), the text tokenizer, the chat template."""
     from transformers import CLIPImageProcessor, LlavaProcessor
 
     from vlmlab.data.text_tokenizer import CHAT_TEMPLATE, IMAGE_PAD
@@ -500,19 +540,22 @@ def build_processor(model: Any, tokenizer: Any, patch_size: int, strategy: str, 
     if spec.interpolation not in _PIL_RESAMPLE:
         raise unknown_choice(f"interpolation (tokenizer {spec.name!r})", spec.interpolation, _PIL_RESAMPLE)
     size = int(spec.image_size)
-    image_processor = CLIPImageProcessor(
-        do_resize=True,
-        size={"shortest_edge": size},
-        resample=_PIL_RESAMPLE[spec.interpolation],
-        do_center_crop=True,
-        crop_size={"height": size, "width": size},
-        do_rescale=True,
-        rescale_factor=1 / 255,
-        do_normalize=True,
-        image_mean=list(spec.mean),
-        image_std=list(spec.std),
-        do_convert_rgb=True,
-    )
+    if needs_pil_processor(spec):
+        image_processor = _pil_image_processor(spec)
+    else:
+        image_processor = CLIPImageProcessor(
+            do_resize=True,
+            size={"shortest_edge": size},
+            resample=_PIL_RESAMPLE[spec.interpolation],
+            do_center_crop=True,
+            crop_size={"height": size, "width": size},
+            do_rescale=True,
+            rescale_factor=1 / 255,
+            do_normalize=True,
+            image_mean=list(spec.mean),
+            image_std=list(spec.std),
+            do_convert_rgb=True,
+        )
     tokenizer = copy.deepcopy(tokenizer)
     tokenizer.chat_template = CHAT_TEMPLATE
     processor = LlavaProcessor(
@@ -534,21 +577,33 @@ def build_processor(model: Any, tokenizer: Any, patch_size: int, strategy: str, 
 
 
 def check_processor(model: Any, processor: Any) -> float:
-    """Max |difference| of the processor's pixels and vlmlab's transform on a non-square test image."""
+    """Max |difference| of the processor's pixels and vlmlab's transform on non-square test images."""
     from PIL import Image
 
     from vlmlab.models.tokenizers import build_image_transform
 
+    spec = model.image_tokenizer.spec
+    transform = build_image_transform(spec)
+    exact = needs_pil_processor(spec)
+    # vlmlab's own processor must be bit-exact; a CLIPImageProcessor fuses rescale and normalise (an ulp off)
+    tolerance = 0.0 if exact else 1e-5
+    # (50, 80) and (97, 40) crop at a margin = 3 (mod 4) at some sizes, where torchvision's offset (vlmlab)
+    # rounds up and CLIPImageProcessor's floors: a known one-pixel shift of the stock processor, not checked
+    shapes = ((45, 71), (50, 80), (97, 40)) if exact else ((45, 71),)
     generator = torch.Generator().manual_seed(1)
-    array = torch.randint(0, 256, (45, 71, 3), generator=generator, dtype=torch.uint8).numpy()
-    image = Image.fromarray(array)
-    reference = build_image_transform(model.image_tokenizer.spec)(image)
-    got = processor.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
-    difference = float((got - reference).abs().max()) if got.shape == reference.shape else float("inf")
-    if difference > 1e-5:
+    difference = 0.0
+    for height, width in shapes:
+        array = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8).numpy()
+        image = Image.fromarray(array)
+        reference = transform(image)
+        got = processor.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
+        difference = max(
+            difference, float((got - reference).abs().max()) if got.shape == reference.shape else float("inf")
+        )
+    if difference > tolerance:
         raise ConfigError(
             f"The exported image processor's pixels differ from vlmlab's transform by {difference:.3g} "
-            f"(tokenizer {model.image_tokenizer.spec.name!r}); the export would not be faithful."
+            f"(tokenizer {spec.name!r}); the export would not be faithful."
         )
     return difference
 
@@ -681,6 +736,7 @@ def export_run(
         size = model.image_tokenizer.spec.image_size  # one "patch" per image; the rest as additional tokens
         processor = build_processor(model, tokenizer, size, "full", model.tokens_per_image - 1)
     record["checks"] = {**record.get("checks", {}), "max_pixel_difference": check_processor(model, processor)}
+    record["image_processor"] = type(processor.image_processor).__name__
     record.update(format="llava" if plan is not None else "remote-code", why=why)
 
     import vlmlab
@@ -697,6 +753,8 @@ def export_run(
             write_remote(model, tokenizer, tmp)
             _generation_config(tokenizer).save_pretrained(str(tmp))
         processor.save_pretrained(str(tmp))
+        if needs_pil_processor(model.image_tokenizer.spec):  # the class its preprocessor_config.json maps
+            shutil.copyfile(TEMPLATES / PIL_PROCESSOR_FILE, tmp / PIL_PROCESSOR_FILE)
         atomic_write_text(tmp / "vlmlab_export.json", json.dumps(record, indent=2))
         for path in tmp.rglob("*"):
             if path.is_file():

@@ -3,7 +3,8 @@
 * `plot_design`: grouped bars of the in-domain and out-of-domain averages, one group per tokenizer (the
   table's first key) and one bar per freezing recipe / fusion (the remaining keys) -- Tables 1-5 at a glance.
 * `plot_transfer`: Figures 4/5 -- per synthetic task (columns) and split (rows, InD / OOD), bars for No Train,
-  same-modality and cross-modality training per tokenizer, with the chance level as a dashed line.
+  same-modality and cross-modality training per tokenizer, with the chance level as a dashed line and the
+  strongest trivial baseline (majority answer, Grid's start object, Ring's most frequent offset) dotted.
 * `plot_scaling`: Figure 2 -- average accuracy against backbone size, one line per tokenizer x recipe.
 
 Bars and points carry 95 % error bars wherever the table has an interval for the cell (`Row.interval`:
@@ -220,10 +221,11 @@ def plot_design(table: Table, path: str | os.PathLike[str], *, metrics: Sequence
 def plot_transfer(table: Table, path: str | os.PathLike[str]) -> Path:
     """Figures 4/5 from a `transfer_table`: subplots task (columns) x split (rows), x = the table's first
     key (tokenizer; build the table grouped by tokenizer only to average over fusions, as the paper does),
-    bars No Train / same-modality / cross-modality with their 95 % error bars, and a dashed chance line
-    where the chance is known."""
+    bars No Train / same-modality / cross-modality with their 95 % error bars, a dashed chance line
+    where the chance is known and a dotted one at the best trivial baseline where the table has them."""
     data_rows = [row for row in table.rows if row.kind == "data"]
     chance_row = next((row for row in table.rows if row.kind == "chance"), None)
+    baseline_rows = [row for row in table.rows if row.kind == "baseline"]
     if not data_rows:
         raise ConfigError("Nothing to plot: the transfer table has no rows.")
     tasks = list(dict.fromkeys(column.key.split("|")[0] for column in table.columns))
@@ -254,6 +256,10 @@ def plot_transfer(table: Table, path: str | os.PathLike[str]) -> Path:
             chance = chance_row.values.get(f"{task}|{split}|none") if chance_row else None
             if chance is not None:
                 ax.axhline(100 * chance, color="#C62828", linestyle="--", linewidth=1.1, zorder=3)
+            # the best score a no-reasoning strategy reaches on this set: bars below it show no skill
+            trivial = [v for r in baseline_rows if (v := r.values.get(f"{task}|{split}|none")) is not None]
+            if trivial:
+                ax.axhline(100 * max(trivial), color="#222222", linestyle=":", linewidth=1.2, zorder=3)
             _style_axes(ax, "Accuracy (%)" if col == 0 else None)
             ax.set_title(group_titles[(task, split)], fontweight="bold")
             if len(groups) > 3 or max(len(g) for g in groups) > 8:
@@ -263,6 +269,9 @@ def plot_transfer(table: Table, path: str | os.PathLike[str]) -> Path:
     handles = [Patch(facecolor=c, label=labels[cond]) for cond, c in zip(conditions, colours)]
     if chance_row is not None:
         handles.append(Line2D([0], [0], color="#C62828", linestyle="--", linewidth=1.1, label="Chance"))
+    if baseline_rows:
+        label = "Best trivial baseline"
+        handles.append(Line2D([0], [0], color="#222222", linestyle=":", linewidth=1.2, label=label))
     figure.suptitle(table.title, fontsize=10)
     figure.legend(
         handles=handles, loc="upper center", ncol=len(handles), bbox_to_anchor=(0.5, 0.965), frameon=False

@@ -1,9 +1,15 @@
 """Rendered evaluation (LoMo report Sec. 4.1 and Appendix B.5): the question goes in as pixels.
 
 Standard evaluation feeds (image, text question).  Rendered evaluation renders the *whole* question as
-one image with the same typesetting as training (font size 20, line height 22, math via mathtext, no
-distortion) and feeds (original image(s), rendered question) instead -- the linguistic content is
-identical, only the carrier changes, so the accuracy gap measures carrier sensitivity.
+one image with the same typesetting as training (font size 20, line height 22, no distortion) and feeds
+(original image(s), rendered question) instead -- the linguistic content is identical, only the carrier
+changes, so the accuracy gap measures carrier sensitivity.
+
+Math: the default renderer uses ``math_engine="auto"``, i.e. real LaTeX when latex and dvipng are
+installed (the report's renderer; evaluation is offline, so a latex run per question with math is
+affordable), else mathtext.  The online training transform resolves ``auto`` to mathtext instead (see
+``LomoConfig.math_engine``); to evaluate with the typesetting a run was trained on, pass a renderer
+built with that engine, e.g. ``SpanRenderer(RenderConfig(math_engine="mathtext"))``.
 
 The produced samples use the LoMo segment schema (see :mod:`vlmlab.data.lomo.transform`)::
 

@@ -19,9 +19,16 @@ sees half a record) by `write_record`; `make_record` fills in the hash and the t
         "grid": {"tqa": {"ind": {"score": 0.58, "n": 200, "ci": [0.511, 0.646], "correct": 116}}}
       },                                         # or nested dicts, flattened with "." ("grid.tqa.ind")
       "chance": {"grid.tqa.ind": 0.25, "ring": 0.1},   # optional: chance level, same names (or a prefix)
+      "baselines": {"grid": {"tqa": {"ind": {"majority": 0.04, "start": 0.30}}}},  # optional: trivial
+                                                 #   baselines per metric name (or prefix) and kind
       "timings": {"eval_s": 812.4},              # free-form timing info, seconds
       "created": "2026-11-23T11:30:00+00:00"     # ISO 8601 time the record was written
     }
+
+`baselines` (written by `vlmlab eval`, vlmlab.eval.transfer) hold, per synthetic cell, the accuracy of
+strategies that need no reasoning, measured on the held-out samples that cell scored: "majority" (always
+the most common answer), "start" (Grid: the start object) and "offset" (Ring: the most frequent offset of
+the answer from the start); see vlmlab.data.synthetic.stats.
 
 Plain floats (older records) and {"score", ...} dicts are both read. The evaluations write the dict form:
 `vlmlab eval` (vlmlab.eval.transfer, benchmark_eval) with "n", "ci" and, for 0/1 outcomes, "correct";
@@ -40,7 +47,9 @@ Tables
 rows grouped by config keys) and Table 2 (`pivot=` a key such as model.fusion: its values become column
 groups of the three averages). `transfer_table` builds Tables 6-7 for one evaluation modality: rows
 tokenizer x fusion, columns task x {InD, OOD} x {No Train, same-modality, cross-modality}, plus a chance
-row. `scaling_table` is the data behind Figure 2. Every `Table` renders to Markdown, CSV and LaTeX.
+row and a row per trivial baseline (the records' `baselines`). `scaling_table` is the data behind
+Figure 2 (rows = series x backbone, the best value marked per backbone size). Every `Table` renders to
+Markdown, CSV and LaTeX.
 
 Conventions (deliberate, so that missing work can never read as a result):
   * scores are shown in %, one decimal; a missing run or benchmark is a gap ("–" in Markdown, "--" in
@@ -111,7 +120,17 @@ __all__ = [
     "write_record",
 ]
 
-RECORD_KEYS = ("run_id", "config_hash", "stage", "config", "metrics", "chance", "timings", "created")
+RECORD_KEYS = (
+    "run_id",
+    "config_hash",
+    "stage",
+    "config",
+    "metrics",
+    "chance",
+    "baselines",
+    "timings",
+    "created",
+)
 AVERAGE_LABELS = {"avg_ind": "Avg In-domain", "avg_ood": "Avg Out-of-domain", "avg_all": "Avg All"}
 DEFAULT_GROUP_BY: dict[str, tuple[str, ...]] = {
     "design": ("model.tokenizer", "model.fusion", "train.freeze"),
@@ -129,6 +148,12 @@ MODALITIES = ("vqa", "tqa")
 _MODALITY_ALIASES = {"vqa": "vqa", "image": "vqa", "img": "vqa", "tqa": "tqa", "text": "tqa", "txt": "tqa"}
 _TRANSFER_METRIC = re.compile(r"^(?P<task>[a-z0-9_\-]+)\.(?P<mod>vqa|tqa)\.(?P<split>ind|id|test|ood)$")
 _CONDITIONS = ("none", "same", "cross")
+# Trivial baselines of the synthetic tasks (kind in a record's `baselines` -> row label), in row order.
+BASELINE_ROWS = {
+    "majority": "Majority answer",
+    "start": "Answer = start (Grid)",
+    "offset": "Most frequent offset (Ring)",
+}
 MISSING = {"md": "–", "tex": "--", "csv": ""}
 INTERVAL_NOTE = (
     "[low, high]: 95 % confidence interval (Wilson for 0/1 outcomes, percentile bootstrap for soft scores); "
@@ -175,8 +200,10 @@ def make_record(
     timings: Mapping[str, Any] | None = None,
     chance: Mapping[str, Any] | None = None,
     created: str | None = None,
+    baselines: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Assemble (and validate) one record; `config_hash` and `created` (UTC now) are filled in."""
+    """Assemble (and validate) one record; `config_hash` and `created` (UTC now) are filled in.
+    `baselines` is stored only when given (records without it are the older form)."""
     config = _plain(config)
     record = {
         "run_id": str(run_id),
@@ -188,6 +215,8 @@ def make_record(
         "timings": _plain(timings or {}),
         "created": created or datetime.now(timezone.utc).isoformat(timespec="microseconds"),
     }
+    if baselines is not None:
+        record["baselines"] = _plain(baselines)
     return validate_record(record)
 
 
@@ -213,11 +242,12 @@ def validate_record(record: Mapping[str, Any], source: str = "record") -> dict[s
     for key in ("config", "metrics"):
         if not isinstance(record[key], Mapping):
             raise ConfigError(f"{source}: {key} must be an object, got {type(record[key]).__name__}.")
-    for key in ("chance", "timings"):
+    for key in ("chance", "baselines", "timings"):
         if record.get(key) is not None and not isinstance(record[key], Mapping):
             raise ConfigError(f"{source}: {key} must be an object, got {type(record[key]).__name__}.")
     _check_scores(record["metrics"], "metric", source)
     _check_scores(record.get("chance") or {}, "chance level", source)
+    _check_scores(record.get("baselines") or {}, "baseline", source)
     return dict(record)
 
 
@@ -529,7 +559,7 @@ class Row:
     labels: tuple[str, ...]
     values: dict[str, float | None]
     partial: set[str] = field(default_factory=set)
-    kind: str = "data"  # "data" or "chance"
+    kind: str = "data"  # "data", "chance" or "baseline" (a trivial baseline: no run behind it)
     evidence: dict[str, Evidence] = field(default_factory=dict)  # per column: n, interval, successes
 
     def interval(self, key: str) -> tuple[float, float] | None:
@@ -550,6 +580,9 @@ class Table:
     columns: list[Column]
     rows: list[Row]
     notes: list[str] = field(default_factory=list)
+    # A key whose values are compared separately when marking the best per column (the scaling table:
+    # the best setup at each backbone size, not the largest backbone everywhere); None = the whole column.
+    best_within: str | None = None
 
     @property
     def key_labels(self) -> list[str]:
@@ -564,6 +597,7 @@ class Table:
     def best(self) -> dict[str, set[int]]:
         """Row indices holding the best value of each column, at display precision (ties all count)."""
         marks: dict[str, set[int]] = {}
+        within = self.keys.index(self.best_within) if self.best_within in self.keys else None
         for column in self.columns:
             if not column.mark_best:
                 continue
@@ -574,9 +608,14 @@ class Table:
                 and row.values.get(column.key) is not None
                 and column.key not in row.partial
             }
-            if len(shown) >= 2:
-                top = max(shown.values())
-                marks[column.key] = {i for i, value in shown.items() if value == top}
+            blocks: dict[str, dict[int, float]] = {}
+            for i, value in shown.items():
+                block = self.rows[i].labels[within] if within is not None else ""
+                blocks.setdefault(block, {})[i] = value
+            for block in blocks.values():
+                if len(block) >= 2:
+                    top = max(block.values())
+                    marks.setdefault(column.key, set()).update(i for i, v in block.items() if v == top)
         return marks
 
     def _cell(self, row: Row, column: Column, best: bool, style: str) -> str:
@@ -705,8 +744,9 @@ class Table:
             labels = [label if label != MISSING["md"] else MISSING["tex"] for label in labels]
             cells = [self._cell(row, c, i in best.get(c.key, ()), "tex") for c in self.columns]
             lines.append(" & ".join([*labels, *cells]) + r" \\")
-            if row.kind == "chance":
-                lines.append(r"\midrule")
+            following = self.rows[i + 1] if i + 1 < len(self.rows) else None
+            if row.kind != "data" and following is not None and following.kind == "data":
+                lines.append(r"\midrule")  # chance and baseline rows above the runs
         lines += [r"\bottomrule", r"\end{tabular}" + ("}" if wide else "")]
         notes = self.shown_notes
         if notes:
@@ -752,7 +792,8 @@ class Table:
             rows.append(Row(members[0].raw[:keep], labels, values, partial, evidence=evidence))
         dropped = ", ".join(self.key_labels[keep:])
         notes = [*self.notes, f"Averaged over {dropped}; a cell is empty unless every {dropped} has it."]
-        return Table(self.name, self.title, self.keys[:keep], list(self.columns), rows, notes)
+        within = self.best_within if self.best_within in self.keys[:keep] else None
+        return Table(self.name, self.title, self.keys[:keep], list(self.columns), rows, notes, within)
 
     def render(self, fmt: str) -> str:
         """Render as "md", "csv" or "tex"."""
@@ -1119,7 +1160,48 @@ def scaling_table(
         name="scaling",
         title=f"Average accuracy (%) against {_key_label(x_key)} size",
     )
+    if x_key in table.keys:  # Figure 2 compares setups at one size; the largest size would win everywhere
+        table.best_within = x_key
+        table.notes[0] = table.notes[0].replace(
+            "best per column", f"best per column at each {_key_label(x_key)}"
+        )
     return table
+
+
+def _baseline_rows(
+    records: Sequence[Mapping[str, Any]],
+    columns: Sequence[Column],
+    modality: str,
+    n_keys: int,
+    notes: list[str],
+) -> list[Row]:
+    """One row per trivial baseline that some record carries, cells as the chance row's (same per
+    condition: the baseline belongs to the evaluated set, not to the run); the first record naming a cell
+    gives it, as for chance (the evaluations of one sweep score the same held-out sets)."""
+    found: dict[str, float] = {}
+    for record in records:
+        for name, value in flatten_metrics(record.get("baselines") or {}).items():
+            found.setdefault(name, value)
+    rows = []
+    for kind, label in BASELINE_ROWS.items():
+        values: dict[str, float | None] = {}
+        for column in columns:
+            task, split, _ = column.key.split("|")
+            names = (f"{task}.{modality}.{split}", f"{task}.{split}", f"{task}.{modality}", task)
+            value = next((found[f"{n}.{kind}"] for n in names if f"{n}.{kind}" in found), None)
+            values[column.key] = None if value is None or math.isnan(value) else value
+        if any(v is not None for v in values.values()):
+            labels = (label, *[""] * (n_keys - 1))
+            rows.append(Row(labels, labels, values, kind="baseline"))
+    if rows:
+        notes.append(
+            "Baseline rows: accuracy of answering without reasoning (always the most common answer; Grid: "
+            "the start object; Ring: the object at the most frequent offset from the start), on the "
+            "held-out samples scored."
+        )
+    elif any(record.get("chance") for record in records):
+        notes.append("No trivial baselines: these records predate them; `vlmlab eval` again to record them.")
+    return rows
 
 
 def _modality(value: Any) -> str | None:
@@ -1190,7 +1272,9 @@ def transfer_table(
     model (records of stage < 3), "TQA-trained" the same-modality fine-tune and "VQA-trained" the
     cross-modality one, told apart by the config value at `modality_key`. "vqa" is the text-to-image
     direction (Table 7 / Figure 5). Trained records count only for the task at `task_key` (when set). A
-    first "Chance" row gives the chance level from the records' `chance` entries.
+    first "Chance" row gives the chance level from the records' `chance` entries, and the rows after it
+    the trivial baselines from their `baselines` (majority answer; Grid: the start object; Ring: the most
+    frequent offset), both measured on the held-out samples the evaluation scored.
     """
     requested = eval_modality
     eval_modality = _MODALITY_ALIASES.get(str(eval_modality).strip().lower(), "")
@@ -1241,6 +1325,7 @@ def transfer_table(
     if any(v is not None for v in chance_values.values()):
         labels = ("Chance", *[""] * (len(keys) - 1))
         rows.append(Row(labels, labels, chance_values, kind="chance"))
+    rows += _baseline_rows(records, columns, eval_modality, len(keys), notes)
 
     for raw, members in groups:
         values: dict[str, float | None] = {}

@@ -4,7 +4,9 @@ A model is evaluated on the VQA (image) and TQA (text) versions of SpatialMap, G
 in-distribution test split and the OOD split. Evaluated before stage 3 it is the "No Train" reference; a
 stage-3 model trained on one task's VQA or TQA version gives the same- and cross-modality cells of
 Tables 6-7. The record it writes (`<run>/eval.json`) carries the run's training metrics too, so that
-`vlmlab results` finds everything about a run in one record.
+`vlmlab results` finds everything about a run in one record, and beside each cell's chance level the
+trivial baselines (`baselines`: majority answer, Grid's start object, Ring's most frequent offset;
+vlmlab.data.synthetic.stats) over exactly the samples that cell scored.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from vlmlab.config import DataSourceConfig, to_dict
+from vlmlab.data.synthetic.generate import generate_split
+from vlmlab.data.synthetic.stats import BASELINE_KINDS, shortcut_baselines
 from vlmlab.data.validation import build_val_set
 from vlmlab.eval.accuracy import as_metric, evaluate_items
 from vlmlab.eval.results import config_hash, write_record
@@ -25,6 +29,7 @@ from vlmlab.eval.runs import load_run, text_side
 TASKS = ("spatialmap", "grid", "ring")
 MODALITIES = ("vqa", "tqa")
 SPLITS = {"test": "ind", "ood": "ood"}
+EVAL_SEED = 0  # generator seed of the held-out sets (the baselines regenerate them with it)
 
 
 def evaluate_transfer(
@@ -45,6 +50,7 @@ def evaluate_transfer(
     tokenizer, encoder = text_side(config, model, max_length)
     metrics: dict[str, Any] = {}
     chance: dict[str, Any] = {}
+    baselines: dict[str, Any] = {}
     size = model.image_tokenizer.spec.image_size
     for task in tasks:
         for modality in MODALITIES:
@@ -53,10 +59,12 @@ def evaluate_transfer(
                 source = DataSourceConfig(
                     kind="synthetic", task=task, mode=modality, split=split, difficulty=knobs
                 )
-                items = build_val_set(source, encoder, num_samples, seed=0, image_size=size)
+                items = build_val_set(source, encoder, num_samples, seed=EVAL_SEED, image_size=size)
                 result = evaluate_items(model, tokenizer, items)
                 metrics.setdefault(task, {}).setdefault(modality, {})[cell] = as_metric(result)
                 chance.setdefault(task, {}).setdefault(modality, {})[cell] = result["chance"]
+                trivial = _baselines(source, num_samples, items)
+                baselines.setdefault(task, {}).setdefault(modality, {})[cell] = trivial
     run_dir = Path(run_dir)
     previous = json.loads((run_dir / "result.json").read_text()) if (run_dir / "result.json").exists() else {}
     training = {k: v for k, v in previous.get("metrics", {}).items() if isinstance(v, int | float)}
@@ -68,12 +76,27 @@ def evaluate_transfer(
         "config": resolved,
         "metrics": {**_as_fractions(training), **metrics},
         "chance": chance,
+        "baselines": baselines,
         "timings": {**previous.get("timings", {}), "eval_seconds": round(time.time() - started, 1)},
         "created": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
     }
     if write:
         write_record(record, run_dir / "eval.json")
     return record
+
+
+def _baselines(source: DataSourceConfig, num_samples: int, items: Sequence[dict[str, Any]]) -> dict:
+    """The trivial baselines over the samples `items` holds: the split is generated again as
+    `build_val_set` drew it (same seed and settings, text only) and cut to the ids it kept."""
+    kept = {item["id"] for item in items}
+    raws = generate_split(
+        source.task, source.split, num_samples, seed=EVAL_SEED, image=False, **dict(source.difficulty or {})
+    )
+    scored = [raw for raw in raws if f"{raw['id']}-{source.mode}" in kept]  # sample ids: <raw id>-<mode>
+    if not scored:  # nothing was scored: no baseline to compare with
+        return {}
+    trivial = shortcut_baselines(scored)
+    return {kind: trivial[kind] for kind in BASELINE_KINDS if trivial[kind] is not None}
 
 
 def _as_fractions(metrics: dict[str, float]) -> dict[str, Any]:

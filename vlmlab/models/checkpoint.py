@@ -3,9 +3,10 @@
 A stage-run folder holds `final/` (and `best/` when validation picks a checkpoint) with:
 - `weights.safetensors`: the parameters this run trained (plus the random initial weights of a run
   whose base model was randomly initialised, since nothing else could reproduce them);
-- `meta.json`: the resolved config, the stage, `parent` — the parent checkpoint folder or None — and
-  `base_weights`: the backbone and tokenizer weights the delta sits on (source, hub revision, file sha256);
-  loading onto a model built from other base weights is refused (vlmlab/models/provenance.py).
+- `meta.json`: the resolved config, the stage, the fusion (and a Cross-Attention checkpoint's
+  `cross_attention_layout`), `parent` — the parent checkpoint folder or None — and `base_weights`: the
+  backbone and tokenizer weights the delta sits on (source, hub revision, file sha256); loading onto a model
+  built from other base weights is refused (vlmlab/models/provenance.py).
 
 Loading replays the chain root -> ... -> this run onto a model built from the config. A MoT stage 2 whose
 parent is a Joint-Decoder stage 1 gets the backbone's layers copied into its image transformer after the
@@ -78,6 +79,9 @@ def save_stage_checkpoint(
         "config": config,
         "metrics": metrics or {},
     }
+    if config["model"]["fusion"] == "cross_attention":
+        # where its layers sit: another layout has the same parameter names at other depths (load refuses it)
+        meta["cross_attention_layout"] = config["model"].get("cross_attention_layout", "every")
     atomic_write_text(tmp / META, json.dumps(meta, indent=2))
     if folder.exists():
         old = folder.with_name(f".{folder.name}.old")
@@ -152,6 +156,33 @@ def _check_base_weights(model: torch.nn.Module, chain: list[Path]) -> None:
         check_base_weights(checkpoint, recorded, built, parts)
 
 
+def _cross_attention_placement(meta: dict[str, Any]) -> tuple[str, int | None]:
+    """(layout, every) a Cross-Attention checkpoint's layers were trained at.
+
+    A checkpoint written before the layout was recorded has neither key: it can only be `every`, the one
+    layout there was. `every` comes from the stored config (None where a checkpoint has none).
+    """
+    model = (meta.get("config") or {}).get("model") or {}
+    layout = meta.get("cross_attention_layout", model.get("cross_attention_layout", "every"))
+    return layout, model.get("cross_attention_every")
+
+
+def _check_cross_attention_placement(model: torch.nn.Module, checkpoint: Path, meta: dict[str, Any]) -> None:
+    """Refuse Cross-Attention weights trained at other depths: the parameter names match, the layers do not."""
+    config = getattr(model, "config", None)
+    if getattr(config, "fusion", None) != "cross_attention" or meta.get("fusion") != "cross_attention":
+        return
+    layout, every = _cross_attention_placement(meta)
+    every = config.cross_attention_every if every is None else every  # unknown: only the layout is checked
+    if (layout, every) != (config.cross_attention_layout, config.cross_attention_every):
+        raise ConfigError(
+            f"Checkpoint {checkpoint} was trained with cross_attention_layout {layout!r}, "
+            f"cross_attention_every {every}; this model has {config.cross_attention_layout!r}, "
+            f"{config.cross_attention_every}, so its cross-attention weights would sit at other depths "
+            f"(set model.cross_attention_layout={layout} model.cross_attention_every={every})."
+        )
+
+
 def load_stage_checkpoint(model: torch.nn.Module, path: str | Path) -> list[Path]:
     """Apply the chain of deltas ending at `path` onto `model`. Returns the chain applied.
 
@@ -174,6 +205,7 @@ def load_stage_checkpoint(model: torch.nn.Module, path: str | Path) -> list[Path
                 f"start from it (a stage can continue its own fusion, and MoT can start from a Joint-Decoder "
                 "stage 1)."
             )
+        _check_cross_attention_placement(model, checkpoint, meta)
         try:
             tensors = load_file(str(checkpoint / WEIGHTS))
         except Exception as error:  # safetensors raises its own error types for truncated / foreign files

@@ -277,5 +277,9 @@ def build_vlm(config: ModelConfig | dict | None = None, **overrides: object) -> 
     adapter = build_adapter(
         adapter_name, tokenizer.is_discrete, in_dim, backbone_spec.hidden_size, config.adapter_hidden
     )
-    fusion = FUSIONS.get(config.fusion)(lm, cross_attention_every=config.cross_attention_every)
+    fusion = FUSIONS.get(config.fusion)(
+        lm,
+        cross_attention_every=config.cross_attention_every,
+        cross_attention_layout=config.cross_attention_layout,
+    )
     return VisionLanguageModel(config, backbone_spec, lm, tokenizer, adapter, fusion)

@@ -78,6 +78,8 @@ def identity_view(stage: int, config: dict[str, Any], has_parent: bool) -> dict[
 
     Besides EXECUTION_KEYS, learning rates of groups that do not train in this stage and settings of
     another fusion are dropped: they cannot change the result, and keeping them would split one run in two.
+    A key added after runs were hashed (`model.cross_attention_layout`) is dropped while it holds its
+    default, so those runs keep their ids.
     """
     view = copy.deepcopy(config)
     drop = list(EXECUTION_KEYS)
@@ -85,7 +87,10 @@ def identity_view(stage: int, config: dict[str, Any], has_parent: bool) -> dict[
         drop.append("train.init_from")
     fusion = view["model"]["fusion"]
     if fusion != "cross_attention":
-        drop += ["model.cross_attention_every", "optim.lr.cross_attention"]
+        drop += ["model.cross_attention_every", "model.cross_attention_layout", "optim.lr.cross_attention"]
+    elif view["model"].get("cross_attention_layout", "every") == "every":
+        # the layout key came after runs were hashed without it: its default keeps their ids
+        drop.append("model.cross_attention_layout")
     if fusion != "mot":
         drop.append("optim.lr.mot_image")
     recipe = freeze_recipe(view["train"]["freeze"])
@@ -197,9 +202,10 @@ class _Expander:
             value_keys = [(i, _value_key(v)) for i, v in enumerate(combo)]
             if reason:
                 skipped[reason] += 1
-                for item in value_keys:
-                    violations.setdefault(item, reason)
-                continue
+                if not chain:
+                    for item in value_keys:
+                        violations.setdefault(item, reason)
+                    continue
             survivors.update(value_keys)
             for run in chain:
                 runs_by_stage[run.stage].setdefault(run.id, run)
@@ -230,7 +236,8 @@ class _Expander:
         )
 
     def _chain(self, point: dict[tuple[str, int | None], Any]) -> tuple[list[Run], str | None]:
-        """The runs of one grid point, stage by stage, or the paper's rule that rules it out."""
+        """The runs of one grid point, stage by stage, and the paper's rule that rules it out (no runs) or
+        cuts it short at stage 3 (the runs before it), if any."""
         all_vars = {key[len(VAR_PREFIX) :]: v for (key, _), v in point.items() if key.startswith(VAR_PREFIX)}
         chain: list[Run] = []
         parent: Run | None = None
@@ -251,7 +258,9 @@ class _Expander:
                     _set(config, key, value)
             reason = _rule_violation(config, stage)
             if reason:
-                return [], reason
+                # a ruled-out stage 3 (e.g. text-only transfer of a frozen language model) cuts the chain short:
+                # its stage-2 model is still a design point of the grid; earlier violations remove the point
+                return (chain, f"stage {stage} left out: {reason}") if stage >= 3 else ([], reason)
             if stage == 1:  # what stage 1 can see of the paper's rules (module docstring)
                 if config["model"]["fusion"] == "mot":
                     config["model"]["fusion"] = "joint_decoder"

@@ -2,6 +2,10 @@
 
 Stages (report Algorithm 1): :mod:`.spans` picks the span(s), :mod:`.render` typesets them, :mod:`.distort`
 applies one perceptual distortion, :mod:`.transform` assembles the interleaved sample and writes shards.
+
+Math is typeset with real LaTeX (:func:`find_latex`) or matplotlib's mathtext, per :data:`MATH_ENGINES`;
+under ``auto`` the offline paths take LaTeX when installed and the online transform takes mathtext
+(:func:`resolve_math_engine`, ``LomoConfig.math_engine``).
 """
 
 from vlmlab.data.lomo.distort import (
@@ -12,7 +16,8 @@ from vlmlab.data.lomo.distort import (
     apply_distortion,
     distort,
 )
-from vlmlab.data.lomo.render import RenderConfig, SpanRenderer, trim_margin
+from vlmlab.data.lomo.mathtex import find_latex
+from vlmlab.data.lomo.render import MATH_ENGINES, RenderConfig, SpanRenderer, resolve_math_engine, trim_margin
 from vlmlab.data.lomo.spans import (
     POSITIONS,
     Block,
@@ -43,6 +48,7 @@ __all__ = [
     "DistortionParams",
     "LomoConfig",
     "LomoTransform",
+    "MATH_ENGINES",
     "Piece",
     "RenderConfig",
     "SpanRenderer",
@@ -51,11 +57,13 @@ __all__ = [
     "chunk",
     "contains_math",
     "distort",
+    "find_latex",
     "is_text_only",
     "localize_spans",
     "mixture_weights",
     "natural_image_text_ratio",
     "read_rendered_shard",
+    "resolve_math_engine",
     "sample_group",
     "sentence_count",
     "trim_margin",

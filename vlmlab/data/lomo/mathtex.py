@@ -17,6 +17,9 @@ Anything outside the subset that still has a clear extent (``\\sqrt{..}``, ``\\l
 composer cannot parse at all is handed to mathtext in one piece.  The composition is visually very
 close to mathtext's own output (same fonts, sizes and spacing rules) but costs ~0.1-0.3 ms per formula.
 
+Where TeX Live is installed, :class:`LatexTypesetter` (end of this module) typesets with real LaTeX
+instead -- display style, amsmath environments -- and this composer is its fallback.
+
 Leaves are rasterised through matplotlib's ``_mathtext`` internals (``Parser`` + ``ship``) because the
 public ``RasterParse`` does not expose where the baseline and the pen origin are inside the bitmap, which
 composition needs; if those internals ever change, the public API is used with an estimated baseline.
@@ -26,7 +29,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
+import shutil
+import subprocess
+import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -611,3 +618,235 @@ class MathTypesetter:
             return self._hlist(parse_formula(body).children, 0)
         except Unsupported:
             return self.leaf(body, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Real LaTeX: latex + dvipng, many formulas per run
+# ---------------------------------------------------------------------------------------------
+#
+# Why a second typesetter: mathtext is a subset of TeX with its own layout -- no display style (limits
+# stay beside \sum), no amsmath environments, small spacing glitches.  Where TeX Live is installed the
+# report's "LaTeX renderer" can be the real one.  Spawning latex costs ~0.1-0.15 s whatever the input,
+# while each extra formula in the same run costs ~2-3 ms, so formulas are typeset in batches: one page
+# per formula (preview package), one latex and one dvipng call per batch.
+
+LATEX_FONT_PACKAGES: dict[str, str] = {"cm": "\\usepackage{lmodern}"}
+"""Preamble lines per ``RenderConfig.math_fontset``: ``cm`` -> Latin Modern, the report's math font.
+The other fontsets (STIX, DejaVu) have no TeX package in Debian's base TeX Live and stay on mathtext."""
+
+_LATEX_PREAMBLE = (
+    "\\documentclass[10pt]{article}\n\\usepackage[T1]{fontenc}\n%s\n\\usepackage{amsmath,amssymb}\n"
+    "\\usepackage[active,tightpage]{preview}\n\\pagestyle{empty}\n\\begin{document}\n"
+)
+_MARK = "LOMO-PAGE-"
+# Input that could reach outside one page (files, shell, catcodes, page counters, the document itself) is
+# never sent to latex; such a formula takes the mathtext path.  latex also runs with -no-shell-escape and
+# kpathsea's paranoid file access.
+_LATEX_UNSAFE = re.compile(
+    r"\\(?:input|include|usepackage|RequirePackage|documentclass|[gex]?def|let|futurelet|catcode|"
+    r"write|openout|openin|read|immediate|special|csname|(?:re)?newcommand|providecommand|"
+    r"(?:re)?newenvironment|makeatletter|makeatother|loop|output|shipout|stop|bye|endinput|dump|"
+    r"(?:batch|nonstop|scroll|errorstop)mode|(?:set|addto|step)counter|pagenumbering|count|global|"
+    r"typeout|message|end(?!\s*\{)|(?:begin|end)\s*\{(?:document|preview)\})(?![A-Za-z])"
+)
+_DVIPNG_DEPTH = re.compile(r"depth=(-?\d+)\s+height=(-?\d+)")
+# Report each page's depth/height (the baseline), black on white, and no PNG compression: the files are
+# read once, right away, so compressing them would only cost time.
+_DVIPNG_ARGS = (
+    "-q",
+    "--depth",
+    "--height",
+    "-bg",
+    "rgb 1 1 1",
+    "-fg",
+    "rgb 0 0 0",
+    "-z",
+    "0",
+    "-o",
+    "p%d.png",
+)
+
+
+def find_latex() -> tuple[str, str] | None:
+    """Paths of ``latex`` and ``dvipng`` when both are on PATH, else None (mathtext is used instead)."""
+    latex, dvipng = shutil.which("latex"), shutil.which("dvipng")
+    return (latex, dvipng) if latex and dvipng else None
+
+
+def latex_safe(page: str) -> bool:
+    """Whether ``page`` can go into a shared latex run: no dangerous commands, balanced braces/environments.
+
+    A brace left open would swallow the following pages of the batch; catching it here is cheaper than
+    recovering from it (latex itself still reports the remaining errors, see :class:`LatexTypesetter`).
+    """
+    if _LATEX_UNSAFE.search(page):
+        return False
+    depth = 0
+    i = 0
+    while i < len(page):
+        c = page[i]
+        if c == "\\":
+            i += 2
+            continue
+        depth += (c == "{") - (c == "}")
+        if depth < 0:
+            return False
+        i += 1
+    if depth:
+        return False
+    begins = re.findall(r"\\begin\s*\{([^{}]*)\}", page)
+    ends = re.findall(r"\\end\s*\{([^{}]*)\}", page)
+    return sorted(begins) == sorted(ends) and page.count("\\left") == page.count("\\right")
+
+
+class LatexTypesetter:
+    """Typesets LaTeX pages (``$...$``, ``\\begin{align*}...``) to :class:`MathBitmap` via latex + dvipng.
+
+    ``font_size`` is the em size in pixels, as for :class:`MathTypesetter` (dvipng's resolution is chosen
+    so that the 10 pt Latin Modern em spans that many pixels).  Counters ``runs`` (latex invocations) and
+    ``pages`` (formulas typeset) are for monitoring and tests.
+    """
+
+    def __init__(
+        self,
+        font_size: int = 26,
+        fontset: str = "cm",
+        tools: tuple[str, str] | None = None,
+        timeout: float = 60.0,
+    ) -> None:
+        from vlmlab.errors import unknown_choice
+
+        if fontset not in LATEX_FONT_PACKAGES:
+            raise unknown_choice("LaTeX math fontset", fontset, LATEX_FONT_PACKAGES)
+        found = tools or find_latex()
+        if found is None:
+            raise RuntimeError("latex and dvipng must both be on PATH for LatexTypesetter.")
+        self.latex, self.dvipng = found
+        self.font_size = font_size
+        self.dpi = max(1, round(font_size * 72.27 / 10))
+        self.preamble = _LATEX_PREAMBLE % LATEX_FONT_PACKAGES[fontset]
+        self.timeout = timeout
+        self.runs = 0
+        self.pages = 0
+        self.broken = ""
+        """Non-empty (the reason) once the preamble itself failed: every later call returns None at once."""
+
+    def render_many(self, pages: list[str]) -> list[MathBitmap | None]:
+        """Typeset every page (None where latex fails or the page is unsafe), in as few runs as possible.
+
+        latex recovers from most errors, but recovery may leave TeX in a state that spoils later pages, so
+        only pages before the first error of a run are trusted: each failing page costs one more run for
+        the pages after it.
+        """
+        out: list[MathBitmap | None] = [None] * len(pages)
+        todo = [i for i, p in enumerate(pages) if p.strip() and latex_safe(p)]
+        while todo and not self.broken:
+            got, failed = self._run([pages[i] for i in todo])
+            for i, bmp in zip(todo, got):
+                out[i] = bmp
+            if failed is None:
+                break
+            todo = todo[failed + 1 :]
+        return out
+
+    def _run(self, pages: list[str]) -> tuple[list[MathBitmap | None], int | None]:
+        """One latex + dvipng run: (bitmaps of the trusted pages, index of the first failing page)."""
+        body = "".join(
+            f"\\typeout{{{_MARK}{k}}}\\begin{{preview}}{p}\n\\end{{preview}}\n" for k, p in enumerate(pages)
+        )
+        source = self.preamble + body + f"\\typeout{{{_MARK}{len(pages)}}}\n\\end{{document}}\n"
+        env = dict(os.environ, openin_any="p", openout_any="p")
+        self.runs += 1
+        with tempfile.TemporaryDirectory(prefix="lomo-tex-") as tmp:
+            with open(os.path.join(tmp, "f.tex"), "w", encoding="utf-8") as fh:
+                fh.write(source)
+            try:
+                subprocess.run(
+                    [self.latex, "-interaction=nonstopmode", "-no-shell-escape", "f.tex"],
+                    cwd=tmp,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    capture_output=True,
+                    timeout=self.timeout,
+                )
+            except subprocess.TimeoutExpired:
+                return [None] * len(pages), None  # a page loops: give the whole batch to mathtext
+            except OSError as err:  # the binary vanished or cannot start: stop trying
+                self.broken = f"latex could not run: {err}"
+                logging.getLogger(__name__).warning("LoMo: %s; math falls back to mathtext.", self.broken)
+                return [None] * len(pages), None
+            try:
+                with open(os.path.join(tmp, "f.log"), encoding="utf-8", errors="replace") as fh:
+                    log = fh.read()
+            except OSError:
+                log = ""
+            failed = _first_failed_page(log, len(pages))
+            if failed == -1:
+                self.broken = "the LaTeX preamble failed: " + _first_error(log)
+                logging.getLogger(__name__).warning("LoMo: %s; math falls back to mathtext.", self.broken)
+                return [None] * len(pages), None
+            n_good = len(pages) if failed is None else failed
+            if n_good == 0 or not os.path.exists(os.path.join(tmp, "f.dvi")):
+                return [None] * len(pages), failed
+            try:
+                res = subprocess.run(
+                    [self.dvipng, "-D", str(self.dpi), *_DVIPNG_ARGS, "-pp", f"1-{n_good}", "f.dvi"],
+                    cwd=tmp,
+                    stdin=subprocess.DEVNULL,
+                    capture_output=True,
+                    text=True,
+                    timeout=self.timeout,
+                )
+            except (subprocess.TimeoutExpired, OSError):
+                return [None] * len(pages), failed
+            metrics = _DVIPNG_DEPTH.findall(res.stdout)
+            got: list[MathBitmap | None] = [None] * len(pages)
+            for k in range(min(n_good, len(metrics))):
+                got[k] = _load_page(os.path.join(tmp, f"p{k + 1}.png"), int(metrics[k][1]))
+            self.pages += sum(b is not None for b in got)
+        return got, failed
+
+
+def _first_error(log: str) -> str:
+    for line in log.splitlines():
+        if line.startswith("!"):
+            return line[1:].strip()
+    return "no output"
+
+
+def _first_failed_page(log: str, n: int) -> int | None:
+    """Index of the first page with a TeX error or a lost glyph; -1 if the preamble failed, None if none.
+
+    Errors are attributed to the page whose ``\\typeout`` marker precedes them in the log.
+    """
+    page = -1
+    for line in log.splitlines():
+        if line.startswith(_MARK):
+            try:
+                page = int(line[len(_MARK) :].strip())
+            except ValueError:
+                pass
+            continue
+        if line.startswith("!") or line.startswith("Missing character"):
+            return page if page < n else None  # an error after the last page spoils none of them
+    # The final marker never came (latex stopped early, or never started): blame the page it was on.
+    return page if page < n else None
+
+
+def _load_page(path: str, height: int) -> MathBitmap | None:
+    """One dvipng page as an ink bitmap cropped to its ink; ``height`` = rows above the baseline."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            ink = 255 - np.asarray(im.convert("L"), dtype=np.uint8)
+    except OSError:
+        return None
+    rows = np.flatnonzero(ink.max(axis=1) > 0)
+    cols = np.flatnonzero(ink.max(axis=0) > 0)
+    if not rows.size:
+        return None  # nothing drawn: the page lost its content
+    top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    ink = np.ascontiguousarray(ink[top:bottom, left:right])
+    baseline = float(min(max(height - top, 0), ink.shape[0]))
+    return MathBitmap(ink, 0.0, baseline, float(ink.shape[1]))

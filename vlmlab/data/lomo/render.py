@@ -6,8 +6,10 @@ A span is typeset into a grayscale image -- black ink on white paper -- the way 
   matplotlib) at font size 20 px and a 22 px line pitch, greedily word-wrapped at ``max_width``; the
   image keeps its *native* size, i.e. its width and height follow from the text length;
 * math fragments (``$..$``, ``$$..$$``, ``\\(..\\)``, ``\\[..\\]``, ``align``-like environments, bare
-  ``\\frac{..}{..}``...) with matplotlib's *mathtext* in the Computer Modern fontset (the closest
-  always-available match to the report's Latin Modern Math) at 26 px; display math gets its own line;
+  ``\\frac{..}{..}``...) at 26 px, display math on its own line and in display style: with **real LaTeX**
+  (latex + dvipng, Latin Modern -- the report's font) when both are on PATH, else with matplotlib's
+  *mathtext* in the Computer Modern fontset (the closest always-available match); see ``math_engine``
+  (the online ``LomoTransform`` takes mathtext unless LaTeX is asked for by name);
 * fenced code blocks in DejaVu Sans Mono with their line structure;
 * finally the margins are trimmed to the ink bounding box plus a small pad (TrimMargin).
 
@@ -18,6 +20,13 @@ words, ~0.3 ms a line, cached word widths) and only the math fragments are types
 :class:`~vlmlab.data.lomo.mathtex.MathTypesetter`, which composes formulas from mathtext-rendered leaves
 (characters, symbols, ``\\sqrt{..}``...) cached per (leaf, size); whole formulas are cached in an LRU too.
 See ``benchmarks/bench_lomo.py`` for the throughput.
+
+Why LaTeX first, in batches: mathtext has no display style (``\\sum`` limits stay beside the sign), no
+amsmath environments and small spacing glitches; real LaTeX has none of these, but one latex + dvipng
+run costs ~0.15 s however little it typesets, while each extra formula in the same run costs ~2-5 ms.  So
+all not-yet-cached formulas of a span -- or of many spans, :meth:`SpanRenderer.prefetch` -- go into one
+run (one page each, :class:`~vlmlab.data.lomo.mathtex.LatexTypesetter`) and results are cached per formula.
+A formula LaTeX rejects takes the mathtext path below (counted in ``latex_failures``).
 
 Why per-fragment fallback: mathtext supports a subset of LaTeX.  Common spellings it lacks are rewritten
 (``\\le`` -> ``\\leq``, ``\\text`` -> ``\\mathrm``...); a formula that still fails is drawn as its raw source
@@ -36,9 +45,16 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from vlmlab.data.lomo.mathtex import MathTypesetter
+from vlmlab.data.lomo.mathtex import LATEX_FONT_PACKAGES, LatexTypesetter, MathTypesetter, find_latex
 from vlmlab.data.lomo.spans import ALIGN_ENVS, Fragment, scan_fragments
-from vlmlab.errors import ConfigError
+from vlmlab.errors import ConfigError, unknown_choice
+
+MATH_ENGINES: tuple[str, ...] = ("auto", "latex", "mathtext")
+"""``auto``: real LaTeX when latex and dvipng are on PATH (and the fontset has a TeX font), else mathtext;
+``latex``: LaTeX or a ConfigError; ``mathtext``: never spawn latex (fast, identical on every machine).
+A :class:`SpanRenderer` resolves ``auto`` as above (see :func:`resolve_math_engine`); the *online*
+``LomoTransform`` (one sample at a time, in the data-loader workers) resolves it to ``mathtext`` instead,
+because a latex run per sample costs ~0.15 s -- see ``LomoConfig.math_engine``."""
 
 
 @lru_cache(maxsize=1)
@@ -76,6 +92,8 @@ class RenderConfig:
     math_cache_size: int = 4096
     max_formula_chars: int = 600
     """Longer formulas skip mathtext (slow, and too wide to read anyway) and are drawn as text."""
+    math_engine: str = "auto"
+    """One of :data:`MATH_ENGINES`."""
 
     def __post_init__(self) -> None:
         for name in ("font_size", "line_height", "math_font_size", "max_width"):
@@ -89,11 +107,36 @@ class RenderConfig:
                 f"RenderConfig.max_width={self.max_width} is too narrow for font_size={self.font_size}."
             )
         if self.math_fontset not in ("cm", "stix", "stixsans", "dejavusans", "dejavuserif"):
-            from vlmlab.errors import unknown_choice
-
             raise unknown_choice(
                 "math fontset", self.math_fontset, ("cm", "stix", "stixsans", "dejavusans", "dejavuserif")
             )
+        if self.math_engine not in MATH_ENGINES:
+            raise unknown_choice("math engine", self.math_engine, MATH_ENGINES)
+        if self.math_engine == "latex" and self.math_fontset not in LATEX_FONT_PACKAGES:
+            raise ConfigError(
+                f"RenderConfig.math_engine='latex' has no TeX font for math_fontset={self.math_fontset!r}; "
+                f"valid with LaTeX: {', '.join(sorted(LATEX_FONT_PACKAGES))}."
+            )
+
+
+def resolve_math_engine(config: RenderConfig) -> str:
+    """``"latex"`` or ``"mathtext"``: the engine a :class:`SpanRenderer` built from ``config`` typesets
+    math with on this machine.
+
+    Raises :class:`ConfigError` when ``math_engine="latex"`` is asked for and latex or dvipng is missing:
+    a run that asked for real LaTeX must not silently train on mathtext images.
+    """
+    if config.math_engine == "mathtext" or not config.render_math:
+        return "mathtext"
+    if find_latex() is None or config.math_fontset not in LATEX_FONT_PACKAGES:
+        if config.math_engine == "latex":
+            raise ConfigError(
+                "RenderConfig.math_engine='latex' needs latex and dvipng on PATH (Debian: apt-get install "
+                "texlive-latex-base texlive-latex-extra cm-super dvipng); valid choices: "
+                f"{', '.join(MATH_ENGINES)}."
+            )
+        return "mathtext"
+    return "latex"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -175,6 +218,43 @@ def math_lines(frag: Fragment) -> tuple[bool, list[str]]:
     return False, [body] if body else []
 
 
+# Environments that are displays of their own (they start a paragraph in LaTeX); their starred form is
+# typeset so that no equation numbers appear.  Every other environment (aligned, cases, pmatrix...) needs
+# math mode and is wrapped in display-style math.
+_TOP_LEVEL_ENVS = frozenset({"equation", "align", "gather", "multline", "flalign", "alignat", "eqnarray"})
+_UNESCAPED_DOLLAR = re.compile(r"(?<!\\)\$")
+
+
+def latex_page(frag: Fragment) -> str | None:
+    """The LaTeX source typesetting one math fragment on its own page, or None if it can't go to LaTeX.
+
+    Inline math stays in text style; ``$$..$$``, ``\\[..\\]`` and environments are display style (limits
+    above and below ``\\sum``, full-size fractions).  A closing newline before the final delimiter keeps a
+    ``%`` in the formula from commenting it out.
+    """
+    kind, body = _strip_delimiters(frag)
+    body = re.sub(r"\n\s*\n", "\n", body)  # a blank line ends a paragraph: an error inside math
+    if not body.strip():
+        return None
+    if kind == "inline":
+        return None if _UNESCAPED_DOLLAR.search(body) else "$" + body + "\n$"
+    if kind == "display":
+        if _UNESCAPED_DOLLAR.search(body):
+            return None
+        if "\\\\" in body or "&" in body:  # several lines or alignment points need an environment
+            env = "aligned" if "&" in body else "gathered"
+            return f"$\\displaystyle\\begin{{{env}}}{body}\n\\end{{{env}}}$"
+        return "$\\displaystyle " + body + "\n$"
+    base = frag.env.rstrip("*")
+    if base in _TOP_LEVEL_ENVS:
+        env = base + "*"
+        return f"\\begin{{{env}}}{body}\n\\end{{{env}}}"
+    if base in ("displaymath", "math"):
+        return "$\\displaystyle " + body + "\n$"
+    env = "aligned" if base == "split" else frag.env  # split is only legal inside another display
+    return f"$\\displaystyle\\begin{{{env}}}{body}\n\\end{{{env}}}$"
+
+
 # --------------------------------------------------------------------------------------------------
 # Layout items
 # --------------------------------------------------------------------------------------------------
@@ -241,8 +321,25 @@ class SpanRenderer:
         self._widths: dict[tuple[bool, str], float] = {}
         self._math = _LRU(c.math_cache_size)
         self._typesetter: MathTypesetter | None = None
+        self._latex = self._latex_typesetter()
+        self.math_engine = "latex" if self._latex is not None else "mathtext"
+        """The engine actually used for math: ``latex`` or ``mathtext`` (see ``RenderConfig.math_engine``)."""
         self.math_failures = 0
-        """Count of formulas mathtext could not typeset (drawn as text instead); for monitoring."""
+        """Count of formulas no engine could typeset (drawn as text instead); for monitoring."""
+        self.latex_formulas = 0
+        """Formulas typeset by LaTeX (cache misses only)."""
+        self.latex_failures = 0
+        """Formulas LaTeX rejected, handed to mathtext instead (cache misses only)."""
+
+    def _latex_typesetter(self) -> LatexTypesetter | None:
+        c = self.config
+        tools = find_latex() if resolve_math_engine(c) == "latex" else None
+        return LatexTypesetter(c.math_font_size, c.math_fontset, tools) if tools else None
+
+    @property
+    def latex_runs(self) -> int:
+        """How many times latex was spawned (0 on the mathtext engine)."""
+        return self._latex.runs if self._latex is not None else 0
 
     # -- measurement ----------------------------------------------------------------------------
     def _width(self, word: str, mono: bool = False) -> float:
@@ -256,6 +353,44 @@ class SpanRenderer:
         return w
 
     # -- math -----------------------------------------------------------------------------------
+    def _latex_lookup(self, fragments: list[Fragment]) -> dict[str, tuple[Image.Image, int] | None]:
+        """LaTeX results per page source for the math ``fragments``; all cache misses share one latex run."""
+        found: dict[str, tuple[Image.Image, int] | None] = {}
+        if self._latex is None:
+            return found
+        missing: list[str] = []
+        for frag in fragments:
+            if frag.kind != "math" or frag.length > self.config.max_formula_chars:
+                continue
+            page = latex_page(frag)
+            if page is None or page in found:
+                continue
+            hit, value = self._math.get("latex\0" + page)
+            found[page] = value
+            if not hit:
+                missing.append(page)
+        if missing:
+            for page, bmp in zip(missing, self._latex.render_many(missing)):
+                value = None
+                if bmp is not None:
+                    value = (Image.fromarray(bmp.ink, mode="L"), int(round(bmp.baseline)))
+                    self.latex_formulas += 1
+                else:
+                    self.latex_failures += 1
+                found[page] = value
+                self._math.put("latex\0" + page, value)
+        return found
+
+    def prefetch(self, texts: list[str]) -> None:
+        """Typeset the formulas of many texts in one latex run, so that rendering them hits the cache.
+
+        Use before rendering a batch of spans (the transform does so per sample, the shard writer per
+        chunk of samples).  A no-op on the mathtext engine or without a formula cache.
+        """
+        if self._latex is None or self._math.maxsize <= 0:
+            return
+        self._latex_lookup([f for text in texts for f in scan_fragments(text) if f.kind == "math"])
+
     def _ensure_typesetter(self) -> MathTypesetter:
         if self._typesetter is None:
             c = self.config
@@ -318,9 +453,26 @@ class SpanRenderer:
         img, baseline = rendered
         return [_Box(img.width, baseline, img.height - baseline, image=img, space_before=space_before)]
 
+    def _latex_box(
+        self, frag: Fragment, latex: dict[str, tuple[Image.Image, int] | None], space_before: bool
+    ) -> _Box | None:
+        page = latex_page(frag) if latex else None
+        rendered = latex.get(page) if page is not None else None
+        if rendered is None:
+            return None
+        img, baseline = rendered
+        box = _Box(img.width, baseline, img.height - baseline, image=img, space_before=space_before)
+        if frag.display:
+            box.space_before = False
+            box.indent = 2 * self.config.font_size  # display math is indented
+            box.width += box.indent
+        return box
+
     def _items(self, text: str) -> list[_Box | str]:
         items: list[_Box | str] = []
-        for frag in scan_fragments(text):
+        fragments = scan_fragments(text)
+        latex = self._latex_lookup(fragments) if self.config.render_math else {}
+        for frag in fragments:
             prev_space = frag.start > 0 and text[frag.start - 1].isspace()
             if frag.kind == "text":
                 items.extend(self._text_boxes(frag.source))
@@ -340,6 +492,11 @@ class SpanRenderer:
                             boxes[0].text = " " * lead + boxes[0].text
                         items.extend(boxes)
                     items.append("\n")
+            elif (box := self._latex_box(frag, latex, prev_space)) is not None:
+                if frag.display:
+                    items.extend(["\n", box, "\n"])
+                else:
+                    items.append(box)
             else:
                 display, bodies = math_lines(frag)
                 if not bodies:

@@ -9,7 +9,8 @@ garbage, so the split points must never fall inside a formula.  This module ther
    groups) and fenced code blocks -- which are never split;
 2. cuts the prose between them at sentence boundaries, giving the report's interleaved block
    sequence ``((t1, l1), (m1, l2), ...)`` of text / formula blocks with character lengths;
-3. picks the block range closest (in characters) to the requested third(s).
+3. picks the block range closest (in characters) to the requested third(s) -- fifths for multi-span,
+   which may cut inside sentences when a prompt has fewer than five blocks (see :func:`localize_spans`).
 
 Prompts of at most ``max_whole_sentences`` (3 in the report) sentences are rendered whole, so short
 questions keep their full context inside the image.
@@ -20,6 +21,7 @@ concatenate back to the input exactly (``SpanSplit.text == prompt``); tests chec
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -144,6 +146,8 @@ class SpanSplit:
     pieces: tuple[Piece, ...]
     whole: bool = False
     """True when the prompt was short enough (<= max_whole_sentences) to be rendered whole."""
+    fallback: str = ""
+    """Why the requested layout could not be produced (e.g. multi-span on a too short prompt), else ''."""
 
     @property
     def text(self) -> str:
@@ -445,8 +449,109 @@ def sentence_count(text: str) -> int:
 # --------------------------------------------------------------------------------------------------
 
 
-def _snap(bounds: Sequence[int], targets: Sequence[float], lo: int, hi: int) -> list[int] | None:
-    """Choose strictly increasing block-boundary indices in [lo, hi] closest to the character targets."""
+# Characters that close the word or formula before them ("$x=1$." / "x)," / "5%"): a cut right before
+# one would orphan it at the start of the next piece (". Then find"), so cuts move past them.
+_ATTACHED_PUNCT = frozenset(".,;:!?)]}%'\"\u201d\u2019\u2026")
+_CLAUSE_END = frozenset(",;:")
+
+MULTI_MIN_UNITS = 5
+"""Multi-span needs five non-empty pieces (text, image, text, image, text), hence five *units* (see
+:func:`localize_spans`); a prompt with fewer falls back to the single middle span."""
+
+# Boundary levels, coarsest first: sentence/formula edges (the report's blocks), clause ends, word starts.
+_SENTENCE, _CLAUSE, _WORD = 0, 1, 2
+
+logger = logging.getLogger(__name__)
+
+
+def _past_attached(text: str, pos: int) -> int:
+    """Move a cut at ``pos`` past punctuation glued to the previous word or formula, and its blanks.
+
+    The skipped characters are prose: punctuation and whitespace never open a formula (those start with
+    ``$``, ``\\`` or a backtick fence), so the moved cut still lies outside every formula.
+    """
+    n = len(text)
+    if pos <= 0 or pos >= n or text[pos - 1].isspace() or text[pos] not in _ATTACHED_PUNCT:
+        return pos
+    while pos < n and text[pos] in _ATTACHED_PUNCT:
+        pos += 1
+    while pos < n and text[pos].isspace():
+        pos += 1
+    return pos
+
+
+def _candidate_cuts(text: str, blocks: Sequence[Block], max_level: int) -> dict[int, int]:
+    """Interior cut positions up to ``max_level`` granularity, mapped to their (coarsest) level.
+
+    Finer cuts are only taken inside prose blocks, so formulas and code stay atomic at every level.
+    """
+    raw: list[tuple[int, int]] = [(b.start, _SENTENCE) for b in blocks[1:]]
+    if max_level >= _CLAUSE:
+        for b in blocks:
+            if b.kind != "text":
+                continue
+            for i in range(b.start + 1, b.end):
+                if text[i - 1].isspace() and not text[i].isspace():
+                    j = i - 1
+                    while j > b.start and text[j - 1].isspace():
+                        j -= 1
+                    if j > b.start and text[j - 1] in _CLAUSE_END:
+                        raw.append((i, _CLAUSE))
+                    elif max_level >= _WORD:
+                        raw.append((i, _WORD))
+    cuts: dict[int, int] = {}
+    for pos, level in raw:
+        pos = _past_attached(text, pos)
+        if 0 < pos < len(text):
+            cuts[pos] = min(level, cuts.get(pos, level))
+    return cuts
+
+
+def _content_prefix(text: str, fragments: Sequence[Fragment]) -> list[int]:
+    """Prefix sums of "visible content" characters: letters/digits in prose, every char of a formula/code.
+
+    A piece without any (only blanks or punctuation) would render as an empty or meaningless image.
+    """
+    flags = [ch.isalnum() for ch in text]
+    for f in fragments:
+        if f.kind != "text":
+            flags[f.start : f.end] = [True] * f.length
+    out = [0]
+    for flag in flags:
+        out.append(out[-1] + flag)
+    return out
+
+
+def _units(text: str, cuts: dict[int, int], content: Sequence[int]) -> tuple[list[int], list[int]]:
+    """Unit boundaries ``[0, c1, ..., len]`` and their levels, every unit holding visible content.
+
+    A content-less unit (e.g. the blank between two formulas) is merged into the unit before it -- into
+    the one after it at the very start -- so any choice of boundaries yields non-empty pieces.
+    """
+    bounds = [0, *sorted(cuts), len(text)]
+    keep = [0]
+    for k in range(1, len(bounds) - 1):
+        start, end = bounds[k], bounds[k + 1]
+        if content[end] - content[start] > 0 and content[start] - content[keep[-1]] > 0:
+            keep.append(start)
+    # The last unit [keep[-1], len) may be content-less only if it is the first one too (blank prompt).
+    keep.append(len(text))
+    levels = [_SENTENCE, *(cuts[p] for p in keep[1:-1]), _SENTENCE]
+    return keep, levels
+
+
+def _snap(
+    bounds: Sequence[int],
+    targets: Sequence[float],
+    lo: int,
+    hi: int,
+    penalty: Sequence[float] | None = None,
+) -> list[int] | None:
+    """Choose strictly increasing boundary indices in [lo, hi] closest to the character targets.
+
+    ``penalty[k]`` (in characters) is added to the distance of boundary ``k``: finer boundaries (inside a
+    sentence) only win when they are that much closer to the target than a sentence boundary.
+    """
     chosen: list[int] = []
     prev = lo - 1
     for t_idx, target in enumerate(targets):
@@ -454,7 +559,10 @@ def _snap(bounds: Sequence[int], targets: Sequence[float], lo: int, hi: int) -> 
         first, last = prev + 1, hi - remaining
         if first > last:
             return None
-        best = min(range(first, last + 1), key=lambda k: (abs(bounds[k] - target), k))
+        best = min(
+            range(first, last + 1),
+            key=lambda k: (abs(bounds[k] - target) + (penalty[k] if penalty else 0.0), k),
+        )
         chosen.append(best)
         prev = best
     return chosen
@@ -484,15 +592,31 @@ def _pieces_from_cuts(text: str, cuts: Sequence[int], render_flags: Sequence[boo
     return tuple(pieces)
 
 
+def _whole(text: str, fallback: str = "") -> SpanSplit:
+    return SpanSplit(
+        _pieces_from_cuts(text, [0, 0, len(text), len(text)], [False, True, False]), True, fallback
+    )
+
+
 def localize_spans(text: str, position: str = "middle", max_whole_sentences: int = 3) -> SpanSplit:
     """Select the span(s) of ``text`` to render (LoMo stage 1).
 
-    * at most ``max_whole_sentences`` sentences: the whole prompt is the span (prefix/suffix empty);
-    * otherwise blocks from :func:`chunk` are grouped by character length into thirds (fifths for
-      ``multi``) at block granularity: ``middle`` renders the central third, ``prefix`` the first,
-      ``suffix`` the last, ``multi`` the 2nd and 4th fifths (text-image-text-image-text).
+    * at most ``max_whole_sentences`` sentences (or fewer than 3 blocks): the whole prompt is the span
+      (prefix/suffix empty), for every position -- Algorithm 1's first branch;
+    * otherwise blocks from :func:`chunk` are grouped by character length into thirds at block
+      granularity: ``middle`` renders the central third, ``prefix`` the first, ``suffix`` the last;
+    * ``multi`` (Table 4's "two short spans") renders the 2nd and 4th fifths, always as
+      text-image-text-image-text.  Five pieces need five *units*: sentence/formula blocks when there are
+      at least five, else clause pieces (cut after ``,;:``), else words -- finer cuts are taken only when
+      needed and only where they are clearly closer to a fifth than a sentence boundary.  A prompt that
+      is *long enough* for multi-span thus has more than ``max_whole_sentences`` sentences and at least
+      :data:`MULTI_MIN_UNITS` words-or-formulas.  A shorter one (e.g. "Yes. Why? Go! Stop.") falls back
+      to the middle layout; ``SpanSplit.fallback`` says so (and the transform counts it).
 
-    A prompt with no visible content yields no span (``SpanSplit.spans == []``).
+    Cuts never fall inside a formula, never leave punctuation that belongs to the previous word or
+    formula at the start of the next piece (``"$x=1$. Then"`` is cut after the ``". "``), and never
+    produce a piece without visible content.  A prompt with no visible content yields no span
+    (``SpanSplit.spans == []``).
     """
     if position not in POSITIONS:
         raise unknown_choice("LoMo position", position, POSITIONS)
@@ -500,32 +624,42 @@ def localize_spans(text: str, position: str = "middle", max_whole_sentences: int
         raise ConfigError(f"max_whole_sentences must be >= 0, got {max_whole_sentences}.")
     if not text.strip():
         return SpanSplit((Piece(text, False),))
+    fragments = scan_fragments(text)
     blocks = chunk(text)
-    n = len(blocks)
+    content = _content_prefix(text, fragments)
+    bounds, levels = _units(text, _candidate_cuts(text, blocks, _SENTENCE), content)
+    n = len(bounds) - 1
     if sentence_count(text) <= max_whole_sentences or n < 3:
-        return SpanSplit(_pieces_from_cuts(text, [0, 0, len(text), len(text)], [False, True, False]), True)
+        return _whole(text)
 
-    bounds = [b.start for b in blocks] + [len(text)]
     total = float(len(text))
+    fallback = ""
+    if position == "multi":
+        for max_level in (_SENTENCE, _CLAUSE, _WORD):
+            if max_level > _SENTENCE:
+                bounds, levels = _units(text, _candidate_cuts(text, blocks, max_level), content)
+            if len(bounds) - 1 >= MULTI_MIN_UNITS:
+                # A clause cut must be 1/20 of the prompt closer to the target than a sentence cut, a word
+                # cut 1/10 (half a piece): coarse boundaries keep sentences readable where they can.
+                penalty = [level * total / 20 for level in levels]
+                idx = _snap(bounds, [total * k / 5 for k in range(1, 5)], 1, len(bounds) - 2, penalty)
+                assert idx is not None  # >= 5 units always admit 4 increasing interior cuts
+                cuts = [0, *(bounds[k] for k in idx), len(text)]
+                return SpanSplit(_pieces_from_cuts(text, cuts, [False, True, False, True, False]))
+        words = len(bounds) - 1
+        fallback = f"multi->middle: {words} words/formulas < {MULTI_MIN_UNITS} needed for two spans"
+        logger.debug("LoMo %s (prompt %r)", fallback, text[:80])
+        bounds, levels = _units(text, _candidate_cuts(text, blocks, _SENTENCE), content)
+        n = len(bounds) - 1
+        position = "middle"
+
     if position == "middle":
         idx = _snap(bounds, [total / 3, 2 * total / 3], 1, n - 1)
-        flags = [False, True, False]
     elif position == "prefix":
         idx = [0, *(_snap(bounds, [total / 3], 1, n - 1) or [])]
-        flags = [False, True, False]
-    elif position == "suffix":
-        idx = [*(_snap(bounds, [2 * total / 3], 1, n - 1) or []), n]
-        flags = [False, True, False]
     else:
-        idx = _snap(bounds, [total * k / 5 for k in range(1, 5)], 1, n)
-        flags = [False, True, False, True, False]
-        if idx is None:
-            idx = _snap(bounds, [total / 3, 2 * total / 3], 1, n - 1)
-            flags = [False, True, False]
-    if idx is None or len(idx) != len(flags) - 1:
-        return SpanSplit(_pieces_from_cuts(text, [0, 0, len(text), len(text)], [False, True, False]), True)
+        idx = [*(_snap(bounds, [2 * total / 3], 1, n - 1) or []), n]
+    assert idx is not None and len(idx) == 2  # n >= 3 units always admit the cuts
     cuts = [0, *(bounds[k] for k in idx), len(text)]
-    pieces = _pieces_from_cuts(text, cuts, flags)
-    if any(p.render and not p.text for p in pieces):
-        pieces = tuple(p for p in pieces if not (p.render and not p.text))
-    return SpanSplit(pieces)
+    pieces = _pieces_from_cuts(text, cuts, [False, True, False])
+    return SpanSplit(pieces, False, fallback)

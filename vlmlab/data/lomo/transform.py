@@ -16,31 +16,40 @@ Output of a *rewritten* sample: a shallow copy of the input with two added keys:
         {"type": "image", "image": PIL.Image.Image (RGB), "source": "<the text it shows>"},
         {"type": "text",  "text": "<suffix text>"},
     ]
-    "lomo": {"position": str, "whole": bool, "distortions": [str, ...]}
+    "lomo": {"position": str, "whole": bool, "distortions": [str, ...], "fallback": str}
 
 ``response`` (the supervision target) and ``prompt`` are untouched: consumers must build the model input
 from ``segments`` when present (``prompt`` stays for paired text/image evaluation and debugging).  Empty
 text segments are omitted (e.g. for the ``prefix`` position or a prompt rendered whole), and the ``text``
 of text segments together with the ``source`` of image segments, in order, concatenate exactly to the
-original prompt.  ``multi`` gives text, image, text, image, text.  Samples that are not selected for
-rewriting are returned as an unchanged shallow copy.
+original prompt.  ``multi`` gives text, image, text, image, text -- except on prompts with more than
+``max_whole_sentences`` sentences but fewer than five words/formulas, which get the middle layout and a
+non-empty ``fallback`` reason (counted in ``LomoTransform.layout_fallbacks``).  Samples that are not
+selected for rewriting are returned as an unchanged shallow copy.
 
 Offline mode (:func:`write_rendered_shards`) writes webdataset-compatible tar shards: per sample
 ``<key>.json`` (the sample with image segments as ``{"type": "image", "image": "img0.png", ...}``) and
 ``<key>.img0.png``, ``<key>.img1.png``... .  :func:`read_rendered_shard` loads them back.
+
+Math engine per path (``LomoConfig.math_engine="auto"``): the shard writer typesets formulas with real
+LaTeX when it is installed (it batches 64 samples per latex run); the online transform -- one sample at a
+time in the data-loader workers -- uses mathtext, since one latex run per sample would cost ~0.15 s.
+``math_engine="latex"`` forces LaTeX on both paths, ``"mathtext"`` on neither.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import json
+import logging
 import math
 import os
 import random
 import tarfile
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +62,18 @@ from vlmlab.data.lomo.distort import (
     distort,
     normalize_weights,
 )
-from vlmlab.data.lomo.render import RenderConfig, SpanRenderer
+from vlmlab.data.lomo.render import RenderConfig, SpanRenderer, resolve_math_engine
 from vlmlab.data.lomo.spans import POSITIONS, localize_spans
 from vlmlab.errors import ConfigError, unknown_choice
 
 _IMAGE_KEYS = ("image", "images", "segments")
+_PREFETCH_SAMPLES = 64
+"""Samples whose formulas the shard writer typesets in one latex run (a run costs ~0.15 s, a formula ~2 ms)."""
+
+logger = logging.getLogger(__name__)
+_ONLINE_AUTO_NOTED = False
+"""Whether this process has logged that the online transform resolved ``auto`` to mathtext (once only:
+every data-loader worker builds a transform per source)."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +86,13 @@ class LomoConfig:
       (Table 2's "w/o PD") and its categorical weights over clean/rotate/blur/shadow_or_stain/wave;
     * ``image_text_ratio`` -- ``None`` keeps the natural mixture; a number (1.0 = Table 5's "matched")
       is the target image-bearing : text-only ratio used by :func:`mixture_weights`;
+    * ``math_engine`` -- ``auto``, ``latex`` or ``mathtext`` (:data:`~vlmlab.data.lomo.render.MATH_ENGINES`).
+      ``auto`` depends on the path: offline (:func:`write_rendered_shards`, ``LomoTransform(online=False)``)
+      it is real LaTeX when latex and dvipng are on PATH, else mathtext; online (the training stream's
+      per-sample transform) it is mathtext, logged once, because a latex run costs ~0.15 s and online
+      samples come one at a time (``benchmarks/bench_lomo.py``, one core: ~10 samples per CPU second
+      with LaTeX against ~200 with mathtext).  ``latex`` uses LaTeX on both paths (a ConfigError
+      without it); pick it online only with time to spare;
     * ``seed`` -- the run seed; with the per-sample seed it fixes selection and distortion.
     """
 
@@ -83,6 +106,7 @@ class LomoConfig:
     math_font_size: int = 26
     max_width: int = 800
     render_math: bool = True
+    math_engine: str = "auto"  # auto: LaTeX offline if installed, mathtext online (see the docstring)
     max_whole_sentences: int = 3
     image_text_ratio: float | None = None
     seed: int = 0
@@ -121,6 +145,7 @@ class LomoConfig:
             math_font_size=self.math_font_size,
             max_width=self.max_width,
             render_math=self.render_math,
+            math_engine=self.math_engine,
         )
 
     def distortion_config(self) -> DistortionConfig:
@@ -143,12 +168,25 @@ class LomoTransform:
     """Callable ``(sample, sample_seed) -> sample`` implementing LoMo (Algorithm 1) on text-only samples.
 
     Keeps one :class:`SpanRenderer` (fonts and formula cache) per instance; create one per worker.
+
+    ``online`` (the default: the training stream calls it one sample at a time) resolves
+    ``math_engine="auto"`` to mathtext; ``online=False`` is for callers that batch samples through
+    :meth:`prefetch` (the shard writer) and keeps ``auto``'s LaTeX.  ``renderer.math_engine`` tells
+    which engine was chosen.
     """
 
-    def __init__(self, config: LomoConfig | None = None) -> None:
+    def __init__(self, config: LomoConfig | None = None, *, online: bool = True) -> None:
         self.config = config or LomoConfig()
-        self.renderer = SpanRenderer(self.config.render_config())
+        self.online = online
+        render = self.config.render_config()
+        if online and render.math_engine == "auto":
+            if resolve_math_engine(render) == "latex":
+                _note_online_auto()  # only when the choice differs from what auto gives offline
+            render = replace(render, math_engine="mathtext")
+        self.renderer = SpanRenderer(render)
         self._distortion = self.config.distortion_config()
+        self.layout_fallbacks = 0
+        """Samples whose requested position could not be laid out (see ``SpanSplit.fallback``)."""
 
     def selects(self, sample_seed: int | str) -> bool:
         """Whether the sample with this seed is rewritten: a Bernoulli(rewrite_ratio) draw that only
@@ -180,6 +218,17 @@ class LomoTransform:
         split = localize_spans(prompt, self.config.position, self.config.max_whole_sentences)
         if not split.spans:
             return out
+        if split.fallback:
+            self.layout_fallbacks += 1
+            if self.layout_fallbacks == 1:  # once: the count (and each sample's "lomo") tells the rest
+                logger.warning(
+                    "LoMo position %r fell back (%s); further fallbacks are counted in "
+                    "LomoTransform.layout_fallbacks and recorded in sample['lomo']['fallback'].",
+                    self.config.position,
+                    split.fallback,
+                )
+        if render_images:
+            self.renderer.prefetch(split.spans)  # both multi-span images' formulas in one latex run
         segments: list[dict[str, Any]] = []
         names: list[str] = []
         for piece in split.pieces:
@@ -192,8 +241,40 @@ class LomoTransform:
             names.append(name)
             segments.append({"type": "image", "image": img, "source": piece.text})
         out["segments"] = segments
-        out["lomo"] = {"position": self.config.position, "whole": split.whole, "distortions": names}
+        out["lomo"] = {
+            "position": self.config.position,
+            "whole": split.whole,
+            "distortions": names,
+            "fallback": split.fallback,
+        }
         return out
+
+    def prefetch(self, samples: Iterable[tuple[Mapping[str, Any], int | str]]) -> None:
+        """Typeset the formulas of many ``(sample, sample_seed)`` pairs at once (one latex run).
+
+        Only useful with the LaTeX engine; the following ``__call__`` on the same samples hits the cache.
+        """
+        if self.renderer.math_engine != "latex":
+            return  # mathtext is fast per formula: nothing to batch
+        key = self.config.prompt_key
+        spans: list[str] = []
+        for sample, seed in samples:
+            if is_text_only(sample, key) and self.selects(seed):
+                split = localize_spans(sample[key], self.config.position, self.config.max_whole_sentences)
+                spans.extend(split.spans)
+        self.renderer.prefetch(spans)
+
+
+def _note_online_auto() -> None:
+    global _ONLINE_AUTO_NOTED
+    if _ONLINE_AUTO_NOTED:
+        return
+    _ONLINE_AUTO_NOTED = True
+    logger.info(
+        "LoMo: math_engine='auto' renders math with mathtext in the online transform (LaTeX is installed, "
+        "but one latex run per sample costs ~0.15 s); set math_engine='latex' to use it online anyway, or "
+        "write LaTeX-rendered shards offline (write_rendered_shards)."
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -289,13 +370,15 @@ def write_rendered_shards(
 
     Sample ``i`` uses ``sample_seed = first_seed + i`` and key ``f"{first_seed + i:09d}"``.  Each shard
     is written to a temporary file in ``out_dir`` and renamed into place, so readers never see a
-    partial shard and an interrupted run leaves no truncated tar under a final name.
+    partial shard and an interrupted run leaves no truncated tar under a final name.  Under
+    ``math_engine="auto"`` formulas are typeset with real LaTeX when it is installed, the formulas of
+    64 samples per latex run (the transform runs with ``online=False``).
     """
     if samples_per_shard <= 0:
         raise ConfigError(f"samples_per_shard must be > 0, got {samples_per_shard}.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    transform = LomoTransform(config)
+    transform = LomoTransform(config, online=False)  # batched below: auto may take LaTeX
     paths: list[Path] = []
     tar: tarfile.TarFile | None = None
     tmp_path = ""
@@ -316,18 +399,26 @@ def write_rendered_shards(
         paths.append(final)
         tar = None
 
+    def write_one(i: int, sample: Mapping[str, Any]) -> None:
+        nonlocal tar, tmp_path, count
+        if tar is None:
+            fd, tmp_path = tempfile.mkstemp(prefix=f".{prefix}-", suffix=".tar.tmp", dir=out)
+            tar = tarfile.open(fileobj=os.fdopen(fd, "wb"), mode="w", format=tarfile.USTAR_FORMAT)
+            count = 0
+        seed = first_seed + i
+        for name, data in _encode_sample(f"{seed:09d}", transform(sample, seed)):
+            _add_member(tar, name, data)
+        count += 1
+        if count >= samples_per_shard:
+            finish()
+
+    numbered = enumerate(samples)
     try:
-        for i, sample in enumerate(samples):
-            if tar is None:
-                fd, tmp_path = tempfile.mkstemp(prefix=f".{prefix}-", suffix=".tar.tmp", dir=out)
-                tar = tarfile.open(fileobj=os.fdopen(fd, "wb"), mode="w", format=tarfile.USTAR_FORMAT)
-                count = 0
-            seed = first_seed + i
-            for name, data in _encode_sample(f"{seed:09d}", transform(sample, seed)):
-                _add_member(tar, name, data)
-            count += 1
-            if count >= samples_per_shard:
-                finish()
+        # Chunks of samples share one latex run for their formulas (see LomoTransform.prefetch).
+        while chunk := list(itertools.islice(numbered, _PREFETCH_SAMPLES)):
+            transform.prefetch((sample, first_seed + i) for i, sample in chunk)
+            for i, sample in chunk:
+                write_one(i, sample)
         finish()
     except BaseException:
         if tar is not None:

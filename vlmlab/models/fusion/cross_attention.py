@@ -1,9 +1,17 @@
-"""Cross-Attention (Llama 3-V style): gated cross-attention layers after every k-th decoder layer.
+"""Cross-Attention (Llama 3-V style): gated cross-attention layers inserted among the decoder layers.
 
 The decoder's sequence holds one marker token per image (the backbone's image token id) where the image
 appears; a text token attends to the tokens of every image whose marker is at or before it in its own
 sample. Both gates are tanh(0) = 0 at initialisation, so the initial model is exactly the language model,
 yet the gates themselves receive gradients from the first step.
+
+Placement (`model.cross_attention_layout`, one layer per `cross_attention_every` = k decoder layers):
+- `every` (default, the paper's "every four layers"): after decoder layers k, 2k, ...; on a 28-layer Qwen3
+  with k = 4 the 7th sits after layer 28, right before the final norm.
+- `llama32`: Llama 3.2-Vision's offset. Its 11B text model interleaves 8 cross-attention layers with the 32
+  of Llama 3.1 8B at indices 3, 8, ..., 38 of 40: the first after k - 1 = 3 decoder layers, then every fifth
+  layer of the combined stack, and a decoder layer after the last. Here: after decoder layers k - 1,
+  2k - 1, ..., as many layers as `every` gives (N // k), the last always followed by a decoder layer.
 """
 
 from __future__ import annotations
@@ -13,8 +21,29 @@ from torch import nn
 from transformers import Qwen3Config, Qwen3ForCausalLM
 from transformers.models.qwen3.modeling_qwen3 import Qwen3MLP, Qwen3RMSNorm
 
-from vlmlab.errors import ConfigError
+from vlmlab.config import CROSS_ATTENTION_LAYOUTS
+from vlmlab.errors import ConfigError, unknown_choice
 from vlmlab.models.fusion.context import FusionContext, attention
+
+
+def cross_attention_positions(num_layers: int, every: int, layout: str = "every") -> list[int]:
+    """For each gated cross-attention layer in forward order, how many decoder layers run before it.
+
+    A position p means "between decoder layer p - 1 and p (0-based)"; p = `num_layers` is after the last one,
+    directly before the final norm. See the module docstring for the layouts.
+    """
+    if layout not in CROSS_ATTENTION_LAYOUTS:
+        raise unknown_choice(
+            "cross-attention layout (model.cross_attention_layout)", layout, CROSS_ATTENTION_LAYOUTS
+        )
+    if not 1 <= every <= num_layers:
+        raise ConfigError(
+            f"cross_attention_every={every} is impossible for a {num_layers}-layer "
+            f"backbone (valid: 1..{num_layers})."
+        )
+    first = every if layout == "every" else every - 1
+    # `every` may end on the last decoder layer; `llama32` never does (its last position is at most N - 1)
+    return list(range(first, num_layers + 1 if layout == "every" else num_layers, every))
 
 
 class GatedCrossAttentionLayer(nn.Module):
@@ -73,36 +102,41 @@ class CrossAttentionFusion(nn.Module):
     name = "cross_attention"
     images_in_sequence = False  # one marker token per image; image tokens live in the cross-attention
 
-    def __init__(self, lm: Qwen3ForCausalLM, cross_attention_every: int = 4, **_: object) -> None:
+    def __init__(
+        self,
+        lm: Qwen3ForCausalLM,
+        cross_attention_every: int = 4,
+        cross_attention_layout: str = "every",
+        **_: object,
+    ) -> None:
         super().__init__()
         num_layers = lm.config.num_hidden_layers
-        if not 1 <= cross_attention_every <= num_layers:
-            raise ConfigError(
-                f"cross_attention_every={cross_attention_every} is impossible for a {num_layers}-layer "
-                f"backbone (valid: 1..{num_layers})."
-            )
-        self.every = cross_attention_every
-        count = num_layers // cross_attention_every
-        self.cross_attn_layers = nn.ModuleList(GatedCrossAttentionLayer(lm.config) for _ in range(count))
+        self.every, self.layout = cross_attention_every, cross_attention_layout
+        self.positions = cross_attention_positions(num_layers, cross_attention_every, cross_attention_layout)
+        # position -> which cross-attention layer runs there (the ModuleList is in forward order)
+        self._at_position = {position: number for number, position in enumerate(self.positions)}
+        self.cross_attn_layers = nn.ModuleList(GatedCrossAttentionLayer(lm.config) for _ in self.positions)
 
     def forward(self, lm: Qwen3ForCausalLM, hidden: torch.Tensor, ctx: FusionContext) -> torch.Tensor:
         bank = ctx.extras.get("image_bank")  # [B, M, D] or None for a text-only batch
-        cached = ctx.extras.setdefault("image_kv", {})
-        for index, layer in enumerate(lm.model.layers):
-            hidden = ctx.call_layer(layer, hidden)
-            if bank is None or (index + 1) % self.every:
-                continue
-            xattn = self.cross_attn_layers[(index + 1) // self.every - 1]
-            if index not in cached:
-                cached[index] = xattn.image_keys_values(bank)
-            key, value = cached[index]
-            hidden = ctx.checkpointed(
-                lambda h, x=xattn, k=key, v=value: x(
-                    h, k, v, ctx.extras["image_mask"], ctx.extras["sees_image"]
-                ),
-                hidden,
+        cached = ctx.extras.setdefault("image_kv", {})  # cross-attention layer number -> image keys, values
+
+        def cross_attend(position: int, hidden: torch.Tensor) -> torch.Tensor:
+            number = self._at_position.get(position)
+            if bank is None or number is None:
+                return hidden
+            xattn = self.cross_attn_layers[number]
+            if number not in cached:
+                cached[number] = xattn.image_keys_values(bank)
+            key, value = cached[number]
+            return ctx.checkpointed(
+                lambda h: xattn(h, key, value, ctx.extras["image_mask"], ctx.extras["sees_image"]), hidden
             )
-        return hidden
+
+        for index, layer in enumerate(lm.model.layers):
+            hidden = cross_attend(index, hidden)
+            hidden = ctx.call_layer(layer, hidden)
+        return cross_attend(len(lm.model.layers), hidden)
 
 
 def image_bank_and_mask(

@@ -18,21 +18,46 @@ _INTERPOLATIONS = {
     "lanczos": T.InterpolationMode.LANCZOS,
 }
 
+# Libraries whose release evaluates at a short side of `ratio * image_size` before the centre crop, resizing
+# the PIL image. VAR (FoundationVision/VAR utils/data.py, `build_dataset`): `Resize(round(1.125 * 256))` with
+# Lanczos on the PIL image, `CenterCrop(256)`, `ToTensor`, x * 2 - 1. Resizing a tensor instead is not the same
+# filter (torchvision's tensor Lanczos is up to 43/255 off PIL's on noise images), so these resize before
+# `ToImage`.
+_RELEASE_SHORT_SIDE_RATIO = {"var": 1.125}
+
+
+def _to_unit_range(image: Image.Image) -> torch.Tensor:
+    """PIL image -> float `[3, H, W]` in [0, 1] by dividing by 255, as torchvision's `ToTensor` does.
+
+    `ToDtype(scale=True)` multiplies by 1/255 instead, which rounds some values one ulp differently.
+    """
+    return T.functional.pil_to_tensor(image).to(torch.float32).div(255)
+
+
+def release_short_side(spec: TokenizerSpec) -> int:
+    """The short side (px) the spec's release resizes an image to before its `image_size` centre crop."""
+    return round(_RELEASE_SHORT_SIDE_RATIO.get(spec.library, 1.0) * spec.image_size)
+
 
 def build_image_transform(spec: TokenizerSpec) -> Callable[[Image.Image], torch.Tensor]:
     """Resize the short side, centre-crop to `image_size`, scale to [0, 1] and normalise with the spec's stats.
 
-    This is the evaluation transform the released tokenizers were trained to expect (no augmentation).
+    This is the evaluation transform the released tokenizers were trained to expect (no augmentation). For
+    the libraries in `_RELEASE_SHORT_SIDE_RATIO` (VAR) the short side goes to the release's larger size and the
+    resize and crop run on the PIL image, as the release does; the others keep resizing the uint8 tensor
+    straight to `image_size` (changing their filter would change the pixels of every existing run).
     """
     if spec.interpolation not in _INTERPOLATIONS:
         raise unknown_choice(f"interpolation (tokenizer {spec.name!r})", spec.interpolation, _INTERPOLATIONS)
-    return T.Compose(
-        [
-            T.ToImage(),
-            T.RGB(),
-            T.Resize(spec.image_size, interpolation=_INTERPOLATIONS[spec.interpolation], antialias=True),
-            T.CenterCrop(spec.image_size),
-            T.ToDtype(torch.float32, scale=True),
-            T.Normalize(mean=list(spec.mean), std=list(spec.std)),
-        ]
+    resize = T.Resize(
+        release_short_side(spec), interpolation=_INTERPOLATIONS[spec.interpolation], antialias=True
     )
+    crop = T.CenterCrop(spec.image_size)
+    # RGB before the resize: a palette or grey image is filtered in RGB, as the release's `convert("RGB")` does
+    framing = (
+        [T.RGB(), resize, crop, _to_unit_range]
+        if spec.library in _RELEASE_SHORT_SIDE_RATIO
+        else [T.ToImage(), T.RGB(), resize, crop, T.ToDtype(torch.float32, scale=True)]
+    )
+    # for mean = std = 0.5 this is bit-for-bit VAR's x * 2 - 1: both round the same exact value 2x - 1
+    return T.Compose([*framing, T.Normalize(mean=list(spec.mean), std=list(spec.std))])

@@ -13,9 +13,10 @@ The module tree and parameter names follow the official `VQVAE` (encoder, decode
 post_quant_conv, quantize.{embedding, quant_resi.qresi_ls, ema_vocab_hit_SV}), so the released
 `vae_ch160v4096z32.pth` (Hugging Face `FoundationVision/var`) loads with `strict=True`.
 
-Input: 256 px images in [-1, 1] (mean 0.5, std 0.5). The official evaluation transform resizes the short
-side to 288 px (1.125 x 256, Lanczos) before the 256 px centre crop; vlmlab's shared transform resizes
-straight to 256 px (Lanczos), keeping a little more of the image. `decode` returns images in [-1, 1].
+Input: 256 px images in [-1, 1] (mean 0.5, std 0.5). `build_image_transform` reproduces the official
+evaluation transform bit for bit: the PIL image's short side to round(1.125 x 256) = 288 px (Lanczos), the
+256 px centre crop, `ToTensor`, x * 2 - 1 (other image sizes scale by the same 1.125). `decode` returns images
+in [-1, 1].
 """
 
 from __future__ import annotations
@@ -247,10 +248,18 @@ class MultiScaleQuantizer(nn.Module):
         # codebook-usage statistics of VAE training; kept only because the released file contains them
         self.register_buffer("ema_vocab_hit_SV", torch.zeros(len(config.patch_nums), config.vocab_size))
 
-    def _upsampled(self, entries: torch.Tensor, scale: int, size: int) -> torch.Tensor:
-        """Scale `scale`'s entries `[B, C, pn, pn]` at the full latent size, refined by phi."""
+    def _upsampled(self, entries: torch.Tensor, scale: int, size: int, contiguous: bool) -> torch.Tensor:
+        """Scale `scale`'s entries `[B, C, pn, pn]` at the full latent size, refined by phi.
+
+        The entries arrive as a channels-last view of the embedding lookup. The official encoder
+        (`f_to_idxBl_or_fhat`) makes the upsampled map contiguous before phi, its decoder (`embed_to_fhat`)
+        does not; the conv then runs a different kernel and rounds differently (about 1e-6 on the released
+        VAE), enough to flip an id at a near-tie. `contiguous` picks which of the two this call reproduces.
+        """
         if scale != len(self.patch_nums) - 1:
             entries = F.interpolate(entries, size=(size, size), mode="bicubic")
+        if contiguous:
+            entries = entries.contiguous()
         return self.quant_resi(entries, scale)
 
     def ids(self, latent: torch.Tensor) -> list[torch.Tensor]:
@@ -269,7 +278,7 @@ class MultiScaleQuantizer(nn.Module):
                 batch, pn * pn
             )
             entries = F.embedding(ids, codebook).transpose(1, 2).reshape(batch, channels, pn, pn)
-            residual = residual - self._upsampled(entries, scale, size)
+            residual = residual - self._upsampled(entries, scale, size, contiguous=True)
             per_scale.append(ids)
         return per_scale
 
@@ -278,7 +287,7 @@ class MultiScaleQuantizer(nn.Module):
         size, total = self.patch_nums[-1], None
         for scale, (pn, ids) in enumerate(zip(self.patch_nums, per_scale)):
             entries = self.embedding(ids).transpose(1, 2).reshape(ids.shape[0], -1, pn, pn)
-            contribution = self._upsampled(entries, scale, size)
+            contribution = self._upsampled(entries, scale, size, contiguous=False)
             total = contribution if total is None else total + contribution
         return total
 
