@@ -548,16 +548,19 @@ def test_sbatch_script_runs_a_stage_with_awkward_paths(tmp_path: Path) -> None:
             assert done.returncode == 0 and "done already" in done.stdout
 
 
-def test_quickstart_sweep_covers_three_fusions_two_recipes_three_stages():
+def test_quickstart_sweep_covers_three_fusions_two_recipes_and_cuts_frozen_points_short():
     from vlmlab.sweep.expand import expand
     from vlmlab.sweep.spec import load_sweep
 
     dag = expand(load_sweep(str(Path(__file__).resolve().parent.parent / "sweeps" / "quickstart.yaml")))
     counts = dag.to_json()["counts"]
-    # stage 1: {joint_decoder, cross_attention} x 2 stage-1 tokenizer states = 4 (MoT reuses Joint-Decoder's);
-    # stage 2: 3 fusions x 2 recipes = 6; stage 3: one per stage-2 run = 6
-    assert counts["by_stage"] == {"1": 4, "2": 6, "3": 6}
+    # stage 1: {joint_decoder, cross_attention}, the tokenizer frozen in both recipes = 2 (MoT reuses Joint-
+    # Decoder's); stage 2: 3 fusions x 2 recipes = 6; stage 3: only the 3 unfreeze-lm runs, because text-only
+    # data trains nothing with the language model frozen: all-frozen points end at stage 2 (cut short, not removed)
+    assert counts["by_stage"] == {"1": 2, "2": 6, "3": 3}
     assert counts["by_stage_and_fusion"]["2"] == {"joint_decoder": 2, "cross_attention": 2, "mot": 2}
+    assert {run.config["train"]["freeze"] for run in dag if run.stage == 3} == {"unfreeze-lm"}
+    assert sum(dag.skipped.values()) == 3 and all(r.startswith("stage 3 left out") for r in dag.skipped)
 
 
 def test_lomo_sweeps_cover_tables_2_to_5_and_share_runs() -> None:

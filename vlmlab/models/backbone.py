@@ -134,6 +134,8 @@ def build_backbone(
     try:
         saved = Qwen3Config.from_pretrained(weights)
         _check_architecture(spec, saved, weights)
+        # a tied file has no lm_head entry: load it tied (not "missing, newly initialised"), then untie below
+        config.tie_word_embeddings = saved.tie_word_embeddings
         model = Qwen3ForCausalLM.from_pretrained(
             weights, config=config, attn_implementation=attn_implementation, dtype=torch.float32
         )

@@ -96,5 +96,5 @@ def add_quickstart_command(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", default="quickstart_out", help="where data, runs and the report go")
     parser.add_argument("--parallel", type=int, default=2, help="runs trained at a time")
-    parser.add_argument("--num-eval", type=int, default=200, help="held-out samples per split and modality")
+    parser.add_argument("--num-eval", type=int, default=300, help="held-out samples per split and modality")
     parser.set_defaults(func=_quickstart)

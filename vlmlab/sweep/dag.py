@@ -136,7 +136,7 @@ class SweepDag:
         lines.append("")
         lines.append(
             f"grid: {self.points} points, {self.excluded} excluded by the file, "
-            f"{sum(self.skipped.values())} left out by the paper's rules"
+            f"{sum(self.skipped.values())} left out or cut short by the paper's rules"
         )
         for reason, count in sorted(self.skipped.items()):
             lines.append(f"  {count} x {reason}")

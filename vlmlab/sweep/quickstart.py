@@ -1,41 +1,116 @@
 """`vlmlab quickstart`: the main job on a laptop-class CPU, nothing downloaded.
 
 1. generates the held-out synthetic data (SpatialMap test and OOD splits as webdataset shards);
-2. runs `sweeps/quickstart.yaml` on the local backend: 3 fusions x 2 freezing recipes through all three
-   stages (stage 1 captions, stage 2 VQA, stage 3 the text-only version), tiny random models;
-3. evaluates every stage-2 ("No Train") and stage-3 model on the VQA and TQA versions of the test and
+2. trains the tiny Qwen3 once as a text-only language model and saves it in the released layout: the
+   stand-in for the pretrained Qwen3 every run of the paper starts from (vlmlab/train/text_pretrain.py);
+3. runs `sweeps/quickstart.yaml` on the local backend: 3 fusions x 2 freezing recipes through all three
+   stages (stage 1 captions with the language model frozen, stage 2 VQA, stage 3 the text-only version);
+4. evaluates every stage-2 ("No Train") and stage-3 model on the VQA and TQA versions of the test and
    OOD splits (the cross-modality transfer protocol, section 4);
-4. gathers the records into the transfer table (chance level beside every number) and its figure.
+5. gathers the records into the transfer tables (chance and trivial baselines beside every number, 95 %
+   intervals) and their figures, and ends with a two-line reading: which design choices differ beyond
+   their intervals, and which do not.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
+import multiprocessing
 import os
 import sys
 import time
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from vlmlab.paths import config_root
 
-EVAL_DIFFICULTY = {"spatialmap": {"test": {"num_objects": 2}, "ood": {"num_objects": 3}}}
+# The quickstart's SpatialMap: two objects in distribution, three out of distribution, drawn twice the
+# paper's size so that each object covers whole 16-px patches of the tiny ViT's 64-px input.
+OBJECT_SCALE = 2.0
+EVAL_DIFFICULTY = {
+    "spatialmap": {
+        "test": {"num_objects": 2, "object_scale": OBJECT_SCALE},
+        "ood": {"num_objects": 3, "object_scale": OBJECT_SCALE},
+    }
+}
+AXES = {"fusion": "model.fusion", "freezing": "train.freeze"}
+FUSION_NAMES = {"joint_decoder": "Joint-Decoder", "cross_attention": "Cross-Attention", "mot": "MoT"}
 
 
-def run_quickstart(out: Path, parallel: int = 2, num_eval: int = 200) -> int:
+def text_corpus(seed: int = 0) -> Iterator[str]:
+    """The pretraining text: captions of all three tasks and the text versions of Grid and Ring.
+
+    SpatialMap's text version is left out on purpose: it is the transfer study's held-out task, so the
+    language model must not have read its questions before stage 3.
+    """
+    from vlmlab.data.samples import CAPTION_INSTRUCTION, synthetic_to_sample
+    from vlmlab.data.synthetic.generate import build_sample, resolve_params
+
+    kinds = [
+        ("spatialmap", "caption"),
+        ("grid", "caption"),
+        ("ring", "caption"),
+        ("grid", "tqa"),
+        ("ring", "tqa"),
+    ]
+    params = {task: resolve_params(task, "train") for task, _ in kinds}
+    params["spatialmap"] = resolve_params("spatialmap", "train", num_objects=[2, 3])
+    for index in itertools.count():
+        for task, mode in kinds:
+            raw = build_sample(task, "train", index, seed, 64, params[task], image=False)
+            if mode == "caption":
+                yield f"{CAPTION_INSTRUCTION}\n{raw['caption']}"
+            else:
+                sample = synthetic_to_sample(raw, "tqa")
+                yield f"{sample['prompt']}\n{sample['response']}"
+
+
+def write_sweep(out: Path, backbone_weights: Path) -> Path:
+    """The sweep the quickstart runs: sweeps/quickstart.yaml, starting from the pretrained text model."""
+    sweep = {
+        "extends": str(config_root().parent / "sweeps" / "quickstart.yaml"),
+        "base": [
+            str(config_root() / "model" / "tiny.yaml"),
+            {"model": {"backbone_weights": str(backbone_weights.resolve())}},
+        ],
+    }
+    path = out / "quickstart.yaml"
+    from vlmlab.files import atomic_write_text
+
+    atomic_write_text(path, "# written by `vlmlab quickstart`\n" + json.dumps(sweep, indent=1) + "\n")
+    return path
+
+
+def run_quickstart(out: Path, parallel: int = 2, num_eval: int = 300) -> int:
     from vlmlab.cli import main as cli
     from vlmlab.data.synthetic import write_split
-    from vlmlab.eval.transfer import evaluate_transfer
+    from vlmlab.train.text_pretrain import TextPretraining, pretrained_text_backbone
 
     started = time.time()
     out = Path(out)
-    sweep_file = config_root().parent / "sweeps" / "quickstart.yaml"
-    print(f"[1/4] held-out data: SpatialMap test (2 objects) and OOD (3 objects), {num_eval} samples each")
+    print(f"[1/5] held-out data: SpatialMap test (2 objects) and OOD (3 objects), {num_eval} samples each")
     for split, knobs in EVAL_DIFFICULTY["spatialmap"].items():
         files = write_split(
             "spatialmap", split, out / "data", num=num_eval, image_size=64, progress=True, **knobs
         )
         print(f"      {files.count} samples -> {files.index}")
 
-    print(f"[2/4] training: {sweep_file.name} on the local backend, {parallel} run(s) at a time")
+    recipe = TextPretraining(backbone="qwen3-tiny", corpus="captions(spatialmap,grid,ring)+text(grid,ring)")
+    print(
+        f"[2/5] pretrained language model: qwen3-tiny as a text-only LM, {recipe.steps} steps x {recipe.batch_size} "
+        "texts (captions of all three tasks, text questions of Grid and Ring)"
+    )
+    folder, record = pretrained_text_backbone(recipe, text_corpus, out / "pretrained" / "qwen3-tiny-text")
+    print(
+        f"      loss {record['loss_first_steps']:.2f} -> {record['loss_last_steps']:.2f} "
+        f"({record['wall_seconds']:.0f} s) -> {folder}"
+    )
+
+    sweep_file = write_sweep(out, folder)
+    print(f"[3/5] training: sweeps/quickstart.yaml on the local backend, {parallel} run(s) at a time")
     if parallel > 1:  # tiny models: one thread per run, runs side by side, uses the cores best
         os.environ.setdefault("OMP_NUM_THREADS", "1")
     code = cli(
@@ -55,15 +130,17 @@ def run_quickstart(out: Path, parallel: int = 2, num_eval: int = 200) -> int:
         return code
 
     print(
-        f"[3/4] evaluation: VQA and TQA x test and OOD, {num_eval} samples each, every stage-2 and stage-3 model"
+        f"[4/5] evaluation: VQA and TQA x test and OOD, {num_eval} samples each, every stage-2 and stage-3 model"
     )
     runs = sorted(p.parent for p in (out / "runs").glob("stage[23]/*/result.json"))
-    for run in runs:
-        if not (run / "eval.json").exists():
-            evaluate_transfer(run, tasks=["spatialmap"], num_samples=num_eval, difficulty=EVAL_DIFFICULTY)
-        print(f"      {run.parent.name}/{run.name}")
+    todo = [run for run in runs if not (run / "eval.json").exists()]
+    # one single-threaded process per core, as in training (spawned: the parent has used torch's threads)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max(1, parallel), mp_context=context, initializer=_one_thread) as pool:
+        for run in pool.map(_evaluate, todo, itertools.repeat(num_eval)):
+            print(f"      {run.parent.name}/{run.name}")
 
-    print("[4/4] results")
+    print("[5/5] results")
     code = cli(
         [
             "results",
@@ -76,6 +153,87 @@ def run_quickstart(out: Path, parallel: int = 2, num_eval: int = 200) -> int:
             str(out / "report"),
         ]
     )
+    records = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("stage2/*/eval.json"))]
+    print("\nReading (image questions, SpatialMap VQA in distribution, stage-2 models):")
+    for line in reading(records):
+        print(f"  {line}")
     minutes = (time.time() - started) / 60
     print(f"\nquickstart finished in {minutes:.1f} min; tables and figures in {out / 'report'}")
     return code
+
+
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _evaluate(run: Path, num_eval: int) -> Path:
+    from vlmlab.eval.transfer import evaluate_transfer
+
+    evaluate_transfer(run, tasks=["spatialmap"], num_samples=num_eval, difficulty=EVAL_DIFFICULTY)
+    return run
+
+
+def _dotted(mapping: Mapping[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        mapping = mapping.get(part, {}) if isinstance(mapping, Mapping) else {}
+    return mapping
+
+
+def _label(axis: str, value: Any) -> str:
+    return FUSION_NAMES.get(value, str(value)) if axis == "fusion" else str(value)
+
+
+def _cell(cell: Mapping[str, Any]) -> str:
+    low, high = cell["ci"]
+    return f"{100 * cell['score']:.1f} % [{100 * low:.1f}, {100 * high:.1f}]"
+
+
+def reading(
+    records: Sequence[Mapping[str, Any]], task: str = "spatialmap", metric: tuple[str, str] = ("vqa", "ind")
+) -> list[str]:
+    """Two lines from the stage-2 evaluation records: the best configuration against chance and the design
+    choices whose 95 % intervals separate; then the choices whose intervals overlap (no effect shown).
+
+    Pairs are compared along one axis with every other axis held fixed, so a difference is attributable to
+    that axis alone.
+    """
+    points = []
+    for record in records:
+        cell = _dotted(record.get("metrics", {}), f"{task}.{metric[0]}.{metric[1]}")
+        if not isinstance(cell, Mapping) or "ci" not in cell:
+            continue
+        values = {axis: _dotted(record["config"], key) for axis, key in AXES.items()}
+        points.append((values, cell))
+    if not points:
+        return ["no evaluated stage-2 runs to read", ""]
+    chance = _dotted(records[0].get("chance", {}), f"{task}.{metric[0]}.{metric[1]}")
+    best_values, best = max(points, key=lambda point: point[1]["score"])
+    name = " / ".join(_label(axis, value) for axis, value in best_values.items())
+    above = best["ci"][0] > chance if isinstance(chance, float) else None
+    first = f"best: {name} {_cell(best)} against {100 * chance:.0f} % chance" + (
+        " (interval above chance)" if above else " (interval includes chance)"
+    )
+    separated, overlapping = [], []
+    for axis in AXES:
+        others = [a for a in AXES if a != axis]
+        for (va, ca), (vb, cb) in itertools.combinations(points, 2):
+            if va[axis] == vb[axis] or any(va[o] != vb[o] for o in others):
+                continue
+            (va, ca), (vb, cb) = sorted([(va, ca), (vb, cb)], key=lambda p: -p[1]["score"])
+            fixed = ", ".join(_label(o, va[o]) for o in others)
+            text = f"{_label(axis, va[axis])} {_cell(ca)} vs {_label(axis, vb[axis])} {_cell(cb)} ({fixed})"
+            (separated if ca["ci"][0] > cb["ci"][1] else overlapping).append((axis, text))
+    if separated:
+        first += "; differ beyond their intervals: " + "; ".join(text for _, text in separated)
+    else:
+        first += "; no two configurations differ beyond their 95 % intervals"
+    if overlapping:
+        axes = sorted({axis for axis, _ in overlapping})
+        second = f"no effect shown ({', '.join(axes)}: intervals overlap): " + "; ".join(
+            t for _, t in overlapping
+        )
+    else:
+        second = "every compared pair differs beyond its intervals"
+    return [first, second]

@@ -26,6 +26,7 @@ from vlmlab.data.synthetic.objects import (
     object_record,
     sample_objects,
 )
+from vlmlab.errors import ConfigError
 
 RELATIONS = ("Northeast", "Northwest", "Southeast", "Southwest")
 OPPOSITE = {
@@ -54,7 +55,15 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
         NUM_OBJECT_KINDS,
         f"SpatialMap needs two objects for a query and at most {NUM_OBJECT_KINDS} distinct colour-shape pairs",
     )
-    return {"num_objects": [lo, hi] if lo != hi else lo}
+    checked: dict[str, Any] = {"num_objects": [lo, hi] if lo != hi else lo}
+    scale = params.get("object_scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.5 <= scale <= 4:
+        raise ConfigError(
+            f"object_scale {scale!r} is invalid. Valid choices: a number from 0.5 to 4 (1 = paper size)."
+        )
+    if scale != 1:  # left out at the paper's size, so default samples stay byte-identical
+        checked["object_scale"] = float(scale)
+    return checked
 
 
 def _count(value: Any, rng: random.Random) -> int:
@@ -213,6 +222,8 @@ def make_example(rng: random.Random, layout: Layout, params: dict[str, Any]) -> 
         "query": {"object": names[q], "reference": names[r]},
         "path_length": len(used),
     }
+    if "object_scale" in params:
+        meta["object_scale"] = params["object_scale"]
     return {
         "question": question,
         "question_direct": question_direct,
@@ -224,14 +235,15 @@ def make_example(rng: random.Random, layout: Layout, params: dict[str, Any]) -> 
     }
 
 
-def object_radius(num_objects: int) -> float:
-    """Normalised radius: small enough that diagonal neighbours (>= 0.7 slot apart per axis) never touch."""
-    return min(0.34 * (1.0 - 2 * MARGIN) / num_objects, 0.08)
+def object_radius(num_objects: int, scale: float = 1.0) -> float:
+    """Normalised radius: the paper-like size (0.08) times `scale`, capped so that diagonal neighbours
+    (>= 0.7 slot apart per axis) never touch."""
+    return min(0.34 * (1.0 - 2 * MARGIN) / num_objects, 0.08 * scale)
 
 
 def render(meta: dict[str, Any], size: int) -> Image.Image:
     image, draw = new_canvas(size)
-    radius = max(1.5, object_radius(len(meta["objects"])) * size)
+    radius = max(1.5, object_radius(len(meta["objects"]), meta.get("object_scale", 1.0)) * size)
     for obj in meta["objects"]:
         x, y = obj["center"]
         draw_object(draw, _KIND[obj["name"]], x * size, y * size, radius)
@@ -255,7 +267,11 @@ def caption(meta: dict[str, Any]) -> str:
 SPEC = TaskSpec(
     name="spatialmap",
     title="SpatialMap",
-    split_defaults={"train": {"num_objects": 7}, "test": {"num_objects": 7}, "ood": {"num_objects": 8}},
+    split_defaults={
+        "train": {"num_objects": 7, "object_scale": 1.0},
+        "test": {"num_objects": 7, "object_scale": 1.0},
+        "ood": {"num_objects": 8, "object_scale": 1.0},
+    },
     check_params=check_params,
     sample_layout=sample_layout,
     layout_key=layout_key,
