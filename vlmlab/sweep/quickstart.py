@@ -25,6 +25,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from vlmlab.eval.results import get_dotted
+from vlmlab.files import atomic_write_text
 from vlmlab.paths import config_root
 
 # The quickstart's SpatialMap: two objects in distribution, three out of distribution, drawn twice the
@@ -78,8 +80,6 @@ def write_sweep(out: Path, backbone_weights: Path) -> Path:
         ],
     }
     path = out / "quickstart.yaml"
-    from vlmlab.files import atomic_write_text
-
     atomic_write_text(path, "# written by `vlmlab quickstart`\n" + json.dumps(sweep, indent=1) + "\n")
     return path
 
@@ -175,12 +175,6 @@ def _evaluate(run: Path, num_eval: int) -> Path:
     return run
 
 
-def _dotted(mapping: Mapping[str, Any], key: str) -> Any:
-    for part in key.split("."):
-        mapping = mapping.get(part, {}) if isinstance(mapping, Mapping) else {}
-    return mapping
-
-
 def _label(axis: str, value: Any) -> str:
     return FUSION_NAMES.get(value, str(value)) if axis == "fusion" else str(value)
 
@@ -201,20 +195,23 @@ def reading(
     """
     points = []
     for record in records:
-        cell = _dotted(record.get("metrics", {}), f"{task}.{metric[0]}.{metric[1]}")
+        cell = get_dotted(record.get("metrics", {}), f"{task}.{metric[0]}.{metric[1]}")
         if not isinstance(cell, Mapping) or "ci" not in cell:
             continue
-        values = {axis: _dotted(record["config"], key) for axis, key in AXES.items()}
+        values = {axis: get_dotted(record["config"], key) for axis, key in AXES.items()}
         points.append((values, cell))
     if not points:
         return ["no evaluated stage-2 runs to read", ""]
-    chance = _dotted(records[0].get("chance", {}), f"{task}.{metric[0]}.{metric[1]}")
+    chance = get_dotted(records[0].get("chance", {}), f"{task}.{metric[0]}.{metric[1]}")
     best_values, best = max(points, key=lambda point: point[1]["score"])
     name = " / ".join(_label(axis, value) for axis, value in best_values.items())
-    above = best["ci"][0] > chance if isinstance(chance, float) else None
-    first = f"best: {name} {_cell(best)} against {100 * chance:.0f} % chance" + (
-        " (interval above chance)" if above else " (interval includes chance)"
-    )
+    if isinstance(chance, float):
+        above = best["ci"][0] > chance
+        first = f"best: {name} {_cell(best)} against {100 * chance:.0f} % chance" + (
+            " (interval above chance)" if above else " (interval includes chance)"
+        )
+    else:  # records without a chance level (no options to guess among)
+        first = f"best: {name} {_cell(best)}"
     separated, overlapping = [], []
     for axis in AXES:
         others = [a for a in AXES if a != axis]
