@@ -36,3 +36,25 @@ TABLE_13 = {"steps": 10860, "global_batch_size": 1536, "warmup": 750, "adapter_l
 FIGURE_2_BACKBONES = ("Qwen3-0.6B", "Qwen3-1.7B", "Qwen3-4B")
 FIGURE_2_TOKENIZERS = ("SigLIP 2", "DINOv3")
 FIGURE_2_SETUPS = {"Joint-Decoder": ("joint_decoder", True), "MoT (F)": ("mot", False)}
+
+# Appendix B: the open-weight VLMs (SFT on VQA or TQA of each dataset; Tables 8-9) and the two fine-tuned
+# with RL as well, on the image version only (Tables 10-11).
+APPENDIX_B_MODELS = ("Qwen2.5-VL-7B", "Qwen2.5-VL-3B", "InternVL3-8B", "Gemma-3-4B", "Kimi-VL-A3B")
+APPENDIX_B_RL_MODELS = ("Qwen2.5-VL-7B", "Qwen2.5-VL-3B")
+APPENDIX_B_DATASETS = ("spatialmap", "grid", "ring")
+# Table 15 (Appendix D.4): SFT and RL hyper-parameters; section 4: 4,500 training samples per dataset.
+TABLE_15 = {
+    "sft": {"lr": 1e-6, "betas": (0.9, 0.999), "warmup": 0, "schedule": "cosine", "epochs": 1, "batch": 64},
+    "rl": {
+        "lr": 1e-6,
+        "betas": (0.9, 0.999),
+        "warmup": 0,
+        "schedule": "constant",
+        "epochs": 15,
+        "batch": 128,
+        "rollout_batch": 128,
+        "samples_per_prompt": 5,
+        "kl": 1e-3,
+    },
+}
+TRAIN_SAMPLES_PER_DATASET = 4500

@@ -17,6 +17,7 @@ from vlmlab.errors import ConfigError, closest, unknown_choice
 FUSION_NAMES = ("joint_decoder", "cross_attention", "mot")
 # where the gated cross-attention layers sit among the decoder layers (vlmlab/models/fusion/cross_attention.py)
 CROSS_ATTENTION_LAYOUTS = ("every", "llama32")
+TRAIN_METHODS = ("sft", "grpo", "eval")
 
 
 @dataclass
@@ -37,6 +38,13 @@ class ModelConfig:
     adapter_hidden: int | None = None  # MLP adapter hidden width; None = the backbone's hidden size
     attn_implementation: str = "sdpa"  # eager | sdpa | flash_attention_2
     gradient_checkpointing: bool = False
+    # An open-weight VLM (Hugging Face image-text-to-text model: local folder or hub id) trained and evaluated
+    # as it is, through its own processor and chat template (vlmlab/models/open_weight.py, paper Appendix B);
+    # when set, backbone / tokenizer / fusion / adapter above are not used.
+    open_weight: str | None = None
+    # Open-weight models (as written in `open_weight`) whose own repository code may run (transformers'
+    # trust_remote_code, e.g. Kimi-VL); naming them keeps any other model from running downloaded code.
+    trust_remote_code: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # checked on loading, so a sweep's expansion (which loads every stage config and axis value) stops
@@ -134,6 +142,36 @@ class TrainConfig:
     output_dir: str = "runs/default"
     keep_resume_state: bool = False  # keep checkpoints/last.ckpt (optimizer state) after the run is done
     log_every_n_steps: int = 10
+    # sft: next-token loss on the data stream (Lightning) | grpo: reinforcement learning with the binary
+    # final-answer reward (TRL's GRPOTrainer, vlmlab/train/grpo.py; settings under `rl`) | eval: no training,
+    # the starting weights are evaluated (the "Base" columns of Tables 8-11)
+    method: str = "sft"
+    # after the run, the transfer protocol (vlmlab.eval.transfer: both modalities, InD and OOD) on the
+    # synthetic task(s) the run trained on, this many samples per setting, into eval.json; 0 = not run
+    transfer_eval_samples: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in TRAIN_METHODS:
+            raise unknown_choice("training method (train.method)", self.method, TRAIN_METHODS)
+
+
+@dataclass
+class RLConfig:
+    """GRPO (train.method: grpo), paper Appendix D.4 Table 15. The paper's batch sizes count prompts (verl):
+    `prompts_per_step` prompts are rolled out `num_generations` times each and their completions make one
+    optimizer step, so every step is on-policy."""
+
+    lr: float = 1.0e-6  # constant, AdamW with optim.betas, no warmup
+    epochs: int = 15  # passes over the training prompts (data.train's fixed split)
+    prompts_per_step: int = 128  # training batch = rollout batch (Table 15)
+    num_generations: int = 5  # samples per prompt
+    kl_coef: float = 1.0e-3  # beta of the KL penalty to the starting model
+    temperature: float = 1.0  # sampling temperature of the rollouts
+    max_completion_length: int = 256  # tokens per sampled completion
+    micro_batch_size: int = 8  # completions per device per forward/backward
+    max_steps: int | None = None  # stop after this many optimizer steps (None: the epochs decide)
+    eval_every_n_steps: int | None = None  # validation (data.val) for the best checkpoint; None = per epoch
+    use_vllm: bool = False  # generate the rollouts with vLLM (GPU only; TRL's colocate mode)
 
 
 @dataclass
@@ -142,6 +180,7 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
 
 
 def check_keys(data: Any, schema: type, where: str = "") -> None:
@@ -179,6 +218,7 @@ _SCHEMAS: dict[str, type] = {
     "DataConfig": DataConfig,
     "OptimConfig": OptimConfig,
     "TrainConfig": TrainConfig,
+    "RLConfig": RLConfig,
     "ExperimentConfig": ExperimentConfig,
 }
 

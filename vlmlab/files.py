@@ -48,3 +48,19 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "fsync_file", "shareable"]
+
+
+def replace_folder(tmp: str | os.PathLike, folder: str | os.PathLike) -> None:
+    """Put the complete folder `tmp` in the place of `folder` (renames: a reader sees the old or the new one,
+    never a mix; the old one is removed afterwards)."""
+    import shutil
+
+    tmp, folder = Path(tmp), Path(folder)
+    if folder.exists():
+        old = folder.with_name(f".{folder.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, folder)

@@ -329,6 +329,10 @@ class _Reader:
                 encoded_rows.append(encoded_row)
         if not encoded_rows:
             return None
+        if hasattr(
+            encoder, "collate"
+        ):  # an open-weight model's processor layout (vlmlab/data/chat_encode.py)
+            return encoder.collate(encoded_rows, self.stream.packing)
         if self.stream.packing:
             return collate_packed(encoded_rows, encoder.max_length, encoder.pad_id)
         return collate_padded([row[0] for row in encoded_rows], encoder.pad_id)

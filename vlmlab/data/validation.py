@@ -72,9 +72,8 @@ def build_val_set(
             continue
         items.append(
             {
+                **encoded,  # input_ids, pixel_values (and an open-weight processor's other tensors)
                 "id": sample["id"],
-                "input_ids": encoded["input_ids"],
-                "pixel_values": encoded["pixel_values"],
                 "answer": sample["answer"],
                 "options": sample.get("options"),
                 "answers": sample.get("answers"),  # every reference answer (official metrics)

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from vlmlab.data.chat_encode import collate_chat
 from vlmlab.data.synthetic.prompts import extract_final_answer
 from vlmlab.data.validation import collate_prompts
 from vlmlab.eval.intervals import interval, is_binary
@@ -74,7 +75,18 @@ def generate_texts(
         batches += [[lockstep_filler]] * (_max_over_ranks(len(batches)) - len(batches))
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
     texts: list[str] = []
+    open_weight = hasattr(model, "generate_batch")  # a HF model: its processor's tensors, its generate()
     for batch_items in batches:
+        if open_weight:
+            chat = collate_chat(
+                [{k: v for k, v in item.items() if isinstance(v, torch.Tensor)} for item in batch_items],
+                text_tokenizer.pad_token_id,
+                left_pad=True,
+            )
+            with autocast:
+                outputs = model.generate_batch(chat, max_new_tokens, stops, synced=lockstep)
+            texts += [text_tokenizer.decode(tokens, skip_special_tokens=True) for tokens in outputs]
+            continue
         batch = collate_prompts(batch_items, text_tokenizer.pad_token_id)
         pixels = batch.get("pixel_values")
         with autocast:

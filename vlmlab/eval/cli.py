@@ -1,6 +1,6 @@
 """`vlmlab results`: gather a sweep's evaluation records into the paper's tables and figures.
 
-    vlmlab results DIR [--out OUTDIR] [--layout {design,transfer,scaling}] [--group-by KEY,...]
+    vlmlab results DIR [--out OUTDIR] [--layout {design,transfer,scaling,open_weight}] [--group-by KEY,...]
                        [--pivot KEY] [--where KEY=V1,V2 ...] [--format md,csv,tex] [--stage N]
                        [--partial-averages] [--x-key KEY] [--no-fill] [--no-plot]
 
@@ -10,6 +10,11 @@ Examples:
     vlmlab results runs/sweep1 --group-by train.freeze --pivot model.fusion --where model.tokenizer=clip,aimv2,siglip2
     vlmlab results runs/transfer --layout transfer               # Tables 6-7 + Figures 4-5
     vlmlab results runs/scaling --layout scaling                 # Figure 2
+    vlmlab results runs/open --layout open_weight                # Tables 8-11 (open-weight VLMs)
+
+The open_weight layout reads records whose config names config.model.open_weight (train.method eval = the
+base model, sft, grpo = RL) and writes open_weight_sft_vqa (Table 8), open_weight_sft_tqa (Table 9) and
+open_weight_rl_<model> (Tables 10-11, one per model with a grpo run); its --group-by is the one model key.
 
 Tables are written as OUTDIR/<name>.{md,csv,tex} (default OUTDIR: DIR/report), figures as OUTDIR/<name>.png,
 and the Markdown is printed.
@@ -25,7 +30,7 @@ from typing import Any
 from vlmlab.errors import ConfigError, unknown_choice
 
 FORMATS = ("md", "csv", "tex")
-LAYOUTS = ("design", "transfer", "scaling")
+LAYOUTS = ("design", "transfer", "scaling", "open_weight")
 
 
 def _split_list(text: str | None) -> list[str]:
@@ -112,6 +117,23 @@ def run_results(args: argparse.Namespace) -> int:
                 figures.append(plots.plot_transfer(table.collapse(1), out / f"{table.name}.png"))
         if not tables:
             raise ConfigError(f"No transfer scores under {str(args.dir)!r}.")
+    elif args.layout == "open_weight":  # Tables 8-11: no figures
+        if len(group_by) != 1:
+            raise ConfigError(
+                f"--layout open_weight takes one --group-by key (the model, default "
+                f"{results.OPEN_WEIGHT_KEY}), got {','.join(group_by)!r}."
+            )
+        try:
+            tables += results.open_weight_tables(
+                records,
+                where=where,
+                model_key=group_by[0],
+                modality_key=args.train_modality_key,
+                task_key=args.train_task_key,
+                fill_missing=not args.no_fill,
+            )
+        except ConfigError as error:
+            raise ConfigError(f"{str(args.dir)!r}: {error}") from None
     else:
         table = results.scaling_table(
             records,
@@ -150,7 +172,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "--group-by",
         default=None,
         help="comma-separated dotted config keys defining the rows (default depends on --layout; "
-        "design/scaling: model.tokenizer,model.fusion,train.freeze; transfer: model.tokenizer,model.fusion)",
+        "design/scaling: model.tokenizer,model.fusion,train.freeze; transfer: model.tokenizer,model.fusion; "
+        "open_weight: model.open_weight, the one model key)",
     )
     parser.add_argument(
         "--pivot", default=None, help="design layout: config key whose values become column groups"
@@ -173,12 +196,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--train-modality-key",
         default="data.train.0.mode",
-        help="transfer layout: config key holding a stage-3 run's training modality (vqa|tqa)",
+        help="transfer/open_weight layouts: config key holding a run's training modality (vqa|tqa)",
     )
     parser.add_argument(
         "--train-task-key",
         default="data.train.0.task",
-        help="transfer layout: config key holding a stage-3 run's synthetic task",
+        help="transfer/open_weight layouts: config key holding a run's synthetic task",
     )
     parser.add_argument(
         "--no-fill",

@@ -41,6 +41,14 @@ Records of stage < 3 are the untrained stage-2 models ("No Train"); a stage-3 re
 fine-tuned on through its config, `data.train.0.mode` ("vqa" | "tqa") and `data.train.0.task` (the
 synthetic source of `vlmlab.config.DataSourceConfig`). Both key paths can be changed.
 
+Open-weight VLM records (Appendix B, Tables 8-11) are transfer records whose config names the model at
+`model.open_weight` (a hub id or folder, shown by its short name: the paper's for its five models) and how
+it was trained at `train.method`: "eval" (the base model, not trained), "sft" (also when absent, the
+config's default) or "grpo" (RL, the record of the best checkpoint), on the synthetic `data.train.0.task` and modality `data.train.0.mode`. A base record
+serves every dataset (its scores are looked up by the row's task), preferring the base records whose
+data.train.0.task is that dataset, averaged if several. Records without `model.open_weight` are ignored
+there.
+
 Tables
 ------
 `design_table` builds Tables 1-5 (per-benchmark columns, In-domain / Out-of-domain / overall averages,
@@ -48,7 +56,15 @@ rows grouped by config keys) and Table 2 (`pivot=` a key such as model.fusion: i
 groups of the three averages). `transfer_table` builds Tables 6-7 for one evaluation modality: rows
 tokenizer x fusion, columns task x {InD, OOD} x {No Train, same-modality, cross-modality}, plus a chance
 row and a row per trivial baseline (the records' `baselines`). `scaling_table` is the data behind
-Figure 2 (rows = series x backbone, the best value marked per backbone size). Every `Table` renders to
+Figure 2 (rows = series x backbone, the best value marked per backbone size). `open_weight_sft_table`
+builds Table 8 (fine-tuned on VQA; columns VQA InD/OOD then TQA InD/OOD) and Table 9 (on TQA; TQA columns
+first), rows dataset x model, each cell the SFT score with its change from the base model in parentheses
+("98.6 (+18.4)": points, sign always shown, the difference of the two values as displayed, so that the
+printed numbers add up; CSV: a `<column>_delta` column, two decimals), best per column within each
+dataset in bold; `open_weight_rl_table` builds Table 10/11 for one model: rows the four test splits,
+column groups per dataset {Base, SFT, RL}, SFT and RL with their change from Base, the higher of the two
+bold; `open_weight_tables` gives all of them (a Table 10/11 per model with a grpo record). A change needs
+the base score: without one the cell shows the score alone (and a note says so). Every `Table` renders to
 Markdown, CSV and LaTeX.
 
 Conventions (deliberate, so that missing work can never read as a result):
@@ -102,6 +118,9 @@ from vlmlab.eval.intervals import wilson
 __all__ = [
     "AVERAGE_LABELS",
     "DEFAULT_GROUP_BY",
+    "OPEN_WEIGHT_KEY",
+    "OPEN_WEIGHT_NAMES",
+    "TRAIN_METHOD_KEY",
     "TRANSFER_TASKS",
     "Column",
     "Evidence",
@@ -113,6 +132,10 @@ __all__ = [
     "get_dotted",
     "make_record",
     "metric_evidence",
+    "open_weight_name",
+    "open_weight_rl_table",
+    "open_weight_sft_table",
+    "open_weight_tables",
     "read_records",
     "scaling_table",
     "transfer_table",
@@ -136,6 +159,7 @@ DEFAULT_GROUP_BY: dict[str, tuple[str, ...]] = {
     "design": ("model.tokenizer", "model.fusion", "train.freeze"),
     "transfer": ("model.tokenizer", "model.fusion"),
     "scaling": ("model.tokenizer", "model.fusion", "train.freeze"),
+    "open_weight": ("model.open_weight",),  # the model; rows are dataset x model (Tables 8-9)
 }
 # Config paths that define a design point; if one varies inside a table row, the table says so.
 DESIGN_AXES = ("model.tokenizer", "model.fusion", "model.backbone", "train.freeze", "stage")
@@ -143,6 +167,18 @@ DESIGN_AXES = ("model.tokenizer", "model.fusion", "model.backbone", "train.freez
 TRAIN_MODALITY_KEY = "data.train.0.mode"
 TRAIN_TASK_KEY = "data.train.0.task"
 TRANSFER_TASKS = ("spatialmap", "grid", "ring")
+# Open-weight VLMs (Tables 8-11): the model (hub id or folder) and how it was trained (vlmlab.config)
+OPEN_WEIGHT_KEY = "model.open_weight"
+TRAIN_METHOD_KEY = "train.method"
+# The models the paper fine-tunes, by the last part of their hub id (lowercase), in its row order.
+OPEN_WEIGHT_NAMES = {
+    "qwen2.5-vl-7b-instruct": "Qwen2.5-VL-7B",
+    "qwen2.5-vl-3b-instruct": "Qwen2.5-VL-3B",
+    "internvl3-8b-hf": "InternVL3-8B",
+    "gemma-3-4b-it": "Gemma-3-4B",
+    "kimi-vl-a3b-instruct": "Kimi-VL-A3B",
+}
+_METHOD_ALIASES = {"eval": "eval", "base": "eval", "sft": "sft", "grpo": "grpo", "rl": "grpo"}
 TASK_NAMES = {"spatialmap": "SpatialMap", "grid": "Grid", "ring": "Ring"}
 MODALITIES = ("vqa", "tqa")
 _MODALITY_ALIASES = {"vqa": "vqa", "image": "vqa", "img": "vqa", "tqa": "tqa", "text": "tqa", "txt": "tqa"}
@@ -160,6 +196,7 @@ INTERVAL_NOTE = (
     "a cell averaging several results has the interval of their pooled samples where each records its "
     "0/1 outcomes on as many samples, and none otherwise."
 )
+DELTA_INTERVAL_NOTE = "An interval is the score's, not that of its change from base."
 
 # ---------------------------------------------------------------------------------------------------------
 # Records
@@ -548,6 +585,8 @@ class Column:
     label: str
     group: str | None = None
     mark_best: bool = True
+    # the cell shows its change from the row's `reference` value (Tables 8-11: from the base model)
+    delta: bool = False
 
 
 @dataclass
@@ -561,6 +600,18 @@ class Row:
     partial: set[str] = field(default_factory=set)
     kind: str = "data"  # "data", "chance" or "baseline" (a trivial baseline: no run behind it)
     evidence: dict[str, Evidence] = field(default_factory=dict)  # per column: n, interval, successes
+    # per column: the value the cell is compared with (Tables 8-11: the base model's score); a `delta`
+    # column shows the change from it, and nothing where it is absent
+    reference: dict[str, float] = field(default_factory=dict)
+
+    def change(self, key: str, digits: int = 1) -> float | None:
+        """The cell's change from its reference in points (%), from both values at `digits` decimals (as
+        displayed, so that the shown numbers add up); None where either is missing."""
+        value, reference = self.values.get(key), self.reference.get(key)
+        if value is None or reference is None or math.isnan(value) or math.isnan(reference):
+            return None
+        change = round(100 * value, digits) - round(100 * reference, digits)
+        return 0.0 if abs(change) < 0.5 * 10**-digits else change
 
     def interval(self, key: str) -> tuple[float, float] | None:
         """The 95 % interval (fractions) of the cell in column `key`, None where it has none."""
@@ -583,6 +634,9 @@ class Table:
     # A key whose values are compared separately when marking the best per column (the scaling table:
     # the best setup at each backbone size, not the largest backbone everywhere); None = the whole column.
     best_within: str | None = None
+    # Sets of column keys compared within each row instead of down the column (Tables 10-11: the higher of
+    # SFT and RL per dataset and test split); those columns are not compared down the column.
+    best_among: list[tuple[str, ...]] = field(default_factory=list)
 
     @property
     def key_labels(self) -> list[str]:
@@ -598,8 +652,9 @@ class Table:
         """Row indices holding the best value of each column, at display precision (ties all count)."""
         marks: dict[str, set[int]] = {}
         within = self.keys.index(self.best_within) if self.best_within in self.keys else None
+        among = {key for keys in self.best_among for key in keys}
         for column in self.columns:
-            if not column.mark_best:
+            if not column.mark_best or column.key in among:
                 continue
             shown = {
                 i: round(100 * row.values[column.key], 1)
@@ -616,6 +671,22 @@ class Table:
                 if len(block) >= 2:
                     top = max(block.values())
                     marks.setdefault(column.key, set()).update(i for i, v in block.items() if v == top)
+        for keys in self.best_among:
+            for i, row in enumerate(self.rows):
+                if row.kind != "data":
+                    continue
+                shown = {
+                    key: round(100 * row.values[key], 1)
+                    for key in keys
+                    if row.values.get(key) is not None
+                    and not math.isnan(row.values[key])
+                    and key not in row.partial
+                }
+                if len(shown) >= 2:
+                    top = max(shown.values())
+                    for key, value in shown.items():
+                        if value == top:
+                            marks.setdefault(key, set()).add(i)
         return marks
 
     def _cell(self, row: Row, column: Column, best: bool, style: str) -> str:
@@ -626,14 +697,25 @@ class Table:
         partial = column.key in row.partial
         ci = row.interval(column.key)
         shown_ci = f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci is not None else ""
+        change = row.change(column.key) if column.delta and style != "csv" else None
+        shown_change = f" ({change:+.1f})" if change is not None else ""
         if style == "md":
             text = f"**{text}**" if best else text
-            return text + ("†" if partial else "") + (f" {shown_ci}" if shown_ci else "")
+            return text + ("†" if partial else "") + shown_change + (f" {shown_ci}" if shown_ci else "")
         if style == "tex":
             text = rf"\textbf{{{text}}}" if best else text
             text += r"$^\dagger$" if partial else ""
+            text += shown_change.replace("(-", "($-$")
             return text + (rf" {{\scriptsize {shown_ci}}}" if shown_ci else "")
         return text
+
+    def _delta_cells(self, row: Row, column: Column) -> list[str]:
+        """CSV: the `_delta` cell of a `delta` column (change from the reference in points, two decimals,
+        empty without one); no cell for other columns."""
+        if not column.delta:
+            return []
+        change = row.change(column.key, 2) if row.kind == "data" else None
+        return [f"{change:.2f}" if change is not None else ""]
 
     def _interval_cells(self, row: Row, column: Column) -> list[str]:
         """CSV: the `_lo` and `_hi` cells of a value (in %, two decimals), empty without an interval."""
@@ -649,6 +731,8 @@ class Table:
         """The notes, with the interval convention added where the table shows an interval."""
         if not self.has_intervals() or INTERVAL_NOTE in self.notes:
             return list(self.notes)
+        if any(column.delta for column in self.columns):
+            return [*self.notes, INTERVAL_NOTE, DELTA_INTERVAL_NOTE]
         return [*self.notes, INTERVAL_NOTE]
 
     def _column_header(self, column: Column, sep: str = " ") -> str:
@@ -696,14 +780,22 @@ class Table:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         headers = [self._column_header(c, " / ") for c in self.columns]
-        interval_headers = [f"{header}{end}" for header in headers for end in ("", "_lo", "_hi")]
+        interval_headers = [
+            f"{header}{end}"
+            for header, column in zip(headers, self.columns)
+            for end in ("", "_lo", "_hi", *(("_delta",) if column.delta else ()))
+        ]
         writer.writerow([*self.key_labels, *interval_headers, "best", "partial"])
         for i, row in enumerate(self.rows):
             labels = [label if label != MISSING["md"] else "" for label in row.labels]
             cells = [
                 cell
                 for c in self.columns
-                for cell in (self._cell(row, c, False, "csv"), *self._interval_cells(row, c))
+                for cell in (
+                    self._cell(row, c, False, "csv"),
+                    *self._interval_cells(row, c),
+                    *self._delta_cells(row, c),
+                )
             ]
             best_in = [headers[j] for j, c in enumerate(self.columns) if i in best.get(c.key, ())]
             partial = [headers[j] for j, c in enumerate(self.columns) if c.key in row.partial]
@@ -793,7 +885,9 @@ class Table:
         dropped = ", ".join(self.key_labels[keep:])
         notes = [*self.notes, f"Averaged over {dropped}; a cell is empty unless every {dropped} has it."]
         within = self.best_within if self.best_within in self.keys[:keep] else None
-        return Table(self.name, self.title, self.keys[:keep], list(self.columns), rows, notes, within)
+        return Table(
+            self.name, self.title, self.keys[:keep], list(self.columns), rows, notes, within, self.best_among
+        )
 
     def render(self, fmt: str) -> str:
         """Render as "md", "csv" or "tex"."""
@@ -1362,3 +1456,355 @@ def transfer_table(
         rows,
         notes,
     )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Open-weight VLMs (Appendix B, Tables 8-11)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def open_weight_name(value: Any) -> str:
+    """A model's short name: the paper's for the five models it fine-tunes, else the last path part
+    ("Qwen/Qwen2.5-VL-7B-Instruct" -> "Qwen2.5-VL-7B", "/ckpt/my-vlm/" -> "my-vlm")."""
+    last = str(value).strip().rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
+    return OPEN_WEIGHT_NAMES.get(last.lower(), last)
+
+
+def _open_weight_order(name: str) -> tuple[Any, ...]:
+    known = list(OPEN_WEIGHT_NAMES.values())
+    return (0, known.index(name)) if name in known else (1, _natural(name.lower()))
+
+
+def _method(value: Any) -> str | None:
+    """A train.method value -> "eval" | "sft" | "grpo", or None when it is none of them."""
+    if value is None:  # vlmlab.config.TrainConfig's default
+        return "sft"
+    return _METHOD_ALIASES.get(str(value).strip().lower())
+
+
+def _open_weight_records(
+    records: Iterable[Mapping[str, Any]],
+    where: Mapping[str, Sequence[str]] | None,
+    model_key: str,
+    method_key: str,
+    notes: list[str],
+) -> list[tuple[str, str, Mapping[str, Any]]]:
+    """(model name, method, record) of the records with a model at `model_key` and transfer metrics."""
+    kept: list[tuple[str, str, Mapping[str, Any]]] = []
+    ids: dict[str, set[str]] = {}
+    unknown: set[str] = set()
+    for record in _filter(records, where):
+        model = _value(record, model_key)
+        if model is None or isinstance(model, bool) or not str(model).strip() or not _transfer_scores(record):
+            continue
+        method = _method(_value(record, method_key))
+        if method is None:
+            unknown.add(str(_value(record, method_key)))
+            continue
+        name = open_weight_name(model)
+        ids.setdefault(name, set()).add(str(model))
+        kept.append((name, method, record))
+    if unknown:
+        notes.append(f"Records with {method_key} = {', '.join(sorted(unknown))} are not tabulated.")
+    for name, paths in sorted(ids.items()):
+        if len(paths) > 1:
+            notes.append(f"{name} gathers the records of {', '.join(sorted(paths))}.")
+    return kept
+
+
+def _trained_modality(record: Mapping[str, Any], key: str) -> str | None:
+    """ "vqa" | "tqa" a run was trained on, None for anything else (a base record's, a caption stage)."""
+    return _MODALITY_ALIASES.get(str(_value(record, key)).strip().lower())
+
+
+def _matches(record: Mapping[str, Any], key: str, wanted: str) -> bool:
+    value = _value(record, key)
+    return value is not None and str(value).strip().lower() == wanted
+
+
+def _trained(
+    entries: Sequence[tuple[str, str, Mapping[str, Any]]],
+    model: str,
+    method: str,
+    modality: str,
+    task: str,
+    modality_key: str,
+    task_key: str,
+) -> list[Mapping[str, Any]]:
+    """The `method` runs of `model` trained on the `modality` version of `task`."""
+    return [
+        record
+        for name, found, record in entries
+        if name == model
+        and found == method
+        and _trained_modality(record, modality_key) == modality
+        and _matches(record, task_key, task)
+    ]
+
+
+def _cell_of(
+    records: Sequence[Mapping[str, Any]], cell: tuple[str, str, str]
+) -> tuple[float | None, Evidence | None, int]:
+    """Mean score of `records` in `cell` (those that have it), their pooled evidence, and how many."""
+    present = [r for r in records if cell in _transfer_scores(r)]
+    if not present:
+        return None, None, 0
+    value = sum(_transfer_scores(r)[cell] for r in present) / len(present)
+    return value, _pool([_transfer_evidence(r).get(cell) for r in present]), len(present)
+
+
+def _base_cell(
+    entries: Sequence[tuple[str, str, Mapping[str, Any]]],
+    model: str,
+    task: str,
+    cell: tuple[str, str, str],
+    task_key: str,
+) -> tuple[float | None, Evidence | None, int]:
+    """The base model's score in `cell`: its "eval" records evaluated for `task` (data.train.0.task) where
+    some have the cell, else all its "eval" records that have it; several are averaged."""
+    bases = [record for name, method, record in entries if name == model and method == "eval"]
+    preferred = [r for r in bases if _matches(r, task_key, task) and cell in _transfer_scores(r)]
+    return _cell_of(preferred or bases, cell)
+
+
+_SPLIT_LABELS = {"ind": "InD", "ood": "OOD"}
+_BASE_NOTE = (
+    'Base: the model before fine-tuning on synthetic data (train.method "eval"); where a model has several '
+    "such records, those evaluated for the row's dataset ({task_key}) are used, and several are averaged."
+)
+_NO_BASE_NOTE = "A score without a change in parentheses has no base-model record to compare with."
+
+
+def _open_weight_setup(
+    records: Iterable[Mapping[str, Any]],
+    where: Mapping[str, Sequence[str]] | None,
+    model_key: str,
+    method_key: str,
+    tasks: Sequence[str] | None,
+    notes: list[str],
+) -> tuple[list[tuple[str, str, Mapping[str, Any]]], list[str], list[str]]:
+    entries = _open_weight_records(records, where, model_key, method_key, notes)
+    if not entries:
+        raise ConfigError(
+            f"No open-weight records: expected config.{model_key} (a hub id or folder) and metrics named "
+            "<task>.<vqa|tqa>.<ind|ood> (e.g. grid.tqa.ind)."
+        )
+    models = sorted({name for name, _, _ in entries}, key=_open_weight_order)
+    tasks = list(tasks) if tasks is not None else transfer_tasks(record for _, _, record in entries)
+    return entries, models, tasks
+
+
+def open_weight_sft_table(
+    records: Sequence[Mapping[str, Any]],
+    train_modality: str = "vqa",
+    *,
+    tasks: Sequence[str] | None = None,
+    where: Mapping[str, Sequence[str]] | None = None,
+    model_key: str = OPEN_WEIGHT_KEY,
+    method_key: str = TRAIN_METHOD_KEY,
+    modality_key: str = TRAIN_MODALITY_KEY,
+    task_key: str = TRAIN_TASK_KEY,
+    fill_missing: bool = True,
+) -> Table:
+    """Table 8 (train_modality="vqa": Image-to-Text) or Table 9 ("tqa": Text-to-Image) for open-weight VLMs.
+
+    Rows dataset x model (the model at `model_key`), columns the trained modality's InD and OOD splits
+    then the other modality's. A cell is the score of the model fine-tuned (train.method "sft") on the
+    `train_modality` version of the row's dataset, with its change from the base model's score in the same
+    cell (train.method "eval"). With `fill_missing`, every model gets a row for every dataset (a gap where
+    it was not fine-tuned on it); without, rows with no score are left out.
+    """
+    requested = train_modality
+    train_modality = _MODALITY_ALIASES.get(str(train_modality).strip().lower(), "")
+    if train_modality not in MODALITIES:
+        raise unknown_choice("training modality", requested, MODALITIES)
+    other = "vqa" if train_modality == "tqa" else "tqa"
+    notes: list[str] = []
+    entries, models, tasks = _open_weight_setup(records, where, model_key, method_key, tasks, notes)
+    cells = [(mod, split) for mod in (train_modality, other) for split in ("ind", "ood")]
+    columns = [
+        Column(f"{mod}|{split}", f"{mod.upper()} ({_SPLIT_LABELS[split]})", delta=True)
+        for mod, split in cells
+    ]
+    rows: list[Row] = []
+    averaged = no_base = False
+    for task in tasks:
+        for model in models:
+            runs = _trained(entries, model, "sft", train_modality, task, modality_key, task_key)
+            values: dict[str, float | None] = {}
+            evidence: dict[str, Evidence] = {}
+            reference: dict[str, float] = {}
+            for column, (mod, split) in zip(columns, cells):
+                value, found, count = _cell_of(runs, (task, mod, split))
+                values[column.key] = value
+                averaged |= count > 1
+                if found is not None:
+                    evidence[column.key] = found
+                base, _, _ = _base_cell(entries, model, task, (task, mod, split), task_key)
+                if base is not None:
+                    reference[column.key] = base
+                no_base |= value is not None and base is None
+            if fill_missing or any(v is not None for v in values.values()):
+                labels = (TASK_NAMES.get(task, task), model)
+                rows.append(Row((task, model), labels, values, evidence=evidence, reference=reference))
+    trained = train_modality.upper()
+    notes.insert(
+        0,
+        f"Accuracy in %; models fine-tuned (SFT) on the {trained} version of the row's dataset; in "
+        "parentheses the change from the base model, in points; best per column within each dataset in "
+        f"bold (every column; the paper bolds the {other.upper()} ones); – = no run.",
+    )
+    notes.insert(1, _BASE_NOTE.format(task_key=task_key))
+    if averaged:
+        notes.append("Cells with several fine-tuned runs (seeds) show their mean.")
+    if no_base:
+        notes.append(_NO_BASE_NOTE)
+    direction = "Image-to-Text (VQA→TQA)" if train_modality == "vqa" else "Text-to-Image (TQA→VQA)"
+    return Table(
+        f"open_weight_sft_{train_modality}",
+        f"{direction} transfer of open-weight VLMs fine-tuned on {trained}: accuracy (%) and change from base",
+        ["Dataset", "Model"],
+        columns,
+        rows,
+        notes,
+        best_within="Dataset",
+    )
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_") or "model"
+
+
+def open_weight_rl_table(
+    records: Sequence[Mapping[str, Any]],
+    model: str,
+    train_modality: str = "vqa",
+    *,
+    tasks: Sequence[str] | None = None,
+    where: Mapping[str, Sequence[str]] | None = None,
+    model_key: str = OPEN_WEIGHT_KEY,
+    method_key: str = TRAIN_METHOD_KEY,
+    modality_key: str = TRAIN_MODALITY_KEY,
+    task_key: str = TRAIN_TASK_KEY,
+) -> Table:
+    """Tables 10-11 for one open-weight model (its short name or its id/folder): Base, SFT and RL (GRPO,
+    the record of its best checkpoint) after training on the `train_modality` version of each dataset.
+
+    Rows the four test splits (VQA/TQA x InD/OOD), column groups per dataset {Base, SFT, RL}; SFT and RL
+    show their change from Base in parentheses, and per dataset and row the higher of the two is bold.
+    """
+    requested = train_modality
+    train_modality = _MODALITY_ALIASES.get(str(train_modality).strip().lower(), "")
+    if train_modality not in MODALITIES:
+        raise unknown_choice("training modality", requested, MODALITIES)
+    notes: list[str] = []
+    entries, models, tasks = _open_weight_setup(records, where, model_key, method_key, tasks, notes)
+    name = model if model in models else open_weight_name(model)
+    if name not in models:
+        raise unknown_choice("open-weight model", model, models)
+    columns = []
+    for task in tasks:
+        group = TASK_NAMES.get(task, task)
+        columns.append(Column(f"{task}|base", "Base", group, mark_best=False))
+        columns.append(Column(f"{task}|sft", "SFT", group, delta=True))
+        columns.append(Column(f"{task}|grpo", "RL", group, delta=True))
+    runs = {
+        (task, method): _trained(entries, name, method, train_modality, task, modality_key, task_key)
+        for task in tasks
+        for method in ("sft", "grpo")
+    }
+    rows: list[Row] = []
+    averaged = no_base = False
+    for mod in MODALITIES:
+        for split in ("ind", "ood"):
+            values: dict[str, float | None] = {}
+            evidence: dict[str, Evidence] = {}
+            reference: dict[str, float] = {}
+            for task in tasks:
+                cell = (task, mod, split)
+                base, base_evidence, _ = _base_cell(entries, name, task, cell, task_key)
+                values[f"{task}|base"] = base
+                if base_evidence is not None:
+                    evidence[f"{task}|base"] = base_evidence
+                for method in ("sft", "grpo"):
+                    key = f"{task}|{method}"
+                    value, found, count = _cell_of(runs[(task, method)], cell)
+                    values[key] = value
+                    averaged |= count > 1
+                    if found is not None:
+                        evidence[key] = found
+                    if base is not None:
+                        reference[key] = base
+                    no_base |= value is not None and base is None
+            label = f"{mod.upper()} ({_SPLIT_LABELS[split]})"
+            rows.append(Row((label,), (label,), values, evidence=evidence, reference=reference))
+    trained = train_modality.upper()
+    notes.insert(
+        0,
+        f"Accuracy in %; {name} trained on the {trained} version of each dataset: SFT (supervised "
+        "fine-tuning) and RL (GRPO, best checkpoint), in parentheses the change from Base, in points; per "
+        "dataset and test split the higher of SFT and RL in bold; – = no run.",
+    )
+    notes.insert(1, _BASE_NOTE.format(task_key=task_key).replace("row's dataset", "column's dataset"))
+    if averaged:
+        notes.append("Cells with several runs (seeds, checkpoints) show their mean.")
+    if no_base:
+        notes.append(_NO_BASE_NOTE)
+    suffix = "" if train_modality == "vqa" else f"_{train_modality}"
+    return Table(
+        f"open_weight_rl_{_slug(name)}{suffix}",
+        f"{name}: Base, SFT and RL trained on {trained}, accuracy (%) and change from base",
+        ["Test split"],
+        columns,
+        rows,
+        notes,
+        best_among=[(f"{task}|sft", f"{task}|grpo") for task in tasks],
+    )
+
+
+def open_weight_tables(
+    records: Sequence[Mapping[str, Any]],
+    *,
+    tasks: Sequence[str] | None = None,
+    where: Mapping[str, Sequence[str]] | None = None,
+    model_key: str = OPEN_WEIGHT_KEY,
+    method_key: str = TRAIN_METHOD_KEY,
+    modality_key: str = TRAIN_MODALITY_KEY,
+    task_key: str = TRAIN_TASK_KEY,
+    fill_missing: bool = True,
+) -> list[Table]:
+    """Appendix B's tables of the records that name an open-weight model: Table 8 (SFT on VQA) and Table 9
+    (SFT on TQA) where some run was fine-tuned on that modality, then one Table 10/11 per model and
+    modality with an RL (grpo) run, in the paper's model order."""
+    notes: list[str] = []
+    entries, models, tasks = _open_weight_setup(records, where, model_key, method_key, tasks, notes)
+    options = {
+        "tasks": tasks,
+        "where": where,
+        "model_key": model_key,
+        "method_key": method_key,
+        "modality_key": modality_key,
+        "task_key": task_key,
+    }
+    trained = {
+        (name, method, _trained_modality(record, modality_key))
+        for name, method, record in entries
+        if method != "eval"
+    }
+    tables = [
+        open_weight_sft_table(records, modality, fill_missing=fill_missing, **options)
+        for modality in MODALITIES
+        if any(method == "sft" and mod == modality for _, method, mod in trained)
+    ]
+    tables += [
+        open_weight_rl_table(records, model, modality, **options)
+        for model in models
+        for modality in MODALITIES
+        if (model, "grpo", modality) in trained
+    ]
+    if not tables:
+        raise ConfigError(
+            "The open-weight records hold no fine-tuned run (train.method sft or grpo, with "
+            f"{modality_key} vqa or tqa); Tables 8-11 compare those with the base models."
+        )
+    return tables

@@ -24,7 +24,7 @@ from vlmlab.data.synthetic.stats import BASELINE_KINDS, shortcut_baselines
 from vlmlab.data.validation import build_val_set
 from vlmlab.eval.accuracy import as_metric, evaluate_items
 from vlmlab.eval.results import config_hash, write_record
-from vlmlab.eval.runs import load_run, text_side
+from vlmlab.eval.runs import load_run, synthetic_image_size, text_side
 
 TASKS = ("spatialmap", "grid", "ring")
 MODALITIES = ("vqa", "tqa")
@@ -51,7 +51,7 @@ def evaluate_transfer(
     metrics: dict[str, Any] = {}
     chance: dict[str, Any] = {}
     baselines: dict[str, Any] = {}
-    size = model.image_tokenizer.spec.image_size
+    size = synthetic_image_size(model)
     for task in tasks:
         for modality in MODALITIES:
             for split, cell in SPLITS.items():

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlmlab.config import FUSION_NAMES
+from vlmlab.config import FUSION_NAMES, TRAIN_METHODS
 
 
 @dataclass
@@ -27,6 +27,15 @@ class Run:
     @property
     def fusion(self) -> str:
         return self.config["model"]["fusion"]
+
+    @property
+    def open_weight(self) -> str | None:
+        """The open-weight model this run trains (model.open_weight), or None for vlmlab's own models."""
+        return self.config["model"].get("open_weight")
+
+    @property
+    def method(self) -> str:
+        return self.config["train"].get("method", "sft")
 
     @property
     def key(self) -> str:
@@ -84,16 +93,26 @@ class SweepDag:
         return sorted({run.stage for run in self.runs.values()})
 
     def counts(self) -> dict[str, Any]:
-        """Runs per stage and per (stage, fusion architecture); stage keys are strings (JSON)."""
+        """Runs per stage and per (stage, fusion architecture) of vlmlab's models; open-weight runs per
+        (model, method) under `open_weight` (only when there are some); stage keys are strings (JSON)."""
         by_stage = Counter(run.stage for run in self.runs.values())
-        by_fusion = Counter((run.stage, run.fusion) for run in self.runs.values())
-        return {
+        own = [run for run in self.runs.values() if not run.open_weight]
+        by_fusion = Counter((run.stage, run.fusion) for run in own)
+        counts: dict[str, Any] = {
             "total": len(self.runs),
             "by_stage": {str(s): by_stage[s] for s in self.stages()},
             "by_stage_and_fusion": {
                 str(s): {f: by_fusion[(s, f)] for f in FUSION_NAMES} for s in self.stages()
             },
         }
+        opened = [run for run in self.runs.values() if run.open_weight]
+        if opened:
+            table: dict[str, dict[str, int]] = {}
+            for run in opened:
+                row = table.setdefault(run.open_weight, {method: 0 for method in TRAIN_METHODS})
+                row[run.method] += 1
+            counts["open_weight"] = table
+        return counts
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -123,16 +142,22 @@ class SweepDag:
     def format_text(self) -> str:
         counts = self.counts()
         lines = [f"sweep {self.name}: {counts['total']} runs into {self.output_dir}", ""]
-        header = ["stage", *FUSION_NAMES, "total"]
-        rows = [
-            [str(s), *(str(counts["by_stage_and_fusion"][str(s)][f]) for f in FUSION_NAMES), str(n)]
-            for s, n in ((int(k), v) for k, v in counts["by_stage"].items())
-        ]
-        totals = [sum(int(r[i]) for r in rows) for i in range(1, len(header))]
-        rows.append(["total", *map(str, totals)])
-        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-        for row in [header, *rows]:
-            lines.append("  " + "  ".join(cell.rjust(width) for cell, width in zip(row, widths)))
+        if any(not run.open_weight for run in self.runs.values()):
+            header = ["stage", *FUSION_NAMES, "total"]
+            rows = [
+                [str(s), *(str(counts["by_stage_and_fusion"][str(s)][f]) for f in FUSION_NAMES)]
+                for s in self.stages()
+            ]
+            for row in rows:
+                row.append(str(sum(int(cell) for cell in row[1:])))
+            lines += _table(header, rows)
+        if "open_weight" in counts:  # open-weight models: runs per model and method (eval = base model)
+            header = ["open-weight model", *TRAIN_METHODS, "total"]
+            rows = [
+                [model, *(str(row[m]) for m in TRAIN_METHODS), str(sum(row.values()))]
+                for model, row in counts["open_weight"].items()
+            ]
+            lines += _table(header, rows)
         lines.append("")
         lines.append(
             f"grid: {self.points} points, {self.excluded} excluded by the file, "
@@ -146,6 +171,18 @@ class SweepDag:
             parents = ", ".join(self.runs[p].key for p in run.parents)
             lines.append(f"  {run.key}" + (f"  <- {parents}" if parents else ""))
         return "\n".join(lines)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """Right-aligned text columns (first column left-aligned) with a totals row."""
+    totals = ["total", *(str(sum(int(r[i]) for r in rows)) for i in range(1, len(header)))]
+    rows = [*rows, totals]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = []
+    for row in [header, *rows]:
+        cells = [row[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(row[1:], widths[1:]))]
+        lines.append("  " + "  ".join(cells))
+    return lines
 
 
 __all__ = ["Run", "SweepDag"]

@@ -63,6 +63,13 @@ EXECUTION_KEYS = (
     "model.attn_implementation",
     "data.num_workers",
 )
+# keys that came after runs were hashed, with their defaults (identity_view)
+_LATER_KEYS = {
+    "model.open_weight": None,
+    "model.trust_remote_code": [],
+    "train.method": "sft",
+    "train.transfer_eval_samples": 0,
+}
 FUSION_SHORT = {"joint_decoder": "jd", "cross_attention": "xattn", "mot": "mot"}
 _VAR_REFERENCE = re.compile(r"\$\{vars\.([A-Za-z_][A-Za-z0-9_]*)")
 
@@ -78,8 +85,9 @@ def identity_view(stage: int, config: dict[str, Any], has_parent: bool) -> dict[
 
     Besides EXECUTION_KEYS, learning rates of groups that do not train in this stage and settings of
     another fusion are dropped: they cannot change the result, and keeping them would split one run in two.
-    A key added after runs were hashed (`model.cross_attention_layout`) is dropped while it holds its
-    default, so those runs keep their ids.
+    Keys added after runs were hashed (`model.cross_attention_layout`, the open-weight and training-method
+    keys, the `rl` section outside GRPO runs) are dropped while they hold their defaults, so those runs keep
+    their ids.
     """
     view = copy.deepcopy(config)
     drop = list(EXECUTION_KEYS)
@@ -93,6 +101,11 @@ def identity_view(stage: int, config: dict[str, Any], has_parent: bool) -> dict[
         drop.append("model.cross_attention_layout")
     if fusion != "mot":
         drop.append("optim.lr.mot_image")
+    for key, default in _LATER_KEYS.items():
+        if _get(view, key) == default:
+            drop.append(key)
+    if view["train"].get("method", "sft") != "grpo":
+        drop.append("rl")
     recipe = freeze_recipe(view["train"]["freeze"])
     tokenizer_trains = recipe.tokenizer_stage1 if stage == 1 else recipe.tokenizer_stage2
     if not tokenizer_trains or tokenizer_kind(view["model"]["tokenizer"]) == "discrete":
@@ -110,12 +123,19 @@ def run_id(stage: int, config: dict[str, Any], parents: list[str], vars_used: di
     payload = json.dumps({"stage": stage, "config": view, "parents": parents}, sort_keys=True, default=str)
     digest = hashlib.sha256(payload.encode()).hexdigest()[:10]
     model = config["model"]
-    parts = [
-        FUSION_SHORT.get(model["fusion"], model["fusion"]),
-        _short(model["tokenizer"]),
-        _short(config["train"]["freeze"]),
-        _short(model["backbone"]),
-    ]
+    if model.get("open_weight"):  # an open-weight VLM: its name and the method, not vlmlab's parts
+        parts = [
+            config["train"]["method"],
+            _short(str(model["open_weight"]).rstrip("/").rsplit("/", 1)[-1]),
+            _short(config["train"]["freeze"]),
+        ]
+    else:
+        parts = [
+            FUSION_SHORT.get(model["fusion"], model["fusion"]),
+            _short(model["tokenizer"]),
+            _short(config["train"]["freeze"]),
+            _short(model["backbone"]),
+        ]
     if vars_used:
         parts.append("-".join(str(v) for v in vars_used.values()))
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", "_".join(parts))[:80]

@@ -16,7 +16,7 @@ from vlmlab.config import ExperimentConfig
 from vlmlab.data.stream import ResumableLoader, TrainStream, train_loader
 from vlmlab.data.validation import build_val_set
 from vlmlab.eval.accuracy import chance_level, evaluate_items
-from vlmlab.eval.runs import text_side
+from vlmlab.eval.runs import synthetic_image_size, text_side
 from vlmlab.models.vlm import VisionLanguageModel
 
 log = logging.getLogger("vlmlab.train")
@@ -35,7 +35,7 @@ class TrainData:
             self.config.data,
             self.encoder,
             seed=self.config.train.seed,
-            image_size=self.model.image_tokenizer.spec.image_size,
+            image_size=synthetic_image_size(self.model),
             rank=rank,
             world_size=world_size,
         )
@@ -57,7 +57,7 @@ class TrainData:
                     self.encoder,
                     self.config.data.val_samples,
                     seed=self.config.train.seed + 1000 + index,
-                    image_size=self.model.image_tokenizer.spec.image_size,
+                    image_size=synthetic_image_size(self.model),
                 )
         return self._val_sets
 

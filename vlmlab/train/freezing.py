@@ -99,9 +99,11 @@ def _unfreezes_tokenizer(recipe: FreezeRecipe) -> bool:
 
 def apply_freezing(model: nn.Module, recipe: FreezeRecipe, stage: int) -> dict[str, dict[str, int | bool]]:
     """Set requires_grad per parameter group and log what trains. Returns {group: {trainable, params}}."""
-    discrete = model.image_tokenizer.is_discrete
-    check_recipe(recipe, discrete, model.image_tokenizer.spec.name)
-    if stage == 1 and model.config.fusion == "mot":
+    tokenizer = getattr(model, "image_tokenizer", None)  # an open-weight VLM's vision tower is continuous
+    discrete = bool(getattr(tokenizer, "is_discrete", False))
+    if tokenizer is not None:
+        check_recipe(recipe, discrete, tokenizer.spec.name)
+    if stage == 1 and getattr(getattr(model, "config", None), "fusion", None) == "mot":
         raise ConfigError(
             "Mixture-of-Transformers has no stage 1 (paper, 2.3): train a joint_decoder stage 1 and start the MoT "
             "stage 2 from it with train.init_from."

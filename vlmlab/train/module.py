@@ -15,6 +15,7 @@ import torch
 from vlmlab.config import ExperimentConfig
 from vlmlab.errors import ConfigError, TrainingStopped
 from vlmlab.files import atomic_write_bytes
+from vlmlab.models.open_weight import OpenWeightVLM
 from vlmlab.models.vlm import VisionLanguageModel
 from vlmlab.train.schedule import build_optimizer, build_scheduler
 from vlmlab.train.sharding import local_tensor
@@ -30,7 +31,7 @@ class NonFiniteLossError(TrainingStopped):
 
 
 class VLMModule(L.LightningModule):
-    def __init__(self, config: ExperimentConfig, model: VisionLanguageModel) -> None:
+    def __init__(self, config: ExperimentConfig, model: VisionLanguageModel | OpenWeightVLM) -> None:
         super().__init__()
         self.config = config
         self.model = model
@@ -101,6 +102,9 @@ class VLMModule(L.LightningModule):
         self._data_state = state
 
     def forward(self, batch: dict[str, Any]) -> Any:
+        if isinstance(self.model, OpenWeightVLM):  # the processor's own tensors, whatever they are
+            inputs = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+            return self.model(**inputs, return_logits=False)
         inputs = {k: batch[k] for k in BATCH_KEYS if k in batch and batch[k] is not None}
         if "pixel_values" in inputs and inputs["pixel_values"].numel() == 0:
             del inputs["pixel_values"]

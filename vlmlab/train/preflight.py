@@ -105,9 +105,60 @@ def validate(config: ExperimentConfig) -> int:
             f"model.backbone_weights={weights!r} holds no config.json: point it at a folder written by "
             "save_pretrained (config.json + *.safetensors)."
         )
+    if config.model.open_weight:
+        _check_open_weight(config)
+    elif train.method != "sft":
+        raise ConfigError(
+            f"train.method={train.method!r} is for open-weight models (model.open_weight); vlmlab's own models "
+            "train with sft."
+        )
     if train.init_from and not Path(train.init_from).exists():
         raise ConfigError(f"train.init_from={train.init_from!r} does not exist (a run folder or checkpoint).")
     return train.global_batch_size // per_step
+
+
+def _check_open_weight(config: ExperimentConfig) -> None:
+    """What an open-weight run (vlmlab/models/open_weight.py) needs of the rest of the config."""
+    where = config.model.open_weight
+    if _looks_like_path(where) and not (Path(where).expanduser() / "config.json").exists():
+        raise ConfigError(
+            f"model.open_weight={where!r} holds no config.json: point it at a folder written by save_pretrained "
+            "or at a hub id (org/name)."
+        )
+    if config.data.packing:
+        raise ConfigError(
+            "Open-weight models train on padded rows: set data.packing: false (their processors' position "
+            "layouts, e.g. Qwen2.5-VL's 3-D rotary positions, are computed by the model from whole rows)."
+        )
+    if config.train.strategy == "fsdp":
+        raise ConfigError(
+            "train.strategy: fsdp shards vlmlab's own models only so far; an open-weight model trains with "
+            "auto or ddp (one full copy per GPU; model.gradient_checkpointing and bf16-mixed cut its memory)."
+        )
+    if config.train.init_from:
+        raise ConfigError(
+            "train.init_from is for vlmlab's stage hand-off; an open-weight run starts from model.open_weight "
+            "(point it at a trained run's best/ or final/ folder to continue from one)."
+        )
+    rl = config.rl
+    for name in (
+        "epochs",
+        "prompts_per_step",
+        "num_generations",
+        "max_completion_length",
+        "micro_batch_size",
+    ):
+        _positive(f"rl.{name}", getattr(rl, name))
+    _positive("rl.max_steps", rl.max_steps, allow_none=True)
+    _positive("rl.eval_every_n_steps", rl.eval_every_n_steps, allow_none=True)
+    _finite("rl.lr", rl.lr, minimum=1e-12)
+    _finite("rl.kl_coef", rl.kl_coef)
+    _finite("rl.temperature", rl.temperature, minimum=1e-6)
+    if config.train.method == "grpo" and rl.num_generations < 2:
+        raise ConfigError(
+            f"rl.num_generations={rl.num_generations}: GRPO's advantages compare a prompt's samples, so it "
+            "needs at least 2 (the paper uses 5)."
+        )
 
 
 def _looks_like_path(value: str) -> bool:

@@ -36,6 +36,7 @@ from vlmlab.models.checkpoint import (
     resolve_checkpoint,
     save_stage_checkpoint,
 )
+from vlmlab.models.open_weight import OpenWeightVLM, load_open_weight
 from vlmlab.models.vlm import VisionLanguageModel, build_vlm
 from vlmlab.train.callbacks import AtomicLastCheckpoint, PeriodicValidation
 from vlmlab.train.data import TrainData
@@ -48,9 +49,12 @@ log = logging.getLogger("vlmlab.train")
 STRATEGIES = ("auto", "ddp", "fsdp")
 
 
-def build_model(config: ExperimentConfig) -> tuple[VisionLanguageModel, Path | None]:
-    """The model of this run, with its parent's weights applied (stage hand-off)."""
+def build_model(config: ExperimentConfig) -> tuple[VisionLanguageModel | OpenWeightVLM, Path | None]:
+    """The model of this run, with its parent's weights applied (stage hand-off); an open-weight model
+    (model.open_weight) as released, through its own processor."""
     torch.manual_seed(config.train.seed)  # random-init bases are a function of the seed
+    if config.model.open_weight:  # from_pretrained returns it in eval mode
+        return load_open_weight(config.model).train(), None
     model = build_vlm(config.model)
     parent = None
     if config.train.init_from:
@@ -135,7 +139,84 @@ def train(config: ExperimentConfig) -> dict[str, Any]:
         if rank == 0:
             for path in remove_leftovers(out):
                 log.info("removed %s, left by an interrupted write", path)
-        return _train(config, out, resolved, accumulate)
+        if config.train.method == "grpo":
+            from vlmlab.train.grpo import train_grpo  # TRL is imported only by GRPO runs
+
+            record = train_grpo(config, out, resolved)
+        elif config.train.method == "eval":
+            record = _evaluate_only(config, out, resolved)
+        else:
+            record = _train(config, out, resolved, accumulate)
+        return record
+
+
+def save_checkpoint(
+    model: VisionLanguageModel | OpenWeightVLM,
+    folder: Path,
+    resolved: dict[str, Any],
+    parent: Path | None,
+    include_frozen: bool,
+    metrics: dict[str, float],
+    state: dict[str, torch.Tensor] | None,
+) -> Path:
+    """A stage checkpoint (vlmlab's models: the trained delta on its parent) or, for an open-weight model,
+    its save_pretrained folder (the model and processor as released, with the trained weights)."""
+    if isinstance(model, OpenWeightVLM):
+        sharded = resolved["train"]["strategy"] == "fsdp"
+        return model.save(folder, resolved, metrics, state if sharded else None)
+    return save_stage_checkpoint(model, folder, resolved, parent, include_frozen, metrics, state)
+
+
+def trained_tasks(config: ExperimentConfig) -> list[str]:
+    """The synthetic tasks (SpatialMap, Grid, Ring) a run's training data comes from, in order."""
+    tasks = [s.task for s in config.data.train if s.kind == "synthetic" and s.mode in ("vqa", "tqa")]
+    return list(dict.fromkeys(tasks))
+
+
+def evaluate_transfer_after(config: ExperimentConfig, out: Path, rank_zero: bool) -> dict[str, Any] | None:
+    """The transfer protocol on the trained tasks when `train.transfer_eval_samples` asks for it (every
+    process takes part; rank 0 writes eval.json)."""
+    if not config.train.transfer_eval_samples:
+        return None
+    tasks = trained_tasks(config)
+    if not tasks:
+        log.warning("train.transfer_eval_samples is set but the run trained on no synthetic task: skipped")
+        return None
+    from vlmlab.eval.transfer import evaluate_transfer
+
+    record = evaluate_transfer(out, tasks, num_samples=config.train.transfer_eval_samples, write=rank_zero)
+    log.info("transfer evaluation of %s written to %s", ", ".join(tasks), out / "eval.json")
+    return record
+
+
+def _evaluate_only(config: ExperimentConfig, out: Path, resolved: dict[str, Any]) -> dict[str, Any]:
+    """train.method: eval: the starting model evaluated as it is (the "Base" of Tables 8-11)."""
+    atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
+    started = time.time()
+    model, _ = build_model(config)
+    model.eval()
+    data = TrainData(config, model)
+    metrics = data.evaluate() if config.data.val else {}
+    record = {
+        "run_id": out.name,
+        "config_hash": config_hash(resolved),
+        "stage": config.train.stage,
+        "config": resolved,
+        "metrics": metrics,
+        "chance": data.chance_levels() if config.data.val else {},
+        "best": None,
+        "checkpoint": str(getattr(model, "source", config.model.open_weight)),
+        "parent": None,
+        "freezing": {},
+        "base_weights": model.base_weights,
+        "data": {},
+        "timings": {"eval_seconds": round(time.time() - started, 1), "steps": 0},
+        "created": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
+    }
+    del model
+    evaluate_transfer_after(config, out, rank_zero=True)
+    atomic_write_text(out / "result.json", json.dumps(record, indent=2))
+    return record
 
 
 def _train(config: ExperimentConfig, out: Path, resolved: dict[str, Any], accumulate: int) -> dict[str, Any]:
@@ -175,7 +256,7 @@ def _train(config: ExperimentConfig, out: Path, resolved: dict[str, Any], accumu
             best.update(score=score, step=step, metrics=dict(metrics))
             state = full_state()
             if trainer.is_global_zero:
-                save_stage_checkpoint(
+                save_checkpoint(
                     model, out / "best", resolved, parent, include_frozen, {**metrics, "step": step}, state
                 )
         best.setdefault("last", {})
@@ -249,7 +330,7 @@ def _train(config: ExperimentConfig, out: Path, resolved: dict[str, Any], accumu
     final = None
     state = full_state()
     if trainer.is_global_zero:
-        final = save_stage_checkpoint(
+        final = save_checkpoint(
             model, out / "final", resolved, parent, include_frozen, best.get("last", {}), state
         )
     if module._loader is not None:
@@ -276,7 +357,9 @@ def _train(config: ExperimentConfig, out: Path, resolved: dict[str, Any], accumu
         "timings": {"train_seconds": round(time.time() - started, 1), "steps": trainer.global_step},
         "created": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
     }
-    if trainer.is_global_zero:
+    trainer.strategy.barrier()  # every process reads the checkpoint rank 0 wrote
+    evaluate_transfer_after(config, out, rank_zero=trainer.is_global_zero)
+    if trainer.is_global_zero:  # last: result.json means done, so a kill during the evaluation repeats it
         atomic_write_text(result_path, json.dumps(record, indent=2))
         if not config.train.keep_resume_state:  # done: only the weight delta (final/, best/) is needed now
             for path in [last_ckpt, *last_ckpt.parent.glob("hpc_ckpt_*.ckpt")]:

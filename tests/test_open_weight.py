@@ -1,0 +1,425 @@
+"""Open-weight VLMs (paper, Appendix B): tiny random Qwen2.5-VL and Gemma 3 built from their config classes,
+saved in the released layout, loaded through `model.open_weight`, fed through their own processors,
+fine-tuned with SFT (vlmlab's Lightning loop) and GRPO (TRL) on SpatialMap and evaluated on the four
+held-out settings; the binary final-answer reward; the open-weight sweep's grid (Table 15, Appendix B)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from paper_facts import (
+    APPENDIX_B_DATASETS,
+    APPENDIX_B_MODELS,
+    APPENDIX_B_RL_MODELS,
+    TABLE_15,
+    TRAIN_SAMPLES_PER_DATASET,
+)
+from tiny_open_weight import FAMILIES, build_tiny, save_tiny
+
+from vlmlab.cli import main as vlmlab_main
+from vlmlab.config import ExperimentConfig, ModelConfig, load_config
+from vlmlab.data.chat_encode import ChatEncoder, collate_chat
+from vlmlab.data.samples import synthetic_to_sample
+from vlmlab.data.synthetic.generate import generate_split
+from vlmlab.errors import ConfigError
+from vlmlab.models.open_weight import load_open_weight, parameter_group
+from vlmlab.sweep.expand import expand
+from vlmlab.sweep.spec import load_sweep
+from vlmlab.train import grpo
+from vlmlab.train.run import train
+
+REPO = Path(__file__).resolve().parent.parent
+SWEEP = REPO / "sweeps" / "open_weight.yaml"
+HUB_IDS = {  # how the sweep names the paper's models (their hub repositories)
+    "Qwen2.5-VL-7B": "Qwen/Qwen2.5-VL-7B-Instruct",
+    "Qwen2.5-VL-3B": "Qwen/Qwen2.5-VL-3B-Instruct",
+    "InternVL3-8B": "OpenGVLab/InternVL3-8B-hf",
+    "Gemma-3-4B": "google/gemma-3-4b-it",
+    "Kimi-VL-A3B": "moonshotai/Kimi-VL-A3B-Instruct",
+}
+END_OF_TURN = {"qwen2_5_vl": "<|im_end|>", "gemma3": "<end_of_turn>"}
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def saved(request, tmp_path_factory) -> tuple[str, Path]:
+    family = request.param
+    return family, save_tiny(family, tmp_path_factory.mktemp(family) / "base")
+
+
+def spatialmap(mode: str, count: int = 2, size: int = 96) -> list[dict]:
+    raws = generate_split("spatialmap", "test", count, seed=3, image_size=size, image=mode != "tqa")
+    return [synthetic_to_sample(raw, mode) for raw in raws]
+
+
+# ------------------------------------------------------------------------------- loading and processor
+
+
+def test_saved_model_loads_through_the_new_path_with_the_same_weights(saved) -> None:
+    family, folder = saved
+    reference, processor = build_tiny(family)  # the same seed: the weights that were saved
+    model = load_open_weight(ModelConfig(open_weight=str(folder)))
+    assert type(model.hf).__name__ == type(reference).__name__
+    encoder = ChatEncoder(model.processor, 512, image_size=96)
+    batch = collate_chat([encoder.encode(s) for s in spatialmap("vqa")], encoder.pad_id)
+    inputs = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor) and k != "segment_ids"}
+    with torch.no_grad():
+        ours = model(**inputs).logits
+        theirs = reference.eval()(**inputs).logits
+    torch.testing.assert_close(ours, theirs)
+    # every parameter in exactly one group; the vision tower, projector and language model all present
+    groups = model.parameter_groups()
+    assert {g for g, params in groups.items() if params} == {"image_tokenizer", "adapter", "language_model"}
+    assert sum(p.numel() for params in groups.values() for _, p in params) == sum(
+        p.numel() for p in reference.parameters()
+    )
+
+
+def test_parameter_groups_follow_the_released_module_names() -> None:
+    assert parameter_group("model.visual.blocks.0.attn.qkv.weight") == "image_tokenizer"
+    assert parameter_group("model.visual.merger.mlp.0.weight") == "adapter"  # Qwen2.5-VL's projector
+    assert parameter_group("model.multi_modal_projector.mm_input_projection_weight") == "adapter"
+    assert (
+        parameter_group("model.vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight")
+        == "image_tokenizer"
+    )
+    assert parameter_group("model.language_model.layers.0.self_attn.q_proj.weight") == "language_model"
+    assert parameter_group("lm_head.weight") == "language_model"
+    with pytest.raises(ConfigError, match="audio_tower.conv.weight"):
+        parameter_group("model.audio_tower.conv.weight")
+
+
+def test_processor_path_matches_the_models_own_processor(saved) -> None:
+    """Our encoding of a sample = the processor's own one-call chat path (same ids, same pixels)."""
+    family, folder = saved
+    model = load_open_weight(ModelConfig(open_weight=str(folder)))
+    processor = model.processor
+    encoder = ChatEncoder(processor, 512, image_size=96)
+    sample = spatialmap("vqa", 1)[0]
+    image, question = sample["segments"][0]["image"], sample["segments"][1]["text"]
+    messages = [
+        {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": question}]}
+    ]
+    theirs = processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    ours = encoder.encode_prompt(sample)
+    assert ours["input_ids"].tolist() == theirs["input_ids"][0].tolist()
+    torch.testing.assert_close(ours["pixel_values"], theirs["pixel_values"], rtol=0, atol=0)
+    for key in ("image_grid_thw", "token_type_ids", "mm_token_type_ids"):
+        if key in theirs:
+            assert (
+                ours[key].tolist()
+                == (
+                    theirs[key][0] if theirs[key].dim() == 2 and key != "image_grid_thw" else theirs[key]
+                ).tolist()
+            )
+    # training: the whole conversation; labels exactly on the answer and the end-of-turn marker
+    full = [*messages, {"role": "assistant", "content": [{"type": "text", "text": sample["response"]}]}]
+    whole = processor.apply_chat_template(full, tokenize=True, return_dict=True, return_tensors="pt")
+    encoded = encoder.encode(sample)
+    assert encoded["input_ids"].tolist() == whole["input_ids"][0].tolist()
+    labelled = [
+        t for t, label in zip(encoded["input_ids"].tolist(), encoded["labels"].tolist()) if label != -100
+    ]
+    assert processor.tokenizer.decode(labelled) == sample["response"] + END_OF_TURN[family]
+
+
+def test_text_only_samples_and_mixed_batches(saved) -> None:
+    _, folder = saved
+    model = load_open_weight(ModelConfig(open_weight=str(folder)))
+    encoder = ChatEncoder(model.processor, 1024, image_size=96)
+    text = encoder.encode(spatialmap("tqa", 1)[0])
+    assert text["pixel_values"].numel() == 0
+    image = encoder.encode(spatialmap("vqa", 1)[0])
+    batch = collate_chat([text, image], encoder.pad_id)
+    assert batch["input_ids"].shape[0] == 2
+    assert batch["pixel_values"].shape == image["pixel_values"].shape  # only the image sample's pixels
+    assert batch["attention_mask"].sum().item() == len(text["input_ids"]) + len(image["input_ids"])
+    loss = model(**{k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}).loss
+    assert torch.isfinite(loss)
+    # too long: dropped and counted, never cut
+    short = ChatEncoder(model.processor, 16, image_size=96)
+    assert short.encode(spatialmap("tqa", 1)[0]) is None and short.num_dropped == 1
+
+
+# -------------------------------------------------------------------------------------------- reward
+
+OPTIONS = ["Northeast", "Northwest", "Southeast", "Southwest"]
+
+
+def test_final_answer_reward_correct_incorrect_unparseable() -> None:
+    completions = [
+        [{"role": "assistant", "content": "The cross is below and right. Final answer: Southeast"}],
+        [{"role": "assistant", "content": "Final answer: Northwest"}],  # a valid option, but wrong
+        [{"role": "assistant", "content": "It is somewhere to the south."}],  # no final answer
+        "Final answer: Southeast",  # plain (non-conversational) completion
+        [{"role": "assistant", "content": [{"type": "text", "text": "Final answer: Southwest"}]}],
+    ]
+    rewards = grpo.final_answer_reward(
+        completions,
+        answer=["Southeast", "Southeast", "Southeast", "Southeast", "Southwest"],
+        options=[OPTIONS] * 5,
+    )
+    assert rewards == [1.0, 0.0, 0.0, 1.0, 1.0]
+
+
+# ---------------------------------------------------------------------------------- training, end to end
+
+
+def run_config(base: Path, out: Path, method: str, **rl) -> ExperimentConfig:
+    val = [
+        {
+            "name": "spatialmap-vqa-val",
+            "kind": "synthetic",
+            "task": "spatialmap",
+            "mode": "vqa",
+            "split": "test",
+            "seed": 1,
+        }
+    ]
+    return load_config(
+        ExperimentConfig,
+        [
+            {
+                "model": {"open_weight": str(base)},
+                "data": {
+                    "packing": False,
+                    "max_length": 512,
+                    "micro_batch_size": 2,
+                    "val_samples": 2,
+                    "train": [
+                        {
+                            "kind": "synthetic",
+                            "task": "spatialmap",
+                            "mode": "vqa",
+                            "split": "train",
+                            "num_samples": 8,
+                        }
+                    ],
+                    "val": val,
+                },
+                "train": {
+                    "stage": 3,
+                    "freeze": "unfreeze-lm",
+                    "method": method,
+                    "max_steps": 4,
+                    "global_batch_size": 2,
+                    "transfer_eval_samples": 3,
+                    "accelerator": "cpu",
+                    "output_dir": str(out),
+                    "select_best": True,
+                    "val_every_n_steps": 2,
+                    "checkpoint_every_n_steps": 2,
+                    "log_every_n_steps": 1,
+                },
+                "optim": {"lr": {"adapter": 1e-3, "language_model": 1e-3, "image_tokenizer": 1e-3}},
+                "rl": {
+                    "prompts_per_step": 2,
+                    "num_generations": 2,
+                    "micro_batch_size": 2,
+                    "max_completion_length": 6,
+                    "max_steps": 3,
+                    "eval_every_n_steps": 2,
+                    "lr": 1e-3,
+                    **rl,
+                },
+            }
+        ],
+    )
+
+
+def check_four_settings(run: Path, samples: int) -> None:
+    record = json.loads((run / "eval.json").read_text())
+    cells = record["metrics"]["spatialmap"]
+    assert {(m, s) for m in cells for s in cells[m]} == {
+        ("vqa", "ind"),
+        ("vqa", "ood"),
+        ("tqa", "ind"),
+        ("tqa", "ood"),
+    }
+    for modality in cells.values():
+        for cell in modality.values():
+            assert cell["n"] == samples and 0.0 <= cell["score"] <= 1.0
+    assert record["chance"]["spatialmap"]["vqa"]["ind"] == pytest.approx(0.25)
+
+
+def changed_groups(before: Path, after: Path) -> dict[str, bool]:
+    """Per vlmlab group: whether any parameter differs between two saved models (loaded as models: the
+    files keep the release's key names, which transformers maps onto its modules)."""
+    old = dict(load_open_weight(ModelConfig(open_weight=str(before))).hf.named_parameters())
+    new = dict(load_open_weight(ModelConfig(open_weight=str(after))).hf.named_parameters())
+    changed: dict[str, bool] = {}
+    for name, value in old.items():
+        group = parameter_group(name)
+        changed[group] = changed.get(group, False) or not torch.equal(value, new[name])
+    return changed
+
+
+def test_sft_trains_the_language_model_and_evaluates_the_four_settings(saved, tmp_path: Path) -> None:
+    _, base = saved
+    record = train(run_config(base, tmp_path / "sft", "sft"))
+    run = tmp_path / "sft"
+    assert (run / "result.json").exists() and record["timings"]["steps"] == 4
+    # the saved checkpoint loads as it is (save_pretrained + processor)
+    assert (run / "final" / "config.json").exists() and (run / "final" / "processor_config.json").exists()
+    changed = changed_groups(base, run / "final")
+    assert changed == {"image_tokenizer": False, "adapter": True, "language_model": True}  # unfreeze-lm
+    check_four_settings(run, 3)
+    assert record["best"]["step"] in (2, 4)
+
+
+def test_grpo_uses_the_final_answer_reward_and_trains(saved, tmp_path: Path, monkeypatch) -> None:
+    _, base = saved
+    seen: list[tuple[str, str, list[str], float]] = []
+    real = grpo.final_answer_reward
+
+    def recording(completions, answer, options, **kwargs):
+        rewards = real(completions, answer, options, **kwargs)
+        seen.extend(
+            (grpo.completion_text(c), a, o, r) for c, a, o, r in zip(completions, answer, options, rewards)
+        )
+        # a random model never answers right: add a length term so that the group advantages are not all
+        # zero and the policy-gradient step moves the weights (the binary part is what is checked below)
+        return [r + len(grpo.completion_text(c)) / 100 for r, c in zip(rewards, completions)]
+
+    monkeypatch.setattr(grpo, "final_answer_reward", recording)
+    record = train(run_config(base, tmp_path / "grpo", "grpo"))
+    run = tmp_path / "grpo"
+    assert record["timings"]["steps"] == 3
+    # every completion was scored against its own prompt's gold answer and options, 2 prompts x 2 samples
+    assert len(seen) == 3 * 2 * 2
+    for text, answer, options, reward in seen:
+        assert answer in options and reward == float(
+            f"Final answer: {answer}" in text and text.strip().endswith(answer)
+        )
+    assert len(record["rewards"]) == 3
+    changed = changed_groups(base, run / "final")
+    assert changed["image_tokenizer"] is False and changed["language_model"] is True
+    assert (run / "best" / "meta.json").exists() and record["best"]["step"] in (2, 3)
+    check_four_settings(run, 3)
+    assert not (run / "checkpoints").exists()  # resumable state removed once the run is done
+
+
+def test_base_evaluation_run(saved, tmp_path: Path) -> None:
+    _, base = saved
+    record = train(run_config(base, tmp_path / "base-eval", "eval"))
+    assert record["timings"]["steps"] == 0 and record["checkpoint"] == str(base)
+    check_four_settings(tmp_path / "base-eval", 3)
+    assert not (tmp_path / "base-eval" / "final").exists()  # nothing trained, nothing saved
+
+
+def test_open_weight_settings_fail_with_one_line(tmp_path: Path, saved) -> None:
+    _, base = saved
+    config = run_config(base, tmp_path / "x", "sft")
+    config.data.packing = True
+    with pytest.raises(ConfigError, match="data.packing: false"):
+        train(config)
+    config = run_config(base, tmp_path / "y", "grpo", num_generations=1)
+    with pytest.raises(ConfigError, match="at least 2"):
+        train(config)
+    config = run_config(base, tmp_path / "z", "grpo")
+    config.model.open_weight = None
+    with pytest.raises(ConfigError, match="open-weight models"):
+        train(config)
+    with pytest.raises(ConfigError, match="training method"):
+        load_config(ExperimentConfig, [{"train": {"method": "ppo"}}])
+
+
+# ------------------------------------------------------------------------------------------- the sweep
+
+
+def test_open_weight_sweep_has_the_papers_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    assert vlmlab_main(["sweep", str(SWEEP), "--dry-run", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    datasets, modalities = len(APPENDIX_B_DATASETS), 2
+    expected = {
+        HUB_IDS[name]: {
+            "eval": datasets,  # the base model, once per dataset
+            "sft": datasets * modalities,  # Tables 8-9
+            "grpo": datasets if name in APPENDIX_B_RL_MODELS else 0,  # Tables 10-11: VQA only
+        }
+        for name in APPENDIX_B_MODELS
+    }
+    assert data["counts"]["open_weight"] == expected
+    assert data["counts"]["total"] == 5 * 3 + 5 * 3 * 2 + 2 * 3 == 51
+    assert vlmlab_main(["sweep", str(SWEEP), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "total                             30     6    15     51" in text
+
+
+def test_open_weight_sweep_configs_follow_table_15() -> None:
+    dag = expand(load_sweep(SWEEP))
+    sft, rl = TABLE_15["sft"], TABLE_15["rl"]
+    for run in dag:
+        config = run.config
+        method, task = config["train"]["method"], config["data"]["train"][0]["task"]
+        assert (
+            task in APPENDIX_B_DATASETS
+            and config["data"]["train"][0]["num_samples"] == TRAIN_SAMPLES_PER_DATASET
+        )
+        assert config["train"]["transfer_eval_samples"] == 500 and config["data"]["packing"] is False
+        if method == "sft":
+            assert config["train"]["global_batch_size"] == sft["batch"]
+            assert config["train"]["max_steps"] == TRAIN_SAMPLES_PER_DATASET // sft["batch"] * sft["epochs"]
+            groups = ("image_tokenizer", "adapter", "language_model")  # an open-weight model's groups
+            assert {config["optim"]["lr"][g] for g in groups} == {sft["lr"]} and config["optim"][
+                "warmup_steps"
+            ] == 0
+            assert tuple(config["optim"]["betas"]) == sft["betas"] and config["optim"]["min_lr_ratio"] == 0.0
+        if method == "grpo":
+            assert config["data"]["train"][0]["mode"] == "vqa"
+            r = config["rl"]
+            assert (r["lr"], r["epochs"], r["prompts_per_step"], r["num_generations"], r["kl_coef"]) == (
+                rl["lr"],
+                rl["epochs"],
+                rl["batch"],
+                rl["samples_per_prompt"],
+                rl["kl"],
+            )
+            assert rl["batch"] == rl["rollout_batch"]  # one prompt batch per rollout, as the code assumes
+        # only Kimi-VL may run its repository's code
+        trusted = config["model"]["open_weight"] in config["model"]["trust_remote_code"]
+        assert trusted == (config["model"]["open_weight"] == HUB_IDS["Kimi-VL-A3B"])
+
+
+def test_grpo_arguments_are_table_15(tmp_path: Path) -> None:
+    config = load_config(
+        ExperimentConfig, [{"model": {"open_weight": "org/model"}, "train": {"method": "grpo"}}]
+    )
+    args = grpo.grpo_arguments(config, tmp_path)
+    rl = TABLE_15["rl"]
+    assert args.learning_rate == rl["lr"] and args.lr_scheduler_type == "constant" and args.warmup_steps == 0
+    assert (args.adam_beta1, args.adam_beta2) == rl["betas"] and args.num_train_epochs == rl["epochs"]
+    assert args.num_generations == rl["samples_per_prompt"] and args.beta == rl["kl"]
+    completions = rl["batch"] * rl["samples_per_prompt"]  # 640: one optimizer step per rollout batch
+    assert args.generation_batch_size == completions
+    assert args.per_device_train_batch_size * args.gradient_accumulation_steps == completions
+    with pytest.raises(ConfigError, match="not a multiple"):
+        config.rl.micro_batch_size = 7
+        grpo.grpo_arguments(config, tmp_path)
+
+
+def test_results_print_the_tables_from_real_runs(saved, tmp_path: Path, capsys) -> None:
+    """The records the runs write (eval.json next to result.json and the saved model's JSON files) are
+    what `vlmlab results --layout open_weight` reads: base and SFT give Table 8 with the change."""
+    _, base = saved
+    runs = tmp_path / "runs"
+    base_record = train(run_config(base, runs / "base", "eval"))
+    assert base_record["timings"]["steps"] == 0
+    train(run_config(base, runs / "sft", "sft"))
+    capsys.readouterr()
+    assert (
+        vlmlab_main(["results", str(runs), "--layout", "open_weight", "--out", str(tmp_path / "tables")]) == 0
+    )
+    text = capsys.readouterr().out
+    evaluated = {
+        name: json.loads((runs / name / "eval.json").read_text())["metrics"]["spatialmap"]
+        for name in ("base", "sft")
+    }
+    sft, before = evaluated["sft"]["tqa"]["ind"]["score"], evaluated["base"]["tqa"]["ind"]["score"]
+    change = round(100 * sft, 1) - round(100 * before, 1)
+    assert f"{100 * sft:.1f} ({change:+.1f})" in text  # the SFT cell with its change from the base model
+    assert (tmp_path / "tables" / "open_weight_sft_vqa.csv").exists()
