@@ -5,6 +5,7 @@ held-out settings; the binary final-answer reward; the open-weight sweep's grid 
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from paper_facts import (
     TABLE_15,
     TRAIN_SAMPLES_PER_DATASET,
 )
-from tiny_open_weight import FAMILIES, build_tiny, save_tiny
+from tiny_open_weight import FAMILIES, build_tiny, save_tiny, save_tiny_remote
 
 from vlmlab.cli import main as vlmlab_main
 from vlmlab.config import ExperimentConfig, ModelConfig, load_config
@@ -89,6 +90,60 @@ def test_parameter_groups_follow_the_released_module_names() -> None:
     assert parameter_group("lm_head.weight") == "language_model"
     with pytest.raises(ConfigError, match="audio_tower.conv.weight"):
         parameter_group("model.audio_tower.conv.weight")
+
+
+# transformers' image-text-to-text classes the paper's models (and their neighbours) use: every parameter of
+# each maps onto a vlmlab group (names only: built on the meta device from the default configs)
+HF_CLASSES = (
+    ("Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLConfig"),
+    ("Qwen2VLForConditionalGeneration", "Qwen2VLConfig"),
+    ("Qwen3VLForConditionalGeneration", "Qwen3VLConfig"),
+    ("Gemma3ForConditionalGeneration", "Gemma3Config"),
+    ("InternVLForConditionalGeneration", "InternVLConfig"),
+    ("LlavaForConditionalGeneration", "LlavaConfig"),
+)
+
+
+@pytest.mark.parametrize(("model_class", "config_class"), HF_CLASSES)
+def test_every_parameter_of_the_hf_classes_has_a_group(model_class: str, config_class: str) -> None:
+    import transformers
+
+    with torch.device("meta"):
+        model = getattr(transformers, model_class)(getattr(transformers, config_class)())
+    sizes: dict[str, int] = {}
+    for name, param in model.named_parameters():
+        sizes[parameter_group(name)] = sizes.get(parameter_group(name), 0) + param.numel()
+    assert set(sizes) == {"image_tokenizer", "adapter", "language_model"}
+    # the language model is the largest part and the projector the smallest, in every released design
+    assert sizes["language_model"] > sizes["image_tokenizer"] > sizes["adapter"] > 0
+
+
+def test_remote_code_runs_only_for_a_named_model(tmp_path: Path) -> None:
+    """A repository with its own modelling code (Kimi-VL's kind): refused unless trust_remote_code names it."""
+    folder = save_tiny_remote(tmp_path / "remote")
+    with pytest.raises(ConfigError, match="list .* in model.trust_remote_code"):
+        load_open_weight(ModelConfig(open_weight=str(folder)))
+    with pytest.raises(ConfigError, match="custom code"):
+        load_open_weight(ModelConfig(open_weight=str(folder), trust_remote_code=["some/other-model"]))
+    model = load_open_weight(ModelConfig(open_weight=str(folder), trust_remote_code=[str(folder)]))
+    assert type(model.hf).__name__ == "TinyRemoteVL"
+    assert {g for g, params in model.parameter_groups().items() if params} == {
+        "image_tokenizer",
+        "adapter",
+        "language_model",
+    }
+
+
+def test_files_that_do_not_match_the_architecture_are_refused(tmp_path: Path) -> None:
+    folder = save_tiny("qwen2_5_vl", tmp_path / "m")
+    config = json.loads((folder / "config.json").read_text())
+    config["text_config"]["num_hidden_layers"] = 3  # a layer the weights file does not have
+    config["text_config"]["layer_types"] = ["full_attention"] * 3
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="does not load strictly .*missing: .*layers.2"):
+        load_open_weight(ModelConfig(open_weight=str(folder)))
+    with pytest.raises(ConfigError, match="Cannot load open-weight model"):
+        load_open_weight(ModelConfig(open_weight=str(tmp_path / "nothing-here")))
 
 
 def test_processor_path_matches_the_models_own_processor(saved) -> None:
@@ -267,6 +322,9 @@ def test_sft_trains_the_language_model_and_evaluates_the_four_settings(saved, tm
     assert (run / "final" / "config.json").exists() and (run / "final" / "processor_config.json").exists()
     changed = changed_groups(base, run / "final")
     assert changed == {"image_tokenizer": False, "adapter": True, "language_model": True}  # unfreeze-lm
+    with (run / "logs" / "metrics.csv").open() as handle:  # the loss falls on the answer tokens
+        losses = [float(row["train/loss"]) for row in csv.DictReader(handle) if row.get("train/loss")]
+    assert len(losses) == 4 and losses[-1] < losses[0] - 0.2
     check_four_settings(run, 3)
     assert record["best"]["step"] in (2, 4)
 

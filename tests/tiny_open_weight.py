@@ -189,3 +189,55 @@ def save_tiny(family: str, folder: str | Path, seed: int = 0) -> Path:
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+REMOTE_CONFIG = """from transformers import Qwen2_5_VLConfig
+
+
+class TinyRemoteConfig(Qwen2_5_VLConfig):
+    model_type = "tiny_remote_vl"
+"""
+REMOTE_MODELING = """from transformers import Qwen2_5_VLForConditionalGeneration
+
+from .configuration_tiny_remote import TinyRemoteConfig
+
+
+class TinyRemoteVL(Qwen2_5_VLForConditionalGeneration):
+    config_class = TinyRemoteConfig
+"""
+
+
+def save_tiny_remote(folder: str | Path, seed: int = 0) -> Path:
+    """A model whose repository ships its own code, as Kimi-VL's does: config.json names a model type
+    transformers does not know and maps the auto classes onto the folder's Python files (auto_map)."""
+    import importlib.util
+    import json
+    import sys
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "configuration_tiny_remote.py").write_text(REMOTE_CONFIG)
+    (folder / "modeling_tiny_remote.py").write_text(REMOTE_MODELING)
+    package = f"tiny_remote_{seed}_{abs(hash(str(folder)))}"  # import the files as the hub would
+    spec = importlib.util.spec_from_file_location(
+        package, folder / "__init__.py", submodule_search_locations=[str(folder)]
+    )
+    (folder / "__init__.py").write_text("")
+    sys.modules[package] = importlib.util.module_from_spec(spec)
+    configuration = importlib.import_module(f"{package}.configuration_tiny_remote")
+    modeling = importlib.import_module(f"{package}.modeling_tiny_remote")
+    reference, processor = build_tiny("qwen2_5_vl", seed)
+    config = configuration.TinyRemoteConfig(**reference.config.to_dict())
+    model = modeling.TinyRemoteVL(config)
+    model.load_state_dict(reference.state_dict())
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    (folder / "__init__.py").unlink()
+    data = json.loads((folder / "config.json").read_text())
+    data["model_type"] = "tiny_remote_vl"
+    data["auto_map"] = {
+        "AutoConfig": "configuration_tiny_remote.TinyRemoteConfig",
+        "AutoModelForImageTextToText": "modeling_tiny_remote.TinyRemoteVL",
+    }
+    (folder / "config.json").write_text(json.dumps(data, indent=2))
+    return folder

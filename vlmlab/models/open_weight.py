@@ -49,6 +49,7 @@ GROUP_PREFIXES = (
     ("lm_head.", "language_model"),
 )
 GROUPS = ("image_tokenizer", "adapter", "language_model")
+LOADING_PROBLEMS = ("missing_keys", "unexpected_keys", "mismatched_keys")
 # transformers keeps Qwen3-VL's deepstack mergers inside `visual` as well: they project vision features too
 _ADAPTER_INSIDE_VISION = ("deepstack_merger_list.",)
 
@@ -210,18 +211,33 @@ def load_open_weight(config: ModelConfig, source: str | None = None) -> OpenWeig
     remote = trusted(config)
     try:
         processor = AutoProcessor.from_pretrained(where, trust_remote_code=remote)
-        model = AutoModelForImageTextToText.from_pretrained(
+        model, loading = AutoModelForImageTextToText.from_pretrained(
             where,
             trust_remote_code=remote,
             attn_implementation=config.attn_implementation,
             dtype=torch.float32,
+            output_loading_info=True,
         )
-    except (OSError, ValueError, KeyError) as error:
-        first = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+    except Exception as error:  # noqa: BLE001 (missing files, bad configs, code errors: one line each)
+        first = (
+            str(error).strip().splitlines()[0][:300].rstrip(". ")
+            if str(error).strip()
+            else type(error).__name__
+        )
         hint = ""
         if "trust_remote_code" in str(error) and not remote:
             hint = f" Its repository ships its own code: list {where!r} in model.trust_remote_code to run it."
         raise ConfigError(f"Cannot load open-weight model {where!r}: {first}.{hint}") from None
+    # strict: a weight the files lack would silently start random, one the model lacks would be dropped
+    wrong = {kind: sorted(map(str, loading.get(kind) or [])) for kind in LOADING_PROBLEMS}
+    if any(wrong.values()):
+        detail = "; ".join(
+            f"{kind.split('_')[0]}: {', '.join(keys[:3])}" for kind, keys in wrong.items() if keys
+        )
+        raise ConfigError(
+            f"Open-weight model {where!r} does not load strictly ({detail}): its files do not match its "
+            "architecture (a partial download, or code of another revision)."
+        )
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     return OpenWeightVLM(model, processor, str(where), base_weights=_provenance(where, model))
