@@ -481,3 +481,91 @@ def test_results_print_the_tables_from_real_runs(saved, tmp_path: Path, capsys) 
     change = round(100 * sft, 1) - round(100 * before, 1)
     assert f"{100 * sft:.1f} ({change:+.1f})" in text  # the SFT cell with its change from the base model
     assert (tmp_path / "tables" / "open_weight_sft_vqa.csv").exists()
+
+
+def test_fsdp_training_of_an_open_weight_model_equals_ddp(tmp_path: Path) -> None:
+    """train.strategy: fsdp cuts the model at its `_no_split_modules` (decoder layers, vision blocks): two
+    sharded processes train the same weights as two DDP processes, and validate and evaluate on the
+    sharded model (generation in lockstep)."""
+    import subprocess
+    import sys
+
+    from omegaconf import OmegaConf
+
+    base = save_tiny("qwen2_5_vl", tmp_path / "base")
+    results = {}
+    for strategy in ("ddp", "fsdp"):
+        config = run_config(base, tmp_path / strategy, "sft")
+        config.data.micro_batch_size = 1
+        config.train.max_steps = 3
+        path = tmp_path / f"{strategy}.yaml"
+        path.write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
+        command = [sys.executable, "-m", "vlmlab.cli", "train", str(path), f"train.strategy={strategy}"]
+        command += ["train.devices=2", "train.accelerator=cpu", "train.deterministic=true"]
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        results[strategy] = json.loads((tmp_path / strategy / "eval.json").read_text())["metrics"]
+    ddp = dict(
+        load_open_weight(ModelConfig(open_weight=str(tmp_path / "ddp" / "final"))).hf.named_parameters()
+    )
+    fsdp = dict(
+        load_open_weight(ModelConfig(open_weight=str(tmp_path / "fsdp" / "final"))).hf.named_parameters()
+    )
+    assert ddp.keys() == fsdp.keys()
+    for name in ddp:
+        torch.testing.assert_close(fsdp[name], ddp[name], rtol=1e-4, atol=1e-5, msg=name)
+    assert changed_groups(base, tmp_path / "fsdp" / "final")["language_model"]
+    assert results["fsdp"] == results["ddp"]
+
+
+def test_single_process_methods_refuse_a_multi_process_layout(saved, tmp_path: Path) -> None:
+    _, base = saved
+    config = run_config(base, tmp_path / "e", "eval")
+    config.train.devices, config.train.global_batch_size = 2, 4
+    with pytest.raises(ConfigError, match="evaluates in one process"):
+        train(config)
+    config = run_config(base, tmp_path / "g", "grpo")
+    config.train.devices, config.train.global_batch_size = 2, 4
+    with pytest.raises(ConfigError, match="accelerate launch --num_processes 2"):
+        train(config)
+
+
+def test_grpo_stops_at_a_signal_and_resumes_from_its_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    """SIGUSR1 (Slurm's time-limit signal) during step 2: the HF Trainer checkpoint of step 2 is written and
+    the run stops; the same command resumes from it and finishes the remaining steps."""
+    import os
+    import signal
+
+    from vlmlab.errors import TrainingStopped
+
+    base = save_tiny("qwen2_5_vl", tmp_path / "base")
+    real, calls = grpo.final_answer_reward, {"n": 0, "kill_at": 2}
+
+    def signalling(completions, answer, options, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == calls["kill_at"]:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return real(completions, answer, options, **kwargs)
+
+    monkeypatch.setattr(grpo, "final_answer_reward", signalling)
+    config = run_config(base, tmp_path / "run", "grpo", max_steps=4)
+    config.train.checkpoint_every_n_steps = 100  # only the signal writes one
+    with pytest.raises(TrainingStopped, match="SIGUSR1 received: stopped after step 2"):
+        train(config)
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").glob("checkpoint-*")] == ["checkpoint-2"]
+    assert not (tmp_path / "run" / "result.json").exists()
+    calls["kill_at"] = -1
+    record = train(config)
+    assert record["timings"]["steps"] == 4
+    assert [entry["step"] for entry in record["rewards"]] == [1, 2, 3, 4]  # 1-2 before, 3-4 after resuming
+    assert calls["n"] == 4  # the resumed run rolled out steps 3 and 4 only
+
+
+def test_export_of_an_open_weight_run_points_at_its_checkpoint(saved, tmp_path: Path, capsys) -> None:
+    _, base = saved
+    train(run_config(base, tmp_path / "run", "sft"))
+    capsys.readouterr()
+    assert vlmlab_main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "hf")]) != 0
+    error = capsys.readouterr().err
+    assert "save_pretrained folder already" in error and str(tmp_path / "run" / "best") in error
+    assert "Traceback" not in error

@@ -45,8 +45,6 @@ class ChatEncoder:
     """SampleEncoder's interface (tokenize / length / finish / encode / encode_prompt) for a HF processor;
     pickles into data-loader workers with its processor."""
 
-    exact_lengths = True  # see the module docstring: exact for sources whose images have `image_size`
-
     def __init__(self, processor: Any, max_length: int, image_size: int = 384) -> None:
         if max_length < 8:
             raise ConfigError(f"max_length must be >= 8 tokens, got {max_length}.")

@@ -67,6 +67,22 @@ class NotLlava(Exception):
 
 
 # -- loading the run --------------------------------------------------------------------------------------
+def refuse_open_weight(run: Path) -> None:
+    """An open-weight run's checkpoints are transformers folders already: nothing to export, say where."""
+    from vlmlab.config import ExperimentConfig, load_config
+
+    if not (run / "config.yaml").exists():
+        return
+    config = load_config(ExperimentConfig, [run / "config.yaml"])
+    if config.model.open_weight:
+        saved = next((run / n for n in ("best", "final") if (run / n / "config.json").exists()), None)
+        raise ConfigError(
+            f"{str(run)!r} trained the open-weight model {config.model.open_weight!r}; its checkpoint "
+            f"{str(saved) if saved else '(none yet)'} is a save_pretrained folder already: load it with "
+            "AutoModelForImageTextToText / AutoProcessor, or give it to lmms-eval's own model for its family."
+        )
+
+
 def load_for_export(run_or_checkpoint: str | Path) -> tuple[Any, Any, Path, list[Path]]:
     """(ExperimentConfig, model in eval mode, the checkpoint folder used, its chain) of a run or checkpoint."""
     from vlmlab.config import ExperimentConfig, load_config
@@ -85,6 +101,7 @@ def load_for_export(run_or_checkpoint: str | Path) -> tuple[Any, Any, Path, list
             f"{str(path)!r} does not exist (expected a vlmlab run folder or checkpoint folder)."
         )
     if (path / "config.yaml").exists():  # a run folder: its best/ (else final/) checkpoint
+        refuse_open_weight(path)
         checkpoint = resolve_checkpoint(path)
         config, model = load_run(path)
         return config, model, checkpoint, checkpoint_chain(checkpoint)

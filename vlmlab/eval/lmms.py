@@ -223,6 +223,9 @@ class VlmlabLMM(lmms):
         if self._device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"vlmlab model arg device={device!r}, but this machine has no CUDA device.")
 
+        from vlmlab.eval.export import refuse_open_weight
+
+        refuse_open_weight(Path(run))
         self.config, model = load_run(str(run))
         budget = _positive_int("max_length", max_length) if max_length is not None else None
         self._tokenizer, self.encoder = text_side(self.config, model, budget)

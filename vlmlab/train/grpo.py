@@ -18,7 +18,10 @@ Reward: 1 when the option extracted after "Final answer:" (the paper's extractio
 answer, else 0, including answers with no extractable option. Best checkpoint: the validation sets
 (`data.val`) are scored every `rl.eval_every_n_steps` steps (default: once per epoch) with the same
 generation and extraction as every other run; the best mean accuracy is kept in `best/` (Tables 10-11
-report the best RL checkpoint). The run folder has the layout of vlmlab/train/run.py.
+report the best RL checkpoint). The run folder has the layout of vlmlab/train/run.py; the resumable state is
+the HF Trainer's checkpoint in `checkpoints/` (weights, optimizer, schedule, random states, position in the
+epoch; loaded with weights_only), written every `train.checkpoint_every_n_steps` steps and at the step a
+SIGUSR1 / SIGTERM arrives, after which the job is requeued inside Slurm; the same command resumes it.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,7 +40,7 @@ import torch
 from vlmlab.config import ExperimentConfig
 from vlmlab.data.chat_encode import ChatEncoder
 from vlmlab.data.sources import open_source
-from vlmlab.errors import ConfigError
+from vlmlab.errors import ConfigError, TrainingStopped
 from vlmlab.eval.accuracy import score_item
 from vlmlab.eval.results import config_hash
 from vlmlab.eval.runs import synthetic_image_size
@@ -44,6 +48,7 @@ from vlmlab.files import atomic_write_text
 from vlmlab.models.open_weight import OpenWeightVLM, load_open_weight, trusted
 from vlmlab.train.data import TrainData
 from vlmlab.train.freezing import apply_freezing, load_recipe
+from vlmlab.train.preemption import SIGNALS, requeue, slurm_job_id
 
 log = logging.getLogger("vlmlab.train")
 
@@ -196,6 +201,33 @@ def _best_checkpoint_callback(model: OpenWeightVLM, data: TrainData, out: Path, 
     return BestCheckpoint()
 
 
+def _preemption_callback():
+    from transformers import TrainerCallback
+
+    class Preemption(TrainerCallback):
+        """SIGUSR1 / SIGTERM (Slurm's time-limit signal, pre-emption): save the HF Trainer checkpoint at the
+        end of the current optimizer step and stop; the run folder resumes from it (vlmlab/train/preemption.py
+        does the same for Lightning runs)."""
+
+        def __init__(self) -> None:
+            self.received: int | None = None
+            self.stopped_at: int | None = None
+            for signum in SIGNALS:
+                signal.signal(signum, self._on_signal)
+
+        def _on_signal(self, signum: int, frame: Any) -> None:  # async: only record it
+            if self.received is None:
+                self.received = signum
+
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001 (the HF callback signature)
+            if self.received is not None and self.stopped_at is None:
+                self.stopped_at = state.global_step
+                control.should_save = True
+                control.should_training_stop = True
+
+    return Preemption()
+
+
 def train_grpo(config: ExperimentConfig, out: Path, resolved: dict[str, Any]) -> dict[str, Any]:
     """One GRPO run (train.method: grpo) into `out`; -> its result record (as vlmlab/train/run.py's)."""
     from omegaconf import OmegaConf
@@ -218,13 +250,14 @@ def train_grpo(config: ExperimentConfig, out: Path, resolved: dict[str, Any]) ->
     every = config.rl.eval_every_n_steps or steps_per_epoch
     data = TrainData(config, model)
     best = _best_checkpoint_callback(model, data, out, resolved, every)
+    preemption = _preemption_callback()
     trainer = GRPOTrainer(
         model=model.hf,
         reward_funcs=[final_answer_reward],
         args=args,
         train_dataset=prompts,
         processing_class=model.processor,
-        callbacks=[best],
+        callbacks=[best, preemption],
     )
     resume = get_last_checkpoint(str(out / "checkpoints")) if (out / "checkpoints").exists() else None
     if resume:
@@ -239,6 +272,15 @@ def train_grpo(config: ExperimentConfig, out: Path, resolved: dict[str, Any]) ->
     )
     trainer.train(resume_from_checkpoint=resume)
     is_zero = trainer.is_world_process_zero()
+    if preemption.stopped_at is not None:
+        name = signal.Signals(preemption.received).name
+        if is_zero:
+            requeue(preemption.stopped_at)
+        where = "requeued" if slurm_job_id() else "run the same command again to resume"
+        raise TrainingStopped(
+            f"{name} received: stopped after step {preemption.stopped_at} with its checkpoint in "
+            f"{out / 'checkpoints'}; {where}."
+        )
     final = out / "final"
     if is_zero:
         model.save(final, resolved, best.last)

@@ -47,10 +47,11 @@ class VLMModule(L.LightningModule):
         mesh = self.device_mesh  # set by ModelParallelStrategy (train.strategy: fsdp) only
         if mesh is None or getattr(self, "_sharded_units", None):
             return
-        from vlmlab.train.sharding import shard_model
+        from vlmlab.train.sharding import shard_model, shard_open_weight
 
         bf16 = self.config.train.precision.startswith("bf16")
-        self._sharded_units = shard_model(self.model, mesh["data_parallel"], bf16=bf16)
+        shard = shard_open_weight if isinstance(self.model, OpenWeightVLM) else shard_model
+        self._sharded_units = shard(self.model, mesh["data_parallel"], bf16=bf16)
         if self.global_rank == 0:
             progress.info("fsdp: %d units over %d processes", len(self._sharded_units), mesh.size())
 

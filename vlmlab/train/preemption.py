@@ -79,15 +79,21 @@ class Preemption(L.Callback):
             self.checkpoint.save(trainer, module)
         self.stopped_at = trainer.global_step
         trainer.should_stop = True
-        job = slurm_job_id()
         if trainer.is_global_zero:
             log.info("%s: checkpoint of step %d in place", self.signal_name, trainer.global_step)
-            if job:
-                result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
-                if result.returncode == 0:
-                    log.info("requeued Slurm job %s; it resumes from step %d", job, trainer.global_step)
-                else:
-                    log.warning("scontrol requeue %s failed: %s", job, result.stderr.strip())
+            requeue(trainer.global_step)
 
 
-__all__ = ["Preemption", "slurm_job_id"]
+def requeue(step: int) -> None:
+    """Inside Slurm, put this job back in the queue (it resumes from the checkpoint of `step`)."""
+    job = slurm_job_id()
+    if not job:
+        return
+    result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+    if result.returncode == 0:
+        log.info("requeued Slurm job %s; it resumes from step %d", job, step)
+    else:
+        log.warning("scontrol requeue %s failed: %s", job, result.stderr.strip())
+
+
+__all__ = ["Preemption", "SIGNALS", "requeue", "slurm_job_id"]

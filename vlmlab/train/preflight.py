@@ -130,15 +130,22 @@ def _check_open_weight(config: ExperimentConfig) -> None:
             "Open-weight models train on padded rows: set data.packing: false (their processors' position "
             "layouts, e.g. Qwen2.5-VL's 3-D rotary positions, are computed by the model from whole rows)."
         )
-    if config.train.strategy == "fsdp":
-        raise ConfigError(
-            "train.strategy: fsdp shards vlmlab's own models only so far; an open-weight model trains with "
-            "auto or ddp (one full copy per GPU; model.gradient_checkpointing and bf16-mixed cut its memory)."
-        )
     if config.train.init_from:
         raise ConfigError(
             "train.init_from is for vlmlab's stage hand-off; an open-weight run starts from model.open_weight "
             "(point it at a trained run's best/ or final/ folder to continue from one)."
+        )
+    world = config.train.devices * config.train.num_nodes
+    if config.train.method == "eval" and world > 1:
+        raise ConfigError(
+            f"train.method: eval evaluates in one process; set train.devices=1 and train.num_nodes=1 (got {world})."
+        )
+    launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if config.train.method == "grpo" and world != launched:
+        raise ConfigError(
+            f"train.method: grpo with {world} processes runs under TRL's launcher, which sets WORLD_SIZE (here "
+            f"{launched}): `accelerate launch --num_processes {world} -m vlmlab.cli train ...` (or torchrun), "
+            "or train.devices=1."
         )
     rl = config.rl
     for name in (

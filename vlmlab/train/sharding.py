@@ -8,6 +8,10 @@ weights are gathered around `forward` and around the methods a layer class lists
 `fsdp_forward_methods` (MoT's split attention halves, Cross-Attention's image keys/values), and the model's
 own `prefill` / `decode_step` (cached generation), so validation and generation run on the sharded model.
 
+Open-weight VLMs (vlmlab/models/open_weight.py) are cut where transformers cuts them: one unit per module of
+a class the model lists in `_no_split_modules` (decoder layers, vision blocks), the rest in the root unit
+(`shard_open_weight`).
+
 Reached through `train.strategy: fsdp` (Lightning's ModelParallelStrategy, whose `configure_model` hook
 calls `shard_model`). Checkpoints are gathered into one full file on rank 0: `last.ckpt` resumes on any
 strategy with the same world size, and stage checkpoints hold plain tensors.
@@ -21,7 +25,9 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 from transformers.models.qwen3.modeling_qwen3 import Qwen3DecoderLayer
 
+from vlmlab.errors import ConfigError
 from vlmlab.models.fusion.cross_attention import GatedCrossAttentionLayer
+from vlmlab.models.open_weight import OpenWeightVLM
 from vlmlab.models.vlm import VisionLanguageModel
 
 LAYER_UNITS = (Qwen3DecoderLayer, GatedCrossAttentionLayer)
@@ -48,6 +54,30 @@ def shard_model(model: VisionLanguageModel, mesh: DeviceMesh, bf16: bool = False
         register_fsdp_forward_method(model, method)
     units.append("(root: embeddings, adapter, norm, head)")
     return units
+
+
+def shard_open_weight(model: OpenWeightVLM, mesh: DeviceMesh, bf16: bool = False) -> list[str]:
+    """Shard an open-weight VLM in place: one FSDP unit per module whose class its transformers model lists
+    in `_no_split_modules` (its decoder layers and vision blocks: the units transformers itself never
+    splits), the rest (embeddings, projector, norms, head) in the root unit; -> the units' names.
+    Generation (`generate_batch`) gathers the root unit's weights like a forward does."""
+    classes = set(getattr(model.hf, "_no_split_modules", None) or ())
+    if not classes:
+        raise ConfigError(
+            f"{type(model.hf).__name__} names no `_no_split_modules` (its layer classes), so vlmlab cannot "
+            "tell where to cut FSDP units: train it with train.strategy auto or ddp."
+        )
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
+    options = {"mesh": mesh, **({"mp_policy": policy} if policy else {})}
+    units = []
+    for name, module in model.hf.named_modules():
+        inside = any(name.startswith(f"{unit}.") for unit in units)
+        if type(module).__name__ in classes and not inside and any(True for _ in module.parameters()):
+            fully_shard(module, **options)
+            units.append(name)
+    fully_shard(model, **options)
+    register_fsdp_forward_method(model, "generate_batch")
+    return [*(f"hf.{unit}" for unit in units), "(root: embeddings, projector, norms, head)"]
 
 
 def tokenizer_blocks(tokenizer: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -77,4 +107,4 @@ def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
     return to_local() if to_local is not None else tensor
 
 
-__all__ = ["shard_model", "local_tensor", "LAYER_UNITS"]
+__all__ = ["shard_model", "shard_open_weight", "local_tensor", "LAYER_UNITS"]
