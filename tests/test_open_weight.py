@@ -21,7 +21,7 @@ from paper_facts import (
 from tiny_open_weight import FAMILIES, build_tiny, save_tiny, save_tiny_remote
 
 from vlmlab.cli import main as vlmlab_main
-from vlmlab.config import ExperimentConfig, ModelConfig, load_config
+from vlmlab.config import DataSourceConfig, ExperimentConfig, ModelConfig, load_config
 from vlmlab.data.chat_encode import ChatEncoder, collate_chat
 from vlmlab.data.samples import synthetic_to_sample
 from vlmlab.data.synthetic.generate import generate_split
@@ -569,3 +569,69 @@ def test_export_of_an_open_weight_run_points_at_its_checkpoint(saved, tmp_path: 
     error = capsys.readouterr().err
     assert "save_pretrained folder already" in error and str(tmp_path / "run" / "best") in error
     assert "Traceback" not in error
+
+
+def test_the_stream_encodes_images_of_any_size_as_the_processor_does(saved) -> None:
+    """Images drawn at another size than the encoder plans with (200 vs 384 pixels): the stream's batches
+    hold each sample exactly as the processor encodes it with its real image."""
+    from vlmlab.config import DataConfig, DataSourceConfig
+    from vlmlab.data.sources import open_source
+    from vlmlab.data.stream import TrainStream, train_loader
+
+    family, folder = saved
+    model = load_open_weight(ModelConfig(open_weight=str(folder)))
+    encoder = ChatEncoder(model.processor, 512, image_size=384)
+    source = DataSourceConfig(
+        kind="synthetic", task="spatialmap", mode="vqa", split="train", num_samples=4, image_size=200
+    )
+    samples = list(open_source(source, seed=0, image_size=384).samples_in_order(4))
+    expected = [encoder.encode(sample)["input_ids"].tolist() for sample in samples]
+    blank = {
+        **samples[0],
+        "segments": [{**p, "image": None} if p["type"] == "image" else p for p in samples[0]["segments"]],
+    }
+    if family == "qwen2_5_vl":  # dynamic resolution: the plan (a 384-pixel stand-in) is not the real length
+        assert encoder.length(blank) != len(expected[0])
+    else:  # Gemma 3 resizes every image to its fixed input size: the same number of tokens
+        assert encoder.length(blank) == len(expected[0])
+    data = DataConfig(train=[source], packing=False, micro_batch_size=2, max_length=512)
+    loader = iter(train_loader(TrainStream.from_config(data, encoder, seed=0, image_size=384)))
+    for _ in range(2):
+        batch = next(loader)
+        for row, mask in zip(batch["input_ids"], batch["attention_mask"]):
+            assert row[mask.bool()].tolist() in expected
+
+
+def test_generation_budget_and_end_of_turn(saved) -> None:
+    """Batched answers (left-padded prompts) are the greedy continuation transformers' generate() gives each
+    prompt alone, within `max_new_tokens` and cut before the model's end-of-turn token."""
+    from vlmlab.data.validation import build_val_set
+    from vlmlab.eval.accuracy import generate_texts
+
+    family, folder = saved
+    model = load_open_weight(ModelConfig(open_weight=str(folder))).eval()
+    encoder = ChatEncoder(model.processor, 512, image_size=96)
+    source = DataSourceConfig(kind="synthetic", task="spatialmap", mode="vqa", split="test", image_size=96)
+    items = build_val_set(source, encoder, 3, seed=0, image_size=96)
+    tokenizer = model.tokenizer
+    for budget in (1, 5):
+        texts = generate_texts(model, tokenizer, items, max_new_tokens=budget)
+        for text, item in zip(texts, items):
+            inputs = {
+                k: v[None] if k in ("input_ids",) else v
+                for k, v in item.items()
+                if isinstance(v, torch.Tensor)
+            }
+            for key in ("token_type_ids", "mm_token_type_ids"):
+                if key in inputs:
+                    inputs[key] = inputs[key][None]
+            with torch.no_grad():
+                reference = model.hf.generate(**inputs, max_new_tokens=budget, do_sample=False)[
+                    0, len(item["input_ids"]) :
+                ]
+            stop = tokenizer.convert_tokens_to_ids(END_OF_TURN[family])
+            tokens = reference.tolist()
+            tokens = tokens[: tokens.index(stop)] if stop in tokens else tokens
+            assert len(reference) <= budget
+            # batched with left padding (3 prompts of different lengths) = one prompt alone
+            assert text == tokenizer.decode(tokens, skip_special_tokens=True)

@@ -98,6 +98,9 @@ class DataConfig:
     num_workers: int = 0  # loader workers per rank; a resume needs the same number (vlmlab/data/stream.py)
     max_bad_fraction: float = 1e-3  # more bad samples than this share of a source stops the run
     val_samples: int = 200  # per validation source
+    # tokens generated per validation / transfer-evaluation answer: vlmlab's models answer "Final answer: X"
+    # at once; open-weight instruct models reason first and need hundreds
+    val_max_new_tokens: int = 16
     lomo: dict[str, Any] = field(default_factory=dict)  # LoMo transform settings for text-only samples
 
 

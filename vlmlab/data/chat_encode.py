@@ -21,9 +21,10 @@ returned them for this sample. `collate_chat` pads the former and concatenates t
 which is how every HF VLM takes a batch.
 
 Length planning without pixels (the stream counts tokens before images are decoded) runs the processor on
-blank stand-in images of `image_size`: the token count depends only on the image size, and the synthetic
-tasks render at a fixed size, so the plan is exact; a source whose images have other sizes makes the stream
-stop with its "encodes differently with and without its images" error rather than train on a wrong plan.
+blank stand-in images of `image_size`: the token count depends only on the image size, so for the
+synthetic tasks (drawn at that size) the plan is exact. Open-weight rows are padded, one sample each, so the
+plan only decides which samples a batch holds: a sample whose decoded images give another length is
+encoded as it really is (and dropped, counted, if that is longer than `max_length`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from vlmlab.data.encode import Encoder
 from vlmlab.data.samples import turns_of
 from vlmlab.errors import ConfigError
 
@@ -41,9 +43,9 @@ IGNORE_INDEX = -100
 PER_TOKEN_KEYS = ("input_ids", "labels", "attention_mask", "token_type_ids", "mm_token_type_ids")
 
 
-class ChatEncoder:
-    """SampleEncoder's interface (tokenize / length / finish / encode / encode_prompt) for a HF processor;
-    pickles into data-loader workers with its processor."""
+class ChatEncoder(Encoder):
+    """The encoder interface (vlmlab.data.encode.Encoder) for a HF processor; pickles into data-loader
+    workers with its processor."""
 
     def __init__(self, processor: Any, max_length: int, image_size: int = 384) -> None:
         if max_length < 8:
@@ -162,10 +164,6 @@ class ChatEncoder:
             )
         return len(ids)
 
-    def length(self, sample: dict[str, Any]) -> int | None:
-        tokens = self.tokenize(sample)
-        return None if tokens is None else len(tokens["input_ids"])
-
     def finish(
         self, tokens: dict[str, Any], images: list[Image.Image] | None = None
     ) -> dict[str, torch.Tensor]:
@@ -198,18 +196,6 @@ class ChatEncoder:
                 f"not {self.image_size} x {self.image_size}); see vlmlab/data/chat_encode.py."
             )
         return processed
-
-    def encode(self, sample: dict[str, Any]) -> dict[str, torch.Tensor] | None:
-        tokens = self.tokenize(sample)
-        return None if tokens is None else self.finish(tokens)
-
-    def encode_prompt(self, sample: dict[str, Any], max_length: int | None = None) -> dict[str, Any] | None:
-        tokens = self.tokenize(sample, with_response=False, max_length=max_length)
-        if tokens is None:
-            return None
-        encoded = self.finish(tokens)
-        del encoded["labels"]
-        return encoded
 
     def collate(self, rows: Sequence[Sequence[dict[str, Any]]], packing: bool) -> dict[str, Any]:
         """The stream's micro-batch: one sample per row, right-padded (open-weight models take no packing)."""

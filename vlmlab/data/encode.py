@@ -33,7 +33,49 @@ IGNORE_INDEX = -100
 ImageTransform = Callable[[Image.Image], torch.Tensor]
 
 
-class SampleEncoder:
+class Encoder:
+    """What the stream, validation and evaluation use of an encoder, in terms of the two methods every
+    encoder implements: `tokenize` (token level, images may be None) and `finish` (tensors)."""
+
+    def tokenize(
+        self, sample: dict[str, Any], *, with_response: bool = True, max_length: int | None = None
+    ) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    def finish(
+        self, tokens: dict[str, Any], images: list[Image.Image] | None = None
+    ) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def length(self, sample: dict[str, Any]) -> int | None:
+        """Encoded length in tokens (None: too long, dropped) without touching any pixels."""
+        tokens = self.tokenize(sample)
+        return None if tokens is None else len(tokens["input_ids"])
+
+    def encode(self, sample: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+        """A training example: input_ids [T], labels [T] (-100 off the response), pixel_values (the images).
+
+        None when the sample cannot fit in `max_length` (counted in `num_dropped`).
+        """
+        tokens = self.tokenize(sample)
+        return None if tokens is None else self.finish(tokens)
+
+    def encode_prompt(
+        self, sample: dict[str, Any], max_length: int | None = None
+    ) -> dict[str, torch.Tensor] | None:
+        """The prompt only, ending with the assistant header, for generation (validation accuracy).
+
+        `max_length` bounds the prompt (default: the encoder's); leave room for the generated tokens.
+        """
+        tokens = self.tokenize(sample, with_response=False, max_length=max_length)
+        if tokens is None:
+            return None
+        encoded = self.finish(tokens)
+        del encoded["labels"]
+        return encoded
+
+
+class SampleEncoder(Encoder):
     """Turns samples into model inputs; pickles into data-loader workers (keep the transform picklable)."""
 
     def __init__(
@@ -143,11 +185,6 @@ class SampleEncoder:
             self._roles[role] = self.text_ids(f"{role}\n")
         return self._roles[role]
 
-    def length(self, sample: dict[str, Any]) -> int | None:
-        """Encoded length in tokens (None: too long, dropped) without touching any pixels."""
-        tokens = self.tokenize(sample)
-        return None if tokens is None else len(tokens["input_ids"])
-
     # -- pixels
     def pixels(self, images: list[Image.Image]) -> torch.Tensor:
         """Preprocessed images stacked to [n, 3, H, W]; n = 0 gives an empty tensor of the right H, W."""
@@ -186,28 +223,5 @@ class SampleEncoder:
             "pixel_values": self.pixels(images),
         }
 
-    # -- public entry points
-    def encode(self, sample: dict[str, Any]) -> dict[str, torch.Tensor] | None:
-        """A training example: input_ids [T], labels [T] (-100 off the response), pixel_values [n, 3, H, W].
 
-        None when the sample cannot fit in `max_length` (counted in `num_dropped`).
-        """
-        tokens = self.tokenize(sample)
-        return None if tokens is None else self.finish(tokens)
-
-    def encode_prompt(
-        self, sample: dict[str, Any], max_length: int | None = None
-    ) -> dict[str, torch.Tensor] | None:
-        """The prompt only, ending with the assistant header, for generation (validation accuracy).
-
-        `max_length` bounds the prompt (default: the encoder's); leave room for the generated tokens.
-        """
-        tokens = self.tokenize(sample, with_response=False, max_length=max_length)
-        if tokens is None:
-            return None
-        encoded = self.finish(tokens)
-        del encoded["labels"]
-        return encoded
-
-
-__all__ = ["IGNORE_INDEX", "ImageTransform", "SampleEncoder"]
+__all__ = ["IGNORE_INDEX", "Encoder", "ImageTransform", "SampleEncoder"]

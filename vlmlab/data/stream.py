@@ -319,7 +319,13 @@ class _Reader:
                     )
                     continue
                 tokens = encoder.tokenize(sample)
-                if tokens is None or len(tokens["input_ids"]) != length:
+                if not self.stream.packing and (tokens is None or len(tokens["input_ids"]) != length):
+                    # padded rows: the plan only chose the row; an open-weight processor gives each image as
+                    # many tokens as its size asks for, known once it is decoded (vlmlab/data/chat_encode.py)
+                    if tokens is None:
+                        self.health.drop(source.name)
+                        continue
+                elif tokens is None or len(tokens["input_ids"]) != length:
                     raise RuntimeError(
                         f"source {source.name!r} sample {source.key(record)!r} encodes differently with and "
                         "without its images; the stream would not be reproducible."

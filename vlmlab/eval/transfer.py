@@ -60,7 +60,9 @@ def evaluate_transfer(
                     kind="synthetic", task=task, mode=modality, split=split, difficulty=knobs
                 )
                 items = build_val_set(source, encoder, num_samples, seed=EVAL_SEED, image_size=size)
-                result = evaluate_items(model, tokenizer, items)
+                result = evaluate_items(
+                    model, tokenizer, items, max_new_tokens=config.data.val_max_new_tokens
+                )
                 metrics.setdefault(task, {}).setdefault(modality, {})[cell] = as_metric(result)
                 chance.setdefault(task, {}).setdefault(modality, {})[cell] = result["chance"]
                 trivial = _baselines(source, num_samples, items)

@@ -69,6 +69,7 @@ _LATER_KEYS = {
     "model.trust_remote_code": [],
     "train.method": "sft",
     "train.transfer_eval_samples": 0,
+    "data.val_max_new_tokens": 16,
 }
 FUSION_SHORT = {"joint_decoder": "jd", "cross_attention": "xattn", "mot": "mot"}
 _VAR_REFERENCE = re.compile(r"\$\{vars\.([A-Za-z_][A-Za-z0-9_]*)")

@@ -76,7 +76,11 @@ class TrainData:
         metrics: dict[str, float] = {}
         for name, items in self.val_sets().items():
             result = evaluate_items(
-                self.model, self.text_tokenizer, items, dtype=torch.bfloat16 if bf16 else None
+                self.model,
+                self.text_tokenizer,
+                items,
+                max_new_tokens=self.config.data.val_max_new_tokens,
+                dtype=torch.bfloat16 if bf16 else None,
             )
             metrics[f"{name}/accuracy"] = result["accuracy"]
             metrics[f"{name}/accuracy_ci_low"] = result["ci_low"]

@@ -64,7 +64,7 @@ def validate(config: ExperimentConfig) -> int:
     _positive("train.log_every_n_steps", train.log_every_n_steps)
     if train.stage not in (1, 2, 3):
         raise ConfigError(f"train.stage must be 1, 2 or 3, got {train.stage!r}.")
-    for name in ("micro_batch_size", "val_samples"):
+    for name in ("micro_batch_size", "val_samples", "val_max_new_tokens"):
         _positive(f"data.{name}", getattr(data, name))
     if not isinstance(data.num_workers, int) or data.num_workers < 0:
         raise ConfigError(f"data.num_workers must be an integer >= 0, got {data.num_workers!r}.")
