@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -635,3 +636,23 @@ def test_generation_budget_and_end_of_turn(saved) -> None:
             assert len(reference) <= budget
             # batched with left padding (3 prompts of different lengths) = one prompt alone
             assert text == tokenizer.decode(tokens, skip_special_tokens=True)
+
+
+def test_data_inspect_shows_what_the_open_weight_model_sees(tmp_path: Path) -> None:
+    """`vlmlab data inspect` on an open-weight config renders through the model's processor: its chat
+    markup, its image markers (one <image> for the run of image tokens) and the scored answer."""
+    from omegaconf import OmegaConf
+
+    from vlmlab.data.inspect import inspect
+
+    base = save_tiny("qwen2_5_vl", tmp_path / "base")
+    config = run_config(base, tmp_path / "run", "sft")
+    path = tmp_path / "exp.yaml"
+    path.write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
+    report = inspect(str(path), [], 2, 1, None)
+    assert re.search(r"<\|im_start\|>user\n<\|vision_start\|><image><\|vision_end\|>Consider the map", report)
+    assert re.search(
+        r"<\|im_start\|>assistant\n\[\[Final answer: (North|South)(east|west)<\|im_end\|>\]\]", report
+    )
+    counts = [int(n) for n in re.findall(r"1 image\(s\), (\d+) image tokens", report)]
+    assert len(counts) == 2 and all(n > 1 for n in counts)  # the processor's many tokens per image

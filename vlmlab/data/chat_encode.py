@@ -63,6 +63,12 @@ class ChatEncoder(Encoder):
         self.num_dropped = 0
 
     @property
+    def image_token_id(self) -> int | None:
+        """The id each image becomes many of in the ids (its "soft" token: Qwen's <|image_pad|>, ...)."""
+        token = getattr(self.tokenizer, "image_token_id", None)
+        return token if token is not None else getattr(self.processor, "image_token_id", None)
+
+    @property
     def pad_id(self) -> int:
         pad = self.tokenizer.pad_token_id
         return int(pad if pad is not None else self.tokenizer.eos_token_id)

@@ -17,9 +17,11 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageOps
 
-from vlmlab.config import DataConfig, DataSourceConfig
-from vlmlab.data.encode import SampleEncoder
+from vlmlab.config import DataConfig, DataSourceConfig, ModelConfig
+from vlmlab.data.chat_encode import ChatEncoder
+from vlmlab.data.encode import Encoder, SampleEncoder
 from vlmlab.data.sources import BadSample, DataHealth, open_source
+from vlmlab.data.synthetic.generate import DEFAULT_IMAGE_SIZE
 from vlmlab.data.text_tokenizer import load_text_tokenizer
 from vlmlab.errors import ConfigError
 
@@ -39,20 +41,34 @@ def source_from_path(path: str, **fields: Any) -> DataSourceConfig:
     return DataSourceConfig(name=name, kind="webdataset", path=path, **fields)
 
 
-def sources_of(target: str, overrides: list[str]) -> tuple[list[DataSourceConfig], DataConfig]:
-    """The sources a config file's `data.train` lists, or the one source a path names."""
+def sources_of(
+    target: str, overrides: list[str]
+) -> tuple[list[DataSourceConfig], DataConfig, ModelConfig | None]:
+    """The sources a config file's `data.train` lists, or the one source a path names (and the config's
+    model, whose open-weight processor, if it names one, encodes the samples)."""
     if target.endswith((".yaml", ".yml")):
         from vlmlab.config import ExperimentConfig, load_config
 
         config = load_config(ExperimentConfig, [target], overrides)
         if not config.data.train:
             raise ConfigError(f"{target!r} lists no data.train sources.")
-        return list(config.data.train), config.data
-    return [source_from_path(target)], DataConfig()
+        return list(config.data.train), config.data, config.model
+    return [source_from_path(target)], DataConfig(), None
 
 
-def _encoder(data: DataConfig, tokens_per_image: int) -> SampleEncoder:
-    """An encoder for token counts only (no image transform): the config's text tokenizer."""
+def _encoder(data: DataConfig, tokens_per_image: int, model: ModelConfig | None = None) -> Encoder:
+    """An encoder for token counts only (no image transform): the config's text tokenizer, or the
+    open-weight model's own processor and chat template (vlmlab/data/chat_encode.py)."""
+    if model is not None and model.open_weight:
+        from transformers import AutoProcessor
+
+        trusted = model.open_weight in set(model.trust_remote_code)  # as vlmlab.models.open_weight.trusted
+        try:
+            processor = AutoProcessor.from_pretrained(model.open_weight, trust_remote_code=trusted)
+        except Exception as error:  # noqa: BLE001 (a missing folder, a hub id offline, ...: one line)
+            first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+            raise ConfigError(f"Cannot load the processor of {model.open_weight!r}: {first}") from None
+        return ChatEncoder(processor, data.max_length, image_size=DEFAULT_IMAGE_SIZE)
     if data.text_tokenizer == "tiny":
         tokenizer = load_text_tokenizer("tiny", 512, 511)
     else:
@@ -82,7 +98,7 @@ def samples(
             yield source.key(record), f"bad sample in {source.where(record)}: {error}"
 
 
-def render_text(encoder: SampleEncoder, tokens: dict[str, Any]) -> str:
+def render_text(encoder: Encoder, tokens: dict[str, Any]) -> str:
     """The chat text with image markers; scored spans in [[ ]]."""
     out, scored = [], False
     tokenizer = encoder.tokenizer
@@ -148,8 +164,8 @@ def contact_sheet(entries: list[tuple[str, list[Image.Image], str]], path: Path,
 
 def inspect(target: str, overrides: list[str], limit: int, tokens_per_image: int, sheet: Path | None) -> str:
     """The report `vlmlab data inspect` prints; writes the contact sheet when `sheet` is given."""
-    configs, data = sources_of(target, overrides)
-    encoder = _encoder(data, tokens_per_image)
+    configs, data, model = sources_of(target, overrides)
+    encoder = _encoder(data, tokens_per_image, model)
     lines, entries = [], []
     for config in configs:
         lines.append(f"== source {config.name or config.kind} ({config.kind}: {config.path or config.task})")
@@ -163,9 +179,10 @@ def inspect(target: str, overrides: list[str], limit: int, tokens_per_image: int
                 continue
             scored = sum(label != -100 for label in tokens["labels"])
             images = images_of(sample)
+            image_tokens = sum(token == encoder.image_token_id for token in tokens["input_ids"])
             lines.append(
-                f"-- {key}: {len(tokens['input_ids'])} tokens ({scored} scored), {len(images)} image(s) "
-                f"x {tokens_per_image} tokens"
+                f"-- {key}: {len(tokens['input_ids'])} tokens ({scored} scored), {len(images)} image(s), "
+                f"{image_tokens} image tokens"
             )
             text = render_text(encoder, tokens)
             lines.append(text)
@@ -177,8 +194,8 @@ def inspect(target: str, overrides: list[str], limit: int, tokens_per_image: int
 
 def stats(target: str, overrides: list[str], limit: int, tokens_per_image: int) -> str:
     """Samples, tokens, images per sample and a length histogram over the first `limit` samples per source."""
-    configs, data = sources_of(target, overrides)
-    encoder = _encoder(data, tokens_per_image)
+    configs, data, model = sources_of(target, overrides)
+    encoder = _encoder(data, tokens_per_image, model)
     lines = []
     for config in configs:
         lengths, images, bad, too_long = [], Counter(), 0, 0
