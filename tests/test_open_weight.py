@@ -233,7 +233,6 @@ def run_config(base: Path, out: Path, method: str, **rl) -> ExperimentConfig:
             "task": "spatialmap",
             "mode": "vqa",
             "split": "test",
-            "seed": 1,
         }
     ]
     return load_config(
@@ -656,3 +655,24 @@ def test_data_inspect_shows_what_the_open_weight_model_sees(tmp_path: Path) -> N
     )
     counts = [int(n) for n in re.findall(r"1 image\(s\), (\d+) image tokens", report)]
     assert len(counts) == 2 and all(n > 1 for n in counts)  # the processor's many tokens per image
+
+
+def test_grpo_selects_its_checkpoint_on_samples_the_tables_do_not_report(tmp_path: Path) -> None:
+    """The sweep's validation set (which picks the best RL checkpoint) and the evaluation's test samples
+    (which the tables report) share no prompt."""
+    from vlmlab.data.validation import build_val_set
+    from vlmlab.eval.transfer import EVAL_SEED
+    from vlmlab.train.data import TrainData
+
+    run = next(r for r in expand(load_sweep(SWEEP)) if r.config["train"]["method"] == "grpo")
+    config = load_config(ExperimentConfig, [run.config])
+    config.model.open_weight = str(save_tiny("qwen2_5_vl", tmp_path / "base"))
+    model = load_open_weight(config.model)
+    data = TrainData(config, model)
+    (validation,) = data.val_sets().values()
+    assert len(validation) == config.data.val_samples
+    source = DataSourceConfig(kind="synthetic", task=config.data.val[0].task, mode="vqa", split="test")
+    test = build_val_set(source, data.encoder, 500, seed=EVAL_SEED, image_size=384)  # as vlmlab.eval.transfer
+    assert not {tuple(i["input_ids"].tolist()) for i in validation} & {
+        tuple(i["input_ids"].tolist()) for i in test
+    }

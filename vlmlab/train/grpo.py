@@ -159,7 +159,9 @@ def grpo_arguments(config: ExperimentConfig, out: Path, world_size: int = 1) -> 
     )
 
 
-def _best_checkpoint_callback(model: OpenWeightVLM, data: TrainData, out: Path, resolved: dict, every: int):
+def _best_checkpoint_callback(
+    model: OpenWeightVLM, data: TrainData, out: Path, resolved: dict, every: int, stopping: Any
+):
     from transformers import TrainerCallback
 
     class BestCheckpoint(TrainerCallback):
@@ -179,8 +181,8 @@ def _best_checkpoint_callback(model: OpenWeightVLM, data: TrainData, out: Path, 
                 self.best_metrics = {k: v for k, v in metrics.items() if k != "step"}
 
         def validate(self, step: int, is_zero: bool) -> None:
-            if not data.config.data.val or step == self.last_step:
-                return
+            if not data.config.data.val or step == self.last_step or stopping():
+                return  # a signalled run saves and stops at once: Slurm kills it soon after
             self.last_step = step
             metrics = data.evaluate()
             self.last = metrics
@@ -249,8 +251,9 @@ def train_grpo(config: ExperimentConfig, out: Path, resolved: dict[str, Any]) ->
     steps_per_epoch = max(1, math.ceil(len(prompts) / config.rl.prompts_per_step))
     every = config.rl.eval_every_n_steps or steps_per_epoch
     data = TrainData(config, model)
-    best = _best_checkpoint_callback(model, data, out, resolved, every)
     preemption = _preemption_callback()
+    stopping = lambda: preemption.received is not None  # noqa: E731
+    best = _best_checkpoint_callback(model, data, out, resolved, every, stopping)
     trainer = GRPOTrainer(
         model=model.hf,
         reward_funcs=[final_answer_reward],
