@@ -38,6 +38,8 @@ from typing import Any
 import torch
 from timing import timed
 
+from vlmlab.presets import preset_dir
+
 REPO = Path(__file__).resolve().parent.parent
 ISSUE_OLD_TB = 1.34  # issue 13: "Checkpoints of the 0.6B design-space grid total ~1.34 TB"
 GOAL_RATIO = 0.40  # acceptance: stored bytes after completion <= 40 % of that
@@ -167,7 +169,8 @@ def predict_run(
     """The bytes one finished run keeps, from its (meta-device) model with the run's freezing applied."""
     from omegaconf import OmegaConf
 
-    from vlmlab.train.freezing import apply_freezing, load_recipe
+    from vlmlab.recipes import load_recipe
+    from vlmlab.train.freezing import apply_freezing
 
     train, model_cfg = config["train"], config["model"]
     freezing = apply_freezing(model, load_recipe(train["freeze"]), train["stage"])
@@ -409,7 +412,7 @@ def measure(root: Path) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sweep", type=Path, default=REPO / "sweeps" / "design_space.yaml")
+    parser.add_argument("--sweep", type=Path, default=preset_dir("sweeps") / "design_space.yaml")
     parser.add_argument("--skip-measure", action="store_true", help="only the grid, no tiny training run")
     parser.add_argument(
         "--work-dir", type=Path, default=None, help="keep the tiny runs here (default: a temp dir)"

@@ -15,6 +15,7 @@ from PIL import Image
 from vlmlab.data.benchmarks import BENCHMARKS, IN_DOMAIN, OUT_OF_DOMAIN, benchmark_from_config, load_benchmark
 from vlmlab.errors import ConfigError
 from vlmlab.eval.metrics import METRICS
+from vlmlab.presets import preset_dir
 
 
 def png_bytes(colour: str = "red") -> bytes:
@@ -504,7 +505,7 @@ def test_checkpoint_bytes_prints_cpu_with_the_training_runs(tmp_path: Path) -> N
     # a one-run grid (the design-space sweep builds dozens of meta-device models)
     sweep = tmp_path / "one.yaml"
     sweep.write_text(
-        f"name: one\nbase: {BENCHMARKS_DIR.parent / 'configs' / 'model' / 'tiny.yaml'}\n"
+        f"name: one\nbase: {preset_dir('model') / 'tiny.yaml'}\n"
         "axes: {tokenizer: [titok-tiny], freeze: [unfreeze-lm]}\nstages: {1: {}}\n"
     )
     out = _run_benchmark("checkpoint_bytes.py", "--skip-measure", "--sweep", str(sweep))

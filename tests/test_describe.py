@@ -15,7 +15,7 @@ def test_qwen3_0_6b_language_model_parameters_by_hand(capsys):
     #            (6,291,456) + MLP 3 x 1024 x 3072 = 9,437,184 + norms 2 x 1024 + q/k norms 2 x 128 = 2,304
     #            = 15,730,944; x 28 layers = 440,466,432
     # final norm 1,024 -> 311,164,928 + 440,466,432 + 1,024 = 751,632,384
-    assert main(["describe", "configs/model/paper-0.6b.yaml", "--json"]) == 0
+    assert main(["describe", "model/paper-0.6b", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["params"]["language_model"] == 751_632_384
     assert info["params"]["cross_attention"] == 0 and info["params"]["mot_image"] == 0
@@ -24,7 +24,7 @@ def test_qwen3_0_6b_language_model_parameters_by_hand(capsys):
 
 @pytest.mark.parametrize("backbone", ["qwen3-1.7b", "qwen3-4b", "qwen3-8b"])
 def test_large_presets_describe_on_meta(backbone, capsys):
-    assert main(["describe", "configs/model/paper-0.6b.yaml", f"model.backbone={backbone}", "--json"]) == 0
+    assert main(["describe", "model/paper-0.6b", f"model.backbone={backbone}", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["backbone"] == backbone and info["params"]["language_model"] > 1e9
 
@@ -57,5 +57,5 @@ def test_cross_attention_adds_one_layer_per_four():
 
 
 def test_describe_rejects_a_typo(capsys):
-    assert main(["describe", "configs/model/tiny.yaml", "model.fusoin=mot"]) == 2
+    assert main(["describe", "model/tiny", "model.fusoin=mot"]) == 2
     assert "Did you mean 'fusion'" in capsys.readouterr().err

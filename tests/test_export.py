@@ -24,14 +24,14 @@ from vlmlab.models.checkpoint import save_stage_checkpoint
 from vlmlab.models.generation import greedy_generate
 from vlmlab.models.tokenizers import build_image_transform
 from vlmlab.models.vlm import build_vlm
-from vlmlab.paths import config_root
+from vlmlab.presets import preset_dir
 
 ATOL = 1e-4  # fp32 on the CPU
 
 
 def tokenizer_yaml(tmp: Path, base: str, feature_layer: int | None = None, **changes) -> str:
     """A variant of a shipped tokenizer preset (e.g. feature_layer -2, LLaVA's usual choice)."""
-    spec = OmegaConf.load(config_root() / "tokenizer" / f"{base}.yaml")
+    spec = OmegaConf.load(preset_dir("tokenizer") / f"{base}.yaml")
     if feature_layer is not None:
         spec.feature_layer = feature_layer
     for key, value in changes.items():
@@ -164,7 +164,7 @@ def test_llava_round_trip(tmp_path, base, changes, vision_type, strategy):
     from transformers import LlavaForConditionalGeneration
 
     if changes.get("arch_kwargs"):
-        spec = OmegaConf.load(config_root() / "tokenizer" / f"{base}.yaml")
+        spec = OmegaConf.load(preset_dir("tokenizer") / f"{base}.yaml")
         changes = {"arch_kwargs": {**OmegaConf.to_container(spec.arch_kwargs), **changes["arch_kwargs"]}}
     tokenizer = tokenizer_yaml(tmp_path, base, feature_layer=-2, **changes)
     source = checkpoint(tmp_path, "ckpt", tokenizer=tokenizer, fusion="joint_decoder")

@@ -7,6 +7,7 @@ import torch
 from transformers import Qwen3ForCausalLM
 
 from vlmlab.models.vlm import build_vlm
+from vlmlab.presets import preset_dir
 
 TOL = 1e-5
 
@@ -285,7 +286,7 @@ def forward_order(vlm, ids, pixels, segments) -> list[str]:
 @pytest.mark.parametrize("layout", ["every", "llama32"])
 def test_cross_attention_layers_run_where_the_layout_says(tmp_path, layout):
     # a 28-layer backbone (Qwen3 0.6B's depth) at the tiny width
-    spec = (Path(__file__).parents[1] / "configs" / "backbone" / "qwen3-tiny.yaml").read_text()
+    spec = (preset_dir("backbone") / "qwen3-tiny.yaml").read_text()
     backbone = tmp_path / "qwen3-tiny-28.yaml"
     backbone.write_text(
         spec.replace("name: qwen3-tiny", "name: qwen3-tiny-28").replace(
@@ -468,7 +469,7 @@ def test_a_misspelled_layout_stops_a_sweep_at_expansion(tmp_path, sweep, expecte
     from vlmlab.sweep.spec import load_sweep
 
     path = tmp_path / "sweep.yaml"
-    path.write_text(f"base: {Path(__file__).parents[1] / 'configs' / 'model' / 'tiny.yaml'}\n{sweep}\n")
+    path.write_text(f"base: {preset_dir('model') / 'tiny.yaml'}\n{sweep}\n")
     with pytest.raises(ConfigError) as error:
         expand(load_sweep(path))
     assert expected in str(error.value) and "\n" not in str(error.value)

@@ -28,13 +28,15 @@ from vlmlab.data.samples import synthetic_to_sample
 from vlmlab.data.synthetic.generate import generate_split
 from vlmlab.errors import ConfigError
 from vlmlab.models.open_weight import load_open_weight, parameter_group
+from vlmlab.presets import preset_root
 from vlmlab.sweep.expand import expand
 from vlmlab.sweep.spec import load_sweep
 from vlmlab.train import grpo
 from vlmlab.train.run import train
 
 REPO = Path(__file__).resolve().parent.parent
-SWEEP = REPO / "sweeps" / "open_weight.yaml"
+PRESETS = preset_root()
+SWEEP = PRESETS / "sweeps" / "open_weight.yaml"
 HUB_IDS = {  # how the sweep names the paper's models (their hub repositories)
     "Qwen2.5-VL-7B": "Qwen/Qwen2.5-VL-7B-Instruct",
     "Qwen2.5-VL-3B": "Qwen/Qwen2.5-VL-3B-Instruct",

@@ -22,12 +22,14 @@ from paper_facts import (
 
 from vlmlab.cli import main as vlmlab_main
 from vlmlab.eval.intervals import wilson
+from vlmlab.presets import preset_root
 from vlmlab.sweep.expand import expand
 from vlmlab.sweep.spec import load_sweep
 
 REPO = Path(__file__).resolve().parent.parent
-SCALING = REPO / "sweeps" / "scaling.yaml"
-DESIGN_SPACE = REPO / "sweeps" / "design_space.yaml"
+PRESETS = preset_root()
+SCALING = PRESETS / "sweeps" / "scaling.yaml"
+DESIGN_SPACE = PRESETS / "sweeps" / "design_space.yaml"
 
 # How the sweep spells the paper's names: backbone presets (configs/backbone/), released weights on the
 # hub, the webdataset folders under /data, tokenizer preset families.

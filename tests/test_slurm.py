@@ -19,11 +19,13 @@ from pathlib import Path
 import pytest
 
 from vlmlab.cli import main as vlmlab_main
+from vlmlab.presets import preset_root
 from vlmlab.sweep.expand import expand
 from vlmlab.sweep.spec import load_sweep
 from vlmlab.sweep.state import SweepState
 
 REPO = Path(__file__).resolve().parent.parent
+PRESETS = preset_root()
 FAKE_TRAIN = REPO / "tests" / "fixtures" / "fake_train.py"
 FAKE = f"{{python}} {shlex.quote(str(FAKE_TRAIN))} {{config}} {{overrides}}"
 
@@ -35,7 +37,7 @@ pytestmark = pytest.mark.skipif(
 
 TWO_STAGES = f"""
 name: slurm-test
-base: {REPO}/configs/model/tiny.yaml
+base: {PRESETS}/model/tiny.yaml
 axes:
   tokenizer: [clip-tiny, titok-tiny]
   fusion: [joint_decoder, mot]
@@ -46,7 +48,7 @@ stages:
 
 ONE_RUN = f"""
 name: slurm-resume
-base: {REPO}/configs/model/tiny.yaml
+base: {PRESETS}/model/tiny.yaml
 stages:
   1: {{config: {{train: {{max_steps: 60}}}}}}
 """
@@ -205,7 +207,7 @@ def test_cancel(cluster: None, tmp_path: Path) -> None:
 
 REAL_RUN = f"""
 name: slurm-preempt
-base: {REPO}/configs/model/tiny.yaml
+base: {PRESETS}/model/tiny.yaml
 stages:
   1:
     config:

@@ -19,11 +19,13 @@ from paper_facts import TABLE_2
 from vlmlab.cli import main as vlmlab_main
 from vlmlab.config import ExperimentConfig, load_config, to_dict
 from vlmlab.errors import ConfigError
+from vlmlab.presets import preset_root
 from vlmlab.sweep.expand import expand, write_run_files
 from vlmlab.sweep.slurm import render_script
 from vlmlab.sweep.spec import load_sweep
 
 REPO = Path(__file__).resolve().parent.parent
+PRESETS = preset_root()
 FAKE_TRAIN = REPO / "tests" / "fixtures" / "fake_train.py"
 FAKE_COMMAND = f"{{python}} {shlex.quote(str(FAKE_TRAIN))} {{config}} {{overrides}} --step-seconds 0.02"
 
@@ -31,7 +33,7 @@ DISCRETE = {"titok-l32", "var-d16-vae"}  # section 2.2: TiTok and VAR are the di
 
 SMALL_SWEEP = f"""
 name: small
-base: {REPO}/configs/model/tiny.yaml
+base: {PRESETS}/model/tiny.yaml
 axes:
   tokenizer: [clip-tiny, titok-tiny]
   fusion: [joint_decoder, mot]
@@ -70,7 +72,7 @@ def dry_run_json(sweep: str) -> dict:
 
 
 def test_design_space_dry_run_counts() -> None:
-    data = dry_run_json("sweeps/design_space.yaml")
+    data = dry_run_json("design_space")
     # Grid: 6 tokenizers x 3 fusions x 6 recipes = 108 points. The discrete tokenizers (TiTok, VAR) are always
     # frozen, so the 4 recipes that unfreeze the tokenizer are left out for them: 2 x 3 x 4 = 24 points.
     assert data["grid"]["points"] == 108
@@ -116,7 +118,7 @@ def test_design_space_dry_run_counts() -> None:
 
 
 def test_transfer_dry_run_counts_and_shared_prefix() -> None:
-    data = dry_run_json("sweeps/transfer.yaml")
+    data = dry_run_json("transfer")
     # Tables 6-7: 6 tokenizers x 3 fusions = 18 stage-2 models (recipe unfreeze-lm), each fine-tuned on
     # 3 tasks x {VQA, TQA} = 6 stage-3 runs: 108. Stage 1: JD and CA x 6 tokenizers x 1 state (frozen) = 12.
     assert data["counts"] == {
@@ -134,13 +136,13 @@ def test_transfer_dry_run_counts_and_shared_prefix() -> None:
         combos = {(k["labels"]["vars.task"], k["labels"]["vars.modality"]) for k in kids}
         assert combos == {(t, m) for t in ("spatialmap", "grid", "ring") for m in ("vqa", "tqa")}
     # Stages 1-2 are the design space's runs (same ids, same folder): trained once for both sweeps.
-    design = {run["id"] for run in dry_run_json("sweeps/design_space.yaml")["runs"]}
+    design = {run["id"] for run in dry_run_json("design_space")["runs"]}
     assert {r["id"] for r in runs.values() if r["stage"] < 3} <= design
     assert data["output_dir"] == str(REPO / "outputs" / "design_space")
 
 
 def test_tiny_sweep_counts() -> None:
-    dag = expand(load_sweep(REPO / "sweeps" / "tiny.yaml"))
+    dag = expand(load_sweep(PRESETS / "sweeps" / "tiny.yaml"))
     # 2 tokenizers x 3 fusions x 2 recipes x 2 modalities = 24 points; titok-tiny x unfreeze-tok-s1s2 is left
     # out (3 fusions x 2 modalities = 6). Stage 1: clip 2 fusions x 2 states + titok 2 fusions = 6; stage 2:
     # clip 3 x 2 + titok 3 = 9; stage 3: 9 x 2 modalities = 18.
@@ -149,7 +151,7 @@ def test_tiny_sweep_counts() -> None:
 
 
 def test_appendix_d_hyperparameters_reach_the_run_configs() -> None:
-    dag = expand(load_sweep(REPO / "sweeps" / "design_space.yaml"))
+    dag = expand(load_sweep(PRESETS / "sweeps" / "design_space.yaml"))
     stage1 = next(run for run in dag if run.stage == 1)
     stage2 = next(run for run in dag if run.stage == 2 and run.fusion == "mot")
     assert stage1.config["optim"]["lr"]["adapter"] == 2e-4
@@ -161,7 +163,7 @@ def test_appendix_d_hyperparameters_reach_the_run_configs() -> None:
     assert (lr2["adapter"], lr2["image_tokenizer"], lr2["cross_attention"]) == (1e-5, 1e-5, 1e-5)
     assert (lr2["language_model"], lr2["mot_image"]) == (5e-5, 5e-5)
     assert (stage2.config["optim"]["warmup_steps"], stage2.config["train"]["max_steps"]) == (750, 10860)
-    transfer = expand(load_sweep(REPO / "sweeps" / "transfer.yaml"))
+    transfer = expand(load_sweep(PRESETS / "sweeps" / "transfer.yaml"))
     stage3 = next(run for run in transfer if run.stage == 3)
     assert set(stage3.config["optim"]["lr"].values()) == {1e-5}
     assert (stage3.config["train"]["global_batch_size"], stage3.config["train"]["max_steps"]) == (32, 140)
@@ -183,7 +185,7 @@ def test_run_ids_hash_only_what_the_stage_can_see(tmp_path: Path) -> None:
         path = write(
             tmp_path / f"s{len(list(tmp_path.iterdir()))}.yaml",
             f"""
-            base: {REPO}/configs/model/tiny.yaml
+            base: {PRESETS}/model/tiny.yaml
             axes: {axes}
             stages:
               1: {{config: {stage1}}}
@@ -211,7 +213,7 @@ def test_run_ids_hash_only_what_the_stage_can_see(tmp_path: Path) -> None:
 
 
 def test_written_configs_load_and_point_at_parents(tmp_path: Path) -> None:
-    dag = expand(load_sweep(REPO / "sweeps" / "tiny.yaml", output_dir=tmp_path / "out"))
+    dag = expand(load_sweep(PRESETS / "sweeps" / "tiny.yaml", output_dir=tmp_path / "out"))
     assert write_run_files(dag) == 2 * len(dag)
     assert write_run_files(dag) == 0  # unchanged files are left alone
     for run in dag:
@@ -277,7 +279,7 @@ def test_written_configs_load_and_point_at_parents(tmp_path: Path) -> None:
 )
 def test_bad_sweep_files_name_value_and_choices(tmp_path: Path, edit: dict, expected: list[str]) -> None:
     text = f"""
-        base: {REPO}/configs/model/tiny.yaml
+        base: {PRESETS}/model/tiny.yaml
         {edit.get("top", "")}
         command: "{edit.get("command", "{python} -m vlmlab.cli train {config}")}"
         axes: {edit.get("axes", "{}")}
@@ -299,7 +301,7 @@ def test_bad_sweep_files_name_value_and_choices(tmp_path: Path, edit: dict, expe
 def test_cli_reports_bad_input_without_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     path = write(
         tmp_path / "bad.yaml",
-        f"base: {REPO}/configs/model/tiny.yaml\naxes: {{fusoin: [mot]}}\nstages: {{1: {{}}}}\n",
+        f"base: {PRESETS}/model/tiny.yaml\naxes: {{fusoin: [mot]}}\nstages: {{1: {{}}}}\n",
     )
     code, _, err = cli(str(path), "--dry-run", capsys=capsys)
     assert code == 2
@@ -326,15 +328,15 @@ def test_stage_config_files_and_overrides(tmp_path: Path) -> None:
     path = write(
         tmp_path / "files.yaml",
         f"""
-        base: [{REPO}/configs/model/tiny.yaml, {{train: {{seed: 3}}}}]
+        base: [{PRESETS}/model/tiny.yaml, {{train: {{seed: 3}}}}]
         stages:
           1:
-            config: [{REPO}/configs/stages/stage1.yaml, {{train: {{max_steps: 9}}}}]
+            config: [{PRESETS}/stages/stage1.yaml, {{train: {{max_steps: 9}}}}]
             overrides: ["optim.warmup_steps=7", "optim.lr.adapter=0.001"]
         """,
     )
     (run,) = expand(load_sweep(path, output_dir=tmp_path / "out"))
-    stage1 = load_config(ExperimentConfig, [REPO / "configs" / "stages" / "stage1.yaml"])
+    stage1 = load_config(ExperimentConfig, [PRESETS / "stages" / "stage1.yaml"])
     assert run.config["train"]["seed"] == 3  # base mapping
     assert run.config["train"]["global_batch_size"] == stage1.train.global_batch_size  # stage file
     assert run.config["train"]["max_steps"] == 9  # later source wins
@@ -485,7 +487,7 @@ def _arrays(dag) -> list[tuple[int, list, list[str]]]:
 
 
 def test_design_space_sbatch_scripts_parse_and_point_at_loadable_configs(tmp_path: Path) -> None:
-    spec = load_sweep(REPO / "sweeps" / "design_space.yaml", output_dir=tmp_path / "out")
+    spec = load_sweep(PRESETS / "sweeps" / "design_space.yaml", output_dir=tmp_path / "out")
     dag = expand(spec)
     write_run_files(dag)
     bin_dir = _stand_in_srun(tmp_path, "record")
@@ -552,7 +554,7 @@ def test_quickstart_sweep_covers_three_fusions_two_recipes_and_cuts_frozen_point
     from vlmlab.sweep.expand import expand
     from vlmlab.sweep.spec import load_sweep
 
-    dag = expand(load_sweep(str(Path(__file__).resolve().parent.parent / "sweeps" / "quickstart.yaml")))
+    dag = expand(load_sweep("quickstart"))
     counts = dag.to_json()["counts"]
     # stage 1: {joint_decoder, cross_attention}, the tokenizer frozen in both recipes = 2 (MoT reuses Joint-
     # Decoder's); stage 2: 3 fusions x 2 recipes = 6; stage 3: only the 3 unfreeze-lm runs, because text-only
@@ -582,7 +584,7 @@ def test_lomo_sweeps_cover_tables_2_to_5_and_share_runs() -> None:
     tables["lomo"] = [{}, full_text, pd_off, full, *ratios, *positions, matched]
     ids: dict[str, dict[str, str]] = {}  # sweep -> json(data.lomo) -> stage-2 run id
     for name, rows in tables.items():
-        dag = expand(load_sweep(REPO / "sweeps" / f"{name}.yaml"))
+        dag = expand(load_sweep(PRESETS / "sweeps" / f"{name}.yaml"))
         stage2 = [run for run in dag if run.stage == 2]
         assert dag.counts()["by_stage"] == {"1": 1, "2": len(rows)}, name  # one shared stage-1 run
         seen = {json.dumps(run.config["data"]["lomo"], sort_keys=True): run for run in stage2}

@@ -18,7 +18,8 @@ from vlmlab.models.checkpoint import load_stage_checkpoint, save_stage_checkpoin
 from vlmlab.models.provenance import file_sha256, pretrained_files, weight_record
 from vlmlab.models.tokenizers import build_tokenizer, load_tokenizer_spec
 from vlmlab.models.vlm import build_vlm
-from vlmlab.train.freezing import apply_freezing, load_recipe
+from vlmlab.recipes import load_recipe
+from vlmlab.train.freezing import apply_freezing
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from vlmlab import presets
 from vlmlab.errors import ConfigError, closest, unknown_choice
 
 FUSION_NAMES = ("joint_decoder", "cross_attention", "mot")
@@ -24,9 +25,9 @@ TRAIN_METHODS = ("sft", "grpo", "eval")
 class ModelConfig:
     """Which (backbone, image tokenizer, fusion) combination to assemble (paper, sections 2.1-2.2)."""
 
-    backbone: str = "qwen3-tiny"  # preset name in configs/backbone/ or a YAML path
+    backbone: str = "qwen3-tiny"  # preset name in vlmlab/presets/backbone/ or a YAML path
     backbone_weights: str | None = None  # local folder or hub id for from_pretrained; None = random init
-    tokenizer: str = "clip-tiny"  # preset name in configs/tokenizer/ or a YAML path
+    tokenizer: str = "clip-tiny"  # preset name in vlmlab/presets/tokenizer/ or a YAML path
     tokenizer_weights: str | None = None  # overrides the preset's `pretrained` (a file or a library tag)
     random_tokenizer: bool = False  # ignore the preset's `pretrained`: random init (tests, offline runs)
     fusion: str = "joint_decoder"  # joint_decoder | cross_attention | mot
@@ -127,7 +128,7 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     stage: int = 1  # 1 caption pretraining | 2 VQA fine-tuning | 3 reasoning transfer
-    freeze: str = "all-frozen"  # a recipe in configs/freeze/ (Table 2)
+    freeze: str = "all-frozen"  # a recipe in vlmlab/presets/freeze/ (Table 2)
     init_from: str | None = None  # the parent stage's run folder or checkpoint file
     max_steps: int = 100  # optimizer steps
     schedule_steps: int | None = None  # length of the cosine schedule; None = max_steps
@@ -263,8 +264,9 @@ def load_config(schema: type, sources: list[str | Path | dict] = (), overrides: 
 
 
 def read_yaml_file(path: str | Path) -> Any:
-    """OmegaConf.load with one-line errors: a missing file, a folder, or YAML that does not parse."""
-    path = Path(path)
+    """OmegaConf.load with one-line errors: a missing file, a folder, or YAML that does not parse. A path
+    that does not exist may name a shipped preset as `<kind>/<name>` (`model/tiny`, `stages/stage1`)."""
+    path = presets.resolve_config_file(path)
     if not path.exists():
         hint = ""
         if "." in path.name and "/" not in str(path) and not path.suffix.startswith((".yaml", ".yml")):

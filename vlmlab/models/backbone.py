@@ -1,4 +1,4 @@
-"""Qwen3 language backbones through transformers, from presets in `configs/backbone/`.
+"""Qwen3 language backbones through transformers, from presets in `vlmlab/presets/backbone/`.
 
 As in the design-space paper (section 2.1), the input embedding and the output head are untied even when
 the released checkpoint ties them; the head starts as a copy of the embedding.
@@ -15,10 +15,10 @@ import torch
 from omegaconf import OmegaConf
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
+from vlmlab import presets
 from vlmlab.config import read_yaml_file
 from vlmlab.errors import ConfigError, unknown_choice
 from vlmlab.models.provenance import pretrained_files, record_loaded
-from vlmlab.paths import config_root
 
 ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flex_attention")
 
@@ -78,22 +78,14 @@ class BackboneSpec:
         return config
 
 
-def _spec_dir() -> Path:
-    return config_root() / "backbone"
-
-
 def list_backbones() -> list[str]:
-    return sorted(p.stem for p in _spec_dir().glob("*.yaml"))
+    return presets.preset_names("backbone")
 
 
 def load_backbone_spec(name_or_path: str | Path | dict[str, Any]) -> BackboneSpec:
     if isinstance(name_or_path, dict):
         return BackboneSpec.from_dict(dict(name_or_path))
-    path = Path(name_or_path)
-    if path.suffix not in (".yaml", ".yml"):
-        path = _spec_dir() / f"{name_or_path}.yaml"
-        if not path.exists():
-            raise unknown_choice("language backbone", name_or_path, list_backbones())
+    path = presets.resolve("backbone", name_or_path)
     return BackboneSpec.from_dict(OmegaConf.to_container(read_yaml_file(path), resolve=True), str(path))
 
 

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from vlmlab.config import ModelConfig, load_config, read_yaml_file
-from vlmlab.errors import ConfigError
 
 
 def model_config_from(path: str | None, overrides: list[str]) -> ModelConfig:
     sources = []
     if path:
-        if not Path(path).exists():
-            raise ConfigError(f"Config file {path!r} does not exist.")
         data = OmegaConf.to_container(read_yaml_file(path))
         sources.append(data.get("model", {}) if isinstance(data, dict) else {})
     model_overrides = [o.removeprefix("model.") for o in overrides]

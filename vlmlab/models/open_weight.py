@@ -6,7 +6,7 @@ transformers, and models whose repository ships its own code (Kimi-VL) when `mod
 them. `OpenWeightVLM` gives such a model the interface vlmlab's training and evaluation use:
 
 * `parameter_groups()`: the vision tower as `image_tokenizer`, the projector as `adapter` and the language
-  model (embeddings, decoder, head) as `language_model`, so the freezing recipes of configs/freeze/ and the
+  model (embeddings, decoder, head) as `language_model`, so the freezing recipes of vlmlab/presets/freeze/ and the
   per-group learning rates mean the same thing as for vlmlab's own models; a parameter outside the known
   module names is an error naming it, never silently trained or frozen;
 * `forward(**batch)`: the batch of `vlmlab.data.chat_encode.collate_chat` (the processor's own tensors) ->

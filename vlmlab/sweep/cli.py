@@ -1,10 +1,10 @@
 """`vlmlab sweep FILE`: expand a sweep file into stage runs and run, submit, inspect or cancel them.
 
-vlmlab sweep sweeps/design_space.yaml --dry-run [--json]    # the DAG: counts and dependencies
-vlmlab sweep sweeps/tiny.yaml --backend local --parallel 2  # train here, in dependency order
-vlmlab sweep sweeps/design_space.yaml --backend slurm       # submit job arrays (again: only what is missing)
-vlmlab sweep sweeps/design_space.yaml --status [--json]     # done / running / pending / failed (why) / ...
-vlmlab sweep sweeps/design_space.yaml --cancel              # scancel (or kill) the sweep's jobs
+vlmlab sweep design_space --dry-run [--json]    # the DAG: counts and dependencies
+vlmlab sweep tiny --backend local --parallel 2  # train here, in dependency order
+vlmlab sweep design_space --backend slurm       # submit job arrays (again: only what is missing)
+vlmlab sweep design_space --status [--json]     # done / running / pending / failed (why) / ...
+vlmlab sweep design_space --cancel              # scancel (or kill) the sweep's jobs
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("file", help="sweep file (YAML), e.g. sweeps/design_space.yaml")
+    parser.add_argument("file", help="sweep file (YAML) or a shipped sweep's name, e.g. design_space")
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--dry-run", action="store_true", help="print the DAG (runs per stage, dependencies)")
     action.add_argument("--status", action="store_true", help="print each run's state")

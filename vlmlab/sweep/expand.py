@@ -36,6 +36,7 @@ from omegaconf import OmegaConf
 from vlmlab.config import ExperimentConfig, check_keys, load_config, read_yaml_file, to_dict
 from vlmlab.errors import ConfigError
 from vlmlab.files import atomic_write_text
+from vlmlab.recipes import list_recipes, load_recipe
 from vlmlab.sweep.dag import Run, SweepDag
 from vlmlab.sweep.spec import (
     VAR_PREFIX,
@@ -43,8 +44,6 @@ from vlmlab.sweep.spec import (
     check_backbone,
     check_fusion,
     deep_merge,
-    freeze_recipe,
-    freeze_recipes,
     stage1_recipe,
     tokenizer_kind,
 )
@@ -107,7 +106,7 @@ def identity_view(stage: int, config: dict[str, Any], has_parent: bool) -> dict[
             drop.append(key)
     if view["train"].get("method", "sft") != "grpo":
         drop.append("rl")
-    recipe = freeze_recipe(view["train"]["freeze"])
+    recipe = load_recipe(view["train"]["freeze"])
     tokenizer_trains = recipe.tokenizer_stage1 if stage == 1 else recipe.tokenizer_stage2
     if not tokenizer_trains or tokenizer_kind(view["model"]["tokenizer"]) == "discrete":
         drop.append("optim.lr.image_tokenizer")
@@ -285,7 +284,7 @@ class _Expander:
             if stage == 1:  # what stage 1 can see of the paper's rules (module docstring)
                 if config["model"]["fusion"] == "mot":
                     config["model"]["fusion"] = "joint_decoder"
-                config["train"]["freeze"] = stage1_recipe(freeze_recipe(config["train"]["freeze"]))
+                config["train"]["freeze"] = stage1_recipe(load_recipe(config["train"]["freeze"]))
             config["train"]["stage"] = stage
             parents = [parent.id] if parent else []
             rid = run_id(stage, config, parents, vars_used)
@@ -335,9 +334,9 @@ def _rule_violation(config: dict[str, Any], stage: int) -> str | None:
     model, train = config["model"], config["train"]
     check_fusion(model["fusion"])
     check_backbone(model["backbone"])
-    recipe = freeze_recipe(str(train["freeze"]))
+    recipe = load_recipe(str(train["freeze"]))
     if tokenizer_kind(model["tokenizer"]) == "discrete" and recipe.trains_tokenizer:
-        frozen = ", ".join(r.name for r in freeze_recipes().values() if not r.trains_tokenizer)
+        frozen = ", ".join(r.name for r in map(load_recipe, list_recipes()) if not r.trains_tokenizer)
         return (
             f"discrete tokenizer {model['tokenizer']} with recipe {recipe.name} (discrete tokenizers are "
             f"always frozen, paper 2.3; recipes that keep them frozen: {frozen})"

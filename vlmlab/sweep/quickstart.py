@@ -3,7 +3,7 @@
 1. generates the held-out synthetic data (SpatialMap test and OOD splits as webdataset shards);
 2. trains the tiny Qwen3 once as a text-only language model and saves it in the released layout: the
    stand-in for the pretrained Qwen3 every run of the paper starts from (vlmlab/train/text_pretrain.py);
-3. runs `sweeps/quickstart.yaml` on the local backend: 3 fusions x 2 freezing recipes through all three
+3. runs the shipped `quickstart` sweep on the local backend: 3 fusions x 2 freezing recipes through all three
    stages (stage 1 captions with the language model frozen, stage 2 VQA, stage 3 the text-only version);
 4. evaluates every stage-2 ("No Train") and stage-3 model on the VQA and TQA versions of the test and
    OOD splits (the cross-modality transfer protocol, section 4);
@@ -25,9 +25,9 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from vlmlab import presets
 from vlmlab.eval.results import get_dotted
 from vlmlab.files import atomic_write_text
-from vlmlab.paths import config_root
 
 # The quickstart's SpatialMap: two objects in distribution, three out of distribution, drawn twice the
 # paper's size so that each object covers whole 16-px patches of the tiny ViT's 64-px input.
@@ -71,11 +71,11 @@ def text_corpus(seed: int = 0) -> Iterator[str]:
 
 
 def write_sweep(out: Path, backbone_weights: Path) -> Path:
-    """The sweep the quickstart runs: sweeps/quickstart.yaml, starting from the pretrained text model."""
+    """The sweep the quickstart runs: the shipped `quickstart` sweep, starting from the pretrained text model."""
     sweep = {
-        "extends": str(config_root().parent / "sweeps" / "quickstart.yaml"),
+        "extends": "quickstart",
         "base": [
-            str(config_root() / "model" / "tiny.yaml"),
+            str(presets.resolve("model", "tiny")),
             {"model": {"backbone_weights": str(backbone_weights.resolve())}},
         ],
     }
@@ -110,7 +110,7 @@ def run_quickstart(out: Path, parallel: int = 2, num_eval: int = 300) -> int:
     )
 
     sweep_file = write_sweep(out, folder)
-    print(f"[3/5] training: sweeps/quickstart.yaml on the local backend, {parallel} run(s) at a time")
+    print(f"[3/5] training: the quickstart sweep on the local backend, {parallel} run(s) at a time")
     if parallel > 1:  # tiny models: one thread per run, runs side by side, uses the cores best
         os.environ.setdefault("OMP_NUM_THREADS", "1")
     code = cli(

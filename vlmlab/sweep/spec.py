@@ -4,7 +4,7 @@
     output_dir: ../outputs/design_space    # run folders: <output_dir>/stage<k>/<run_id>
     backend: slurm                         # default backend of `vlmlab sweep FILE` (local | slurm)
     command: "{python} -m vlmlab.cli train {config} {overrides}"   # optional: what a run executes
-    base: ../configs/model/paper-0.6b.yaml # an ExperimentConfig-shaped mapping, a YAML path, or a list
+    base: ../model/paper-0.6b.yaml         # an ExperimentConfig-shaped mapping, a YAML path, or a list
     resources: {partition: gpu}            # Slurm resources shared by all stages (each stage may override)
     stages:
       1:
@@ -22,9 +22,12 @@
     exclude:                               # points matching every key of one rule are left out
       - {tokenizer: titok-l32, fusion: mot}
 
-A sweep file may start with `extends: other.yaml`: it is merged onto that file (mappings key by key, lists
-replaced; `axis: null` removes an inherited axis), which is how sweeps/transfer.yaml reuses the design
-space's stages 1-2, and with them its runs. Relative paths in a sweep file are relative to the file's folder. Axis keys are dotted ExperimentConfig keys
+A sweep is named by its path or, for the shipped ones (vlmlab/presets/sweeps/), by name: `vlmlab sweep
+design_space`. A sweep file may start with `extends: other.yaml` (a path, or a shipped sweep's name): it is
+merged onto that file (mappings key by key, lists replaced; `axis: null` removes an inherited axis), which is
+how the shipped transfer sweep reuses the design space's stages 1-2, and with them its runs. Relative paths in
+a sweep file are relative to the file's folder, except a shipped sweep's `output_dir`, which is relative to the
+working directory (a run never writes into the installed package). Axis keys are dotted ExperimentConfig keys
 (`optim.lr.adapter`, `train.seed`, ...), the aliases in `AXIS_ALIASES`, or `vars.<name>`: a free variable
 that configs use as `${vars.<name>}` (e.g. the synthetic task of stage 3, which appears in several data
 sources). The paper's rules are not written in the file: they are applied by `vlmlab.sweep.expand`.
@@ -45,9 +48,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from vlmlab import presets
 from vlmlab.config import FUSION_NAMES, ExperimentConfig, check_keys, read_yaml_file
 from vlmlab.errors import ConfigError, unknown_choice
-from vlmlab.paths import config_root
+from vlmlab.recipes import FreezeRecipe, list_recipes, load_recipe
 
 STAGES = (1, 2, 3)
 BACKENDS = ("local", "slurm")
@@ -119,25 +123,12 @@ class SweepSpec:
         return self.path.parent
 
 
-@dataclass(frozen=True)
-class FreezeRecipe:
-    """A Table 2 row: is the image tokenizer trained in stages 1 and 2, is the language model in stage 2."""
-
-    name: str
-    tokenizer_stage1: bool
-    tokenizer_stage2: bool
-    language_stage2: bool
-
-    @property
-    def trains_tokenizer(self) -> bool:
-        return self.tokenizer_stage1 or self.tokenizer_stage2
-
-
 def load_sweep(
     path: str | Path, output_dir: str | Path | None = None, command: str | None = None
 ) -> SweepSpec:
-    """Read and check a sweep file; `output_dir` / `command` replace the file's (relative to the cwd)."""
-    path = Path(path).resolve()
+    """Read and check a sweep file, given by path or as a shipped sweep's name (`design_space`);
+    `output_dir` / `command` replace the file's (relative to the cwd)."""
+    path = presets.resolve("sweeps", path).resolve()
     data = _load_raw(path, ())
     root = path.parent
     name = str(data.get("name") or path.stem)
@@ -149,7 +140,8 @@ def load_sweep(
     if output_dir is not None:
         out = Path(output_dir).resolve()
     else:
-        out = (root / str(data.get("output_dir") or f"../outputs/{name}")).resolve()
+        default = f"outputs/{name}" if presets.is_preset(path) else f"../outputs/{name}"
+        out = Path(data.get("output_dir") or _absolute(default, _relative_root(path))).resolve()
     command = command if command is not None else str(data.get("command") or DEFAULT_COMMAND)
     check_command(command)
 
@@ -200,9 +192,10 @@ def _load_raw(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     data = OmegaConf.to_container(loaded, resolve=False)
     _check_keys(data, TOP_LEVEL_KEYS, "sweep file key")
     root = path.parent
-    for key in ("base", "output_dir"):
-        if data.get(key) is not None:
-            data[key] = _absolute(data[key], root)
+    if data.get("base") is not None:
+        data["base"] = _absolute(data["base"], root)
+    if data.get("output_dir") is not None:
+        data["output_dir"] = _absolute(data["output_dir"], _relative_root(path))
     _absolute_template(data.get("resources"), root)
     stages = data.get("stages")
     if stages is not None:
@@ -221,10 +214,19 @@ def _load_raw(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     parent = data.pop("extends", None)
     if parent is None:
         return data
-    merged = _load_raw((root / str(parent)).resolve(), (*chain, path))
+    parent_path = root / str(parent)
+    if not parent_path.exists() and not presets.is_yaml_path(str(parent)):  # a shipped sweep, by name
+        parent_path = presets.resolve("sweeps", str(parent))
+    merged = _load_raw(parent_path.resolve(), (*chain, path))
     merged.pop("name", None)  # a sweep's name is its own (job names, default output folder)
     deep_merge(merged, data)
     return merged
+
+
+def _relative_root(path: Path) -> Path:
+    """What a relative output folder in a sweep file means: beside the user's own file, but under the
+    working directory for a shipped sweep (never inside the installed package)."""
+    return Path.cwd() if presets.is_preset(path) else path.parent
 
 
 def _canonical_axes(axes: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -306,19 +308,13 @@ def normalize_axis_key(key: str) -> str:
 
 
 def tokenizer_kind(name: str) -> str:
-    """`continuous` or `discrete`, from the tokenizer preset (a name in configs/tokenizer/ or a YAML path)."""
+    """`continuous` or `discrete`, from the tokenizer preset (a name in vlmlab/presets/tokenizer/ or a YAML path)."""
     return _tokenizer_kind(str(name))
 
 
 @functools.cache
 def _tokenizer_kind(name: str) -> str:
-    path = Path(name)
-    if path.suffix not in (".yaml", ".yml"):
-        path = config_root() / "tokenizer" / f"{name}.yaml"
-        if not path.exists():
-            raise unknown_choice("image tokenizer", name, list_presets("tokenizer"))
-    elif not path.exists():
-        raise ConfigError(f"Image tokenizer file {name!r} does not exist.")
+    path = presets.resolve("tokenizer", name)
     kind = read_yaml_file(path).get("kind", "continuous")
     if kind not in ("continuous", "discrete"):
         raise unknown_choice(f"tokenizer kind in {str(path)!r}", kind, ("continuous", "discrete"))
@@ -326,12 +322,7 @@ def _tokenizer_kind(name: str) -> str:
 
 
 def check_backbone(name: str) -> None:
-    path = Path(str(name))
-    if path.suffix in (".yaml", ".yml"):
-        if not path.exists():
-            raise ConfigError(f"Backbone file {name!r} does not exist.")
-    elif not (config_root() / "backbone" / f"{name}.yaml").exists():
-        raise unknown_choice("backbone", name, list_presets("backbone"))
+    presets.resolve("backbone", str(name))
 
 
 def check_fusion(name: str) -> None:
@@ -339,43 +330,10 @@ def check_fusion(name: str) -> None:
         raise unknown_choice("fusion architecture", name, FUSION_NAMES)
 
 
-def list_presets(kind: str) -> list[str]:
-    return sorted(p.stem for p in (config_root() / kind).glob("*.yaml"))
-
-
-@functools.cache
-def freeze_recipes() -> dict[str, FreezeRecipe]:
-    """The Table 2 recipes in configs/freeze/ (read here, not via vlmlab.train.freezing, to stay torch-free)."""
-    return {path.stem: _read_recipe(path) for path in sorted((config_root() / "freeze").glob("*.yaml"))}
-
-
-def freeze_recipe(name: str) -> FreezeRecipe:
-    """A recipe by name (configs/freeze/<name>.yaml) or by YAML path."""
-    if str(name).endswith((".yaml", ".yml")):
-        if not Path(name).exists():
-            raise ConfigError(f"Freezing recipe file {name!r} does not exist.")
-        return _read_recipe(Path(name))
-    recipes = freeze_recipes()
-    if name not in recipes:
-        raise unknown_choice("freezing recipe", name, recipes)
-    return recipes[name]
-
-
-def _read_recipe(path: Path) -> FreezeRecipe:
-    data = OmegaConf.to_container(read_yaml_file(path))
-    tokenizer, language = data.get("image_tokenizer", {}), data.get("language_model", {})
-    return FreezeRecipe(
-        name=path.stem,
-        tokenizer_stage1=tokenizer.get("stage1") == "trainable",
-        tokenizer_stage2=tokenizer.get("stage2") == "trainable",
-        language_stage2=language.get("stage2") == "trainable",
-    )
-
-
 def stage1_recipe(recipe: FreezeRecipe) -> str:
     """The recipe name stage-1 runs use for `recipe`: stage 1 only sees the tokenizer's stage-1 state, so all
     recipes that share it map to one name (the one training least), and their stage-1 runs become one run."""
-    same = [r for r in freeze_recipes().values() if r.tokenizer_stage1 == recipe.tokenizer_stage1]
+    same = [r for r in map(load_recipe, list_recipes()) if r.tokenizer_stage1 == recipe.tokenizer_stage1]
     return min(same, key=lambda r: (r.tokenizer_stage2 + r.language_stage2, r.name)).name
 
 
@@ -483,7 +441,7 @@ def _check_axis_value(key: str, value: Any) -> None:
     elif key == "model.fusion":
         check_fusion(value)
     elif key == "train.freeze":
-        freeze_recipe(value)
+        load_recipe(value)
     elif key == "model.backbone":
         check_backbone(value)
 
@@ -518,14 +476,11 @@ __all__ = [
     "AXIS_ALIASES",
     "BACKENDS",
     "DEFAULT_COMMAND",
-    "FreezeRecipe",
     "Resources",
     "STAGES",
     "StageSpec",
     "SweepSpec",
     "check_command",
-    "freeze_recipe",
-    "freeze_recipes",
     "load_sweep",
     "normalize_axis_key",
     "stage1_recipe",

@@ -31,7 +31,7 @@ def _train(args: argparse.Namespace) -> int:
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
-        help="train one stage run: vlmlab train configs/stages/stage1.yaml my.yaml train.output_dir=runs/x",
+        help="train one stage run: vlmlab train stages/stage1 my.yaml train.output_dir=runs/x",
     )
     parser.add_argument(
         "items", nargs="+", help="YAML config files (merged left to right), then key=value overrides"

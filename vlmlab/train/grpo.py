@@ -46,8 +46,9 @@ from vlmlab.eval.results import config_hash
 from vlmlab.eval.runs import synthetic_image_size
 from vlmlab.files import atomic_write_text
 from vlmlab.models.open_weight import OpenWeightVLM, load_open_weight, trusted
+from vlmlab.recipes import load_recipe
 from vlmlab.train.data import TrainData
-from vlmlab.train.freezing import apply_freezing, load_recipe
+from vlmlab.train.freezing import apply_freezing
 from vlmlab.train.preemption import SIGNALS, requeue, slurm_job_id
 
 log = logging.getLogger("vlmlab.train")

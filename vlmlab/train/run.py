@@ -38,9 +38,10 @@ from vlmlab.models.checkpoint import (
 )
 from vlmlab.models.open_weight import OpenWeightVLM, load_open_weight
 from vlmlab.models.vlm import VisionLanguageModel, build_vlm
+from vlmlab.recipes import load_recipe
 from vlmlab.train.callbacks import AtomicLastCheckpoint, PeriodicValidation
 from vlmlab.train.data import TrainData
-from vlmlab.train.freezing import apply_freezing, load_recipe
+from vlmlab.train.freezing import apply_freezing
 from vlmlab.train.module import VLMModule
 from vlmlab.train.preemption import Preemption, slurm_job_id
 from vlmlab.train.preflight import RunLock, check_run_folder, launcher_rank, remove_leftovers, validate

@@ -39,7 +39,7 @@ RECIPE_FILE = "pretraining.json"
 class TextPretraining:
     """What a pretrained text model is a function of; a folder trained with another recipe is not reused."""
 
-    backbone: str  # preset name (configs/backbone/)
+    backbone: str  # preset name (vlmlab/presets/backbone/)
     corpus: str  # a name for the text stream, e.g. "synthetic-text-v1"
     steps: int = 300
     batch_size: int = 32

@@ -1,4 +1,4 @@
-"""Image tokenizer registry: names are the YAML files in `configs/tokenizer/`, builders are per library.
+"""Image tokenizer registry: names are the presets in `vlmlab/presets/tokenizer/`, builders are per library.
 
 build_tokenizer("siglip2-b16-224")              # the real SigLIP 2 ViT-B/16 (weights if reachable)
 build_tokenizer("clip-tiny", pretrained=None)   # a tiny random CLIP ViT for tests
@@ -12,34 +12,25 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from vlmlab import presets
 from vlmlab.config import read_yaml_file
-from vlmlab.errors import unknown_choice
 from vlmlab.models.tokenizers.base import ImageTokenizer, TokenizerSpec
 from vlmlab.models.tokenizers.preprocess import build_image_transform
-from vlmlab.paths import config_root
 from vlmlab.registry import Registry
 
 # library name -> function(spec) -> ImageTokenizer
 TOKENIZER_BACKENDS: Registry[Callable[[TokenizerSpec], ImageTokenizer]] = Registry("tokenizer library")
 
 
-def _spec_dir() -> Path:
-    return config_root() / "tokenizer"
-
-
 def list_tokenizers() -> list[str]:
-    return sorted(p.stem for p in _spec_dir().glob("*.yaml"))
+    return presets.preset_names("tokenizer")
 
 
 def load_tokenizer_spec(name_or_path: str | Path | dict[str, Any]) -> TokenizerSpec:
     """A registered name, a path to a YAML file, or an inline mapping."""
     if isinstance(name_or_path, dict):
         return TokenizerSpec.from_dict(dict(name_or_path))
-    path = Path(name_or_path)
-    if path.suffix not in (".yaml", ".yml"):
-        path = _spec_dir() / f"{name_or_path}.yaml"
-        if not path.exists():
-            raise unknown_choice("image tokenizer", name_or_path, list_tokenizers())
+    path = presets.resolve("tokenizer", name_or_path)
     data = OmegaConf.to_container(read_yaml_file(path), resolve=True)
     return TokenizerSpec.from_dict(data, source=str(path))
 

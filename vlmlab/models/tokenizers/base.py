@@ -4,7 +4,7 @@ A tokenizer turns preprocessed pixels `[batch, 3, H, W]` into a sequence per ima
 - continuous tokenizers return patch features `[batch, num_tokens, embed_dim]` (float);
 - discrete tokenizers return token ids `[batch, num_tokens]` (long) in `[0, codebook_size)`.
 
-Every tokenizer is described by a `TokenizerSpec`, loaded from one YAML file in `configs/tokenizer/`, so a
+Every tokenizer is described by a `TokenizerSpec`, loaded from one YAML file in `vlmlab/presets/tokenizer/`, so a
 new tokenizer or size is a data change, not a code change.
 """
 
@@ -25,7 +25,7 @@ KINDS = ("continuous", "discrete")
 
 @dataclass
 class TokenizerSpec:
-    """One image tokenizer variant (a registry entry). Field docs live in configs/tokenizer/README.md."""
+    """One image tokenizer variant (a registry entry). Field docs live in vlmlab/presets/tokenizer/README.md."""
 
     name: str
     family: str  # clip | siglip2 | aimv2 | dinov3 | titok | var

@@ -1,0 +1,108 @@
+"""Freezing recipes (paper, Table 2), read once from the presets for everyone: training applies them
+(vlmlab.train.freezing), the sweep expands by them, the reports sort by them. Torch-free on purpose, so a sweep's
+dry run never imports torch.
+
+A recipe states, for the image tokenizer, whether it trains in stages 1 and 2, and for the language model
+whether it trains in stage 2; `table_row` is its row in Table 2 (a user's own recipe may leave it out and
+sorts after the paper's).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from vlmlab import presets
+from vlmlab.config import read_yaml_file
+from vlmlab.errors import ConfigError, unknown_choice
+
+STATES = ("frozen", "trainable")
+# parts that train in every recipe: the adapter, cross-attention layers and the MoT image transformer
+ALWAYS_TRAINABLE = ("adapter", "cross_attention", "mot_image")
+_KEYS = {"image_tokenizer": ("stage1", "stage2"), "language_model": ("stage1", "stage2"), "table_row": ()}
+
+
+@dataclass(frozen=True)
+class FreezeRecipe:
+    name: str
+    tokenizer_stage1: bool  # True = trainable
+    tokenizer_stage2: bool
+    language_stage2: bool
+    table_row: int | None = None
+
+    @property
+    def trains_tokenizer(self) -> bool:
+        return self.tokenizer_stage1 or self.tokenizer_stage2
+
+    def trainable_groups(self, stage: int) -> dict[str, bool]:
+        if stage not in (1, 2, 3):
+            raise ConfigError(f"Unknown training stage {stage!r}. Valid choices: 1, 2, 3.")
+        if stage == 1:
+            states = {"image_tokenizer": self.tokenizer_stage1, "language_model": False}
+        else:
+            states = {"image_tokenizer": self.tokenizer_stage2, "language_model": self.language_stage2}
+        return {**states, **{group: True for group in ALWAYS_TRAINABLE}}
+
+
+def list_recipes() -> list[str]:
+    """The shipped recipes in Table 2's row order."""
+    return [recipe.name for recipe in sorted(map(load_recipe, presets.preset_names("freeze")), key=_row)]
+
+
+def recipe_order(name: str) -> tuple[int, str]:
+    """Sort key of a recipe name: Table 2's row for the shipped ones, then any other name alphabetically."""
+    if name in presets.preset_names("freeze"):
+        return _row(load_recipe(name)), name
+    return 1_000, name
+
+
+def _row(recipe: FreezeRecipe) -> int:
+    return recipe.table_row if recipe.table_row is not None else 1_000
+
+
+def load_recipe(name_or_path: str | Path) -> FreezeRecipe:
+    """A shipped recipe by name or a recipe YAML by path, checked against the paper's rules."""
+    return _load(str(presets.resolve("freeze", name_or_path)))
+
+
+@functools.cache
+def _load(path_text: str) -> FreezeRecipe:
+    path = Path(path_text)
+    data = OmegaConf.to_container(read_yaml_file(path))
+    if not isinstance(data, dict):
+        raise ConfigError(f"Freezing recipe {str(path)!r} must hold a mapping at the top level.")
+    for group, stages in data.items():
+        if group not in _KEYS:
+            raise unknown_choice(f"group in freezing recipe {path.stem!r}", group, _KEYS)
+        if group == "table_row":
+            continue
+        for stage, state in stages.items():
+            if stage not in _KEYS[group]:
+                raise unknown_choice(f"stage key in recipe {path.stem!r}", stage, _KEYS[group])
+            if state not in STATES:
+                raise unknown_choice(f"state of {group}.{stage} in recipe {path.stem!r}", state, STATES)
+    tokenizer = data.get("image_tokenizer", {})
+    language = data.get("language_model", {})
+    if language.get("stage1", "frozen") != "frozen":
+        raise ConfigError(
+            f"Recipe {path.stem!r}: the language model must stay frozen in stage 1 (paper, 2.3)."
+        )
+    recipe = FreezeRecipe(
+        name=path.stem,
+        tokenizer_stage1=tokenizer.get("stage1", "frozen") == "trainable",
+        tokenizer_stage2=tokenizer.get("stage2", "frozen") == "trainable",
+        language_stage2=language.get("stage2", "frozen") == "trainable",
+        table_row=data.get("table_row"),
+    )
+    if recipe.tokenizer_stage1 and not recipe.tokenizer_stage2:
+        raise ConfigError(
+            f"Recipe {path.stem!r} unfreezes the image tokenizer in stage 1 but freezes it in stage 2; what is "
+            "unfrozen in stage 1 stays unfrozen in stage 2 (paper, 2.3)."
+        )
+    return recipe
+
+
+__all__ = ["ALWAYS_TRAINABLE", "STATES", "FreezeRecipe", "list_recipes", "load_recipe", "recipe_order"]
