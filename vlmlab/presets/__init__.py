@@ -50,7 +50,9 @@ def resolve(kind: str, name_or_path: str | Path) -> Path:
     if is_yaml_path(name_or_path):
         path = Path(name_or_path)
         if not path.exists():
-            raise ConfigError(f"{_DESCRIPTIONS[kind].capitalize()} file {str(name_or_path)!r} does not exist.")
+            raise ConfigError(
+                f"{_DESCRIPTIONS[kind].capitalize()} file {str(name_or_path)!r} does not exist."
+            )
         return path
     path = preset_dir(kind) / f"{name_or_path}.yaml"
     if not path.exists():

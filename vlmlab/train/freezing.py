@@ -19,6 +19,7 @@ from vlmlab.recipes import FreezeRecipe, list_recipes, load_recipe
 
 log = logging.getLogger("vlmlab.train")
 
+
 def check_recipe(recipe: FreezeRecipe, discrete_tokenizer: bool, tokenizer_name: str = "") -> None:
     if discrete_tokenizer and recipe.trains_tokenizer:
         valid = [r for r in list_recipes() if not load_recipe(r).trains_tokenizer]
