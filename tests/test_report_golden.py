@@ -19,14 +19,8 @@ from typing import Any
 import pytest
 from report_records import design_records, open_weight_records, scaling_records, transfer_records
 
-from vlmlab.eval.results import (
-    design_table,
-    open_weight_rl_table,
-    open_weight_sft_table,
-    open_weight_tables,
-    scaling_table,
-    transfer_table,
-)
+from vlmlab.reports.layouts import design_table, scaling_table, transfer_table
+from vlmlab.reports.open_weight import open_weight_rl_table, open_weight_sft_table, open_weight_tables
 
 GOLDEN = Path(__file__).parent / "golden" / "reports"
 REGENERATE = os.environ.get("VLMLAB_REGEN_GOLDEN") == "1"
