@@ -14,13 +14,12 @@ import pytest
 
 from vlmlab.errors import ConfigError
 from vlmlab.eval.intervals import wilson
-from vlmlab.eval.results import (
-    make_record,
+from vlmlab.eval.results import make_record, write_record
+from vlmlab.reports.open_weight import (
     open_weight_name,
     open_weight_rl_table,
     open_weight_sft_table,
     open_weight_tables,
-    write_record,
 )
 
 QWEN7 = "Qwen/Qwen2.5-VL-7B-Instruct"
@@ -165,7 +164,7 @@ def test_table8_cells_show_the_change_from_base() -> None:
     assert [c.label for c in table.columns] == ["VQA (InD)", "VQA (OOD)", "TQA (InD)", "TQA (OOD)"]
     models = ["Qwen2.5-VL-7B", "Qwen2.5-VL-3B", "InternVL3-8B", "Gemma-3-4B", "Kimi-VL-A3B"]
     # every model gets a row per dataset, in the paper's order (the vlmlab record has none)
-    assert [r.labels for r in table.rows] == [(d, m) for d in ("SpatialMap", "Grid", "Ring") for m in models]
+    assert table.row_labels == [(d, m) for d in ("SpatialMap", "Grid", "Ring") for m in models]
     md = table.to_markdown()
     assert "| Dataset | Model | VQA (InD) | VQA (OOD) | TQA (InD) | TQA (OOD) |" in md
     # the paper's Table 8 row; best per column within SpatialMap in bold
@@ -200,7 +199,7 @@ def test_table8_without_fill_drops_rows_without_runs() -> None:
     # a caption-stage run (neither VQA nor TQA) is no SFT run of Table 8 or 9
     caption = record("k-caption-ring", KIMI, "sft", "ring", "caption", same("ring", 0.9))
     table = open_weight_sft_table([*table8_records(), caption], "vqa", fill_missing=False)
-    assert [r.labels for r in table.rows] == [
+    assert table.row_labels == [
         ("SpatialMap", "Qwen2.5-VL-7B"),
         ("SpatialMap", "Qwen2.5-VL-3B"),
         ("SpatialMap", "InternVL3-8B"),
@@ -315,7 +314,7 @@ def test_names_and_order_of_unknown_models() -> None:
         record("k", KIMI, "sft", "ring", "vqa", same("ring", 0.1)),
     ]
     table = open_weight_sft_table(records)
-    assert [r.labels for r in table.rows] == [
+    assert table.row_labels == [
         ("Ring", "Kimi-VL-A3B"),
         ("Ring", "Alpha-VLM"),
         ("Ring", "beta-vlm"),

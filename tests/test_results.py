@@ -11,23 +11,19 @@ from pathlib import Path
 import pytest
 
 from vlmlab.errors import ConfigError
-from vlmlab.eval import cli as eval_cli
 from vlmlab.eval.intervals import wilson
-from vlmlab.eval.plots import plot_design, plot_scaling, plot_transfer
 from vlmlab.eval.results import (
-    Evidence,
     config_hash,
-    design_table,
     flatten_metrics,
-    get_dotted,
     make_record,
-    metric_evidence,
     read_records,
-    scaling_table,
-    transfer_table,
     validate_record,
     write_record,
 )
+from vlmlab.reports import cli as reports_cli
+from vlmlab.reports.frame import Evidence, get_dotted, metric_evidence
+from vlmlab.reports.layouts import design_table, scaling_table, transfer_table
+from vlmlab.reports.plots import plot_design, plot_scaling, plot_transfer
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -146,19 +142,19 @@ def test_design_table_averages_gaps_and_best() -> None:
     table = design_table(design_records(), ["model.tokenizer", "train.freeze"])
     # dict-valued train.freeze expands to one column per leaf; rows in the paper's order (frozen first)
     assert table.keys == ["model.tokenizer", "train.freeze.lang_s2"]
-    assert [row.labels for row in table.rows] == [
+    assert table.row_labels == [
         ("clip", "yes"),
         ("clip", "no"),
         ("siglip2", "yes"),
         ("siglip2", "no"),
     ]
-    clip = table.rows[0].values
+    clip = {key: table.value(0, key) for key in table.values.columns}
     # In-domain: (49.8 + 22.1 + 12.2 + 20.1 + 12.1) / 5 = 116.3 / 5 = 23.26
     assert clip["avg_ind"] == pytest.approx(0.2326)
     # Out-of-domain: (25.0 + 37.4 + 29.0) / 3 = 30.467; All: (116.3 + 91.4) / 8 = 25.9625 (the paper: 25.9)
     assert clip["avg_ood"] == pytest.approx(0.30467, abs=1e-5)
     assert clip["avg_all"] == pytest.approx(0.259625)
-    last = table.rows[3].values
+    last = {key: table.value(3, key) for key in table.values.columns}
     assert last["docvqa"] is None and last["avg_ind"] is None and last["avg_all"] is None  # gaps, not zeros
     assert last["avg_ood"] == pytest.approx(0.30467 + 0.20, abs=1e-5)
 
@@ -187,10 +183,9 @@ def test_design_table_averages_gaps_and_best() -> None:
 
 def test_design_table_partial_averages_are_marked() -> None:
     table = design_table(design_records(), ["model.tokenizer", "train.freeze"], partial_averages=True)
-    last = table.rows[3]
     # mean of the 4 in-domain benchmarks it has: (69.8 + 42.1 + 32.2 + 40.1) / 4 = 46.05
-    assert last.values["avg_ind"] == pytest.approx(0.4605)
-    assert "avg_ind" in last.partial and "avg_all" in last.partial
+    assert table.value(3, "avg_ind") == pytest.approx(0.4605)
+    assert table.partial.loc[3, "avg_ind"] and table.partial.loc[3, "avg_all"]
     markdown = table.to_markdown()
     assert "46.0†" in markdown or "46.1†" in markdown
     assert "**46" not in markdown  # a partial average is never marked best
@@ -213,11 +208,11 @@ def test_design_table_pivot_like_table2() -> None:
         records, ["train.freeze"], pivot="model.fusion", where={"model.tokenizer": ["clip", "siglip2"]}
     )
     assert [c.group for c in table.columns] == ["Joint-Decoder"] * 3 + ["MoT"] * 3
-    frozen, unfrozen = table.rows
+    assert len(table.values) == 2  # frozen, unfrozen
     # JD frozen: mean of CLIP and CLIP+2 points -> in-domain 23.26 + 1 = 24.26
-    assert frozen.values["Joint-Decoder|avg_ind"] == pytest.approx(0.2426)
-    assert frozen.values["MoT|avg_ind"] == pytest.approx(0.2326 + 0.05)
-    assert unfrozen.values["MoT|avg_ind"] is None
+    assert table.value(0, "Joint-Decoder|avg_ind") == pytest.approx(0.2426)
+    assert table.value(0, "MoT|avg_ind") == pytest.approx(0.2326 + 0.05)
+    assert table.value(1, "MoT|avg_ind") is None
     latex = table.to_latex()
     assert r"\multicolumn{3}{c}{Joint-Decoder}" in latex and r"\cmidrule(lr){2-4}" in latex
 
@@ -243,7 +238,7 @@ def test_freezing_recipe_names_sort_in_table2_order() -> None:
         for name in recipes
     ]
     table = design_table(records, ["train.freeze"])
-    order = [row.labels[0] for row in table.rows]
+    order = [labels[0] for labels in table.row_labels]
     assert order == ["all-frozen", "unfreeze-lm", "unfreeze-tok-s2", "unfreeze-tok-s1s2", "unfreeze-all"]
 
 
@@ -254,12 +249,12 @@ def test_design_table_shows_missing_design_points_as_empty_rows() -> None:
         make_record("c", config("siglip2", True), CLIP_FROZEN, stage=2),  # siglip2 unfrozen never ran
     ]
     table = design_table(records, ["model.tokenizer", "train.freeze"])
-    assert [row.labels for row in table.rows][-1] == ("siglip2", "no")
-    assert all(value is None for value in table.rows[-1].values.values())
+    assert table.row_labels[-1] == ("siglip2", "no")
+    assert table.values.iloc[-1].isna().all()
     assert "|  | no | – | – |" in table.to_markdown()
     assert any("with no run" in note for note in table.notes)
     assert not any("Averages are left empty" in note for note in table.notes)
-    assert len(design_table(records, ["model.tokenizer", "train.freeze"], fill_missing=False).rows) == 3
+    assert len(design_table(records, ["model.tokenizer", "train.freeze"], fill_missing=False).values) == 3
 
 
 # -------------------------------------------------------------------------------------- transfer table
@@ -299,20 +294,18 @@ def test_transfer_table_layout_and_chance() -> None:
     # columns: task x {InD, OOD} x {No Train, same-modality (TQA-trained), cross-modality (VQA-trained)}
     assert [c.label for c in table.columns[:3]] == ["No Train", "TQA-trained", "VQA-trained"]
     assert table.columns[0].group == "Grid TQA (InD)" and table.columns[-1].group == "Ring TQA (OOD)"
-    chance, *rows = table.rows
-    assert chance.kind == "chance" and chance.values["grid|ind|none"] == 0.25
-    assert chance.values["ring|ood|cross"] == 0.125  # "ring.tqa" entry matches ring.tqa.ood
-    assert [r.labels for r in rows] == [
+    assert table.kind[0] == "chance" and table.value(0, "grid|ind|none") == 0.25
+    assert table.value(0, "ring|ood|cross") == 0.125  # "ring.tqa" entry matches ring.tqa.ood
+    assert table.row_labels[1:] == [
         ("clip", "Joint-Decoder"),
         ("clip", "MoT"),
         ("siglip2", "Joint-Decoder"),
         ("siglip2", "MoT"),
     ]
-    clip_jd = rows[0].values
-    assert clip_jd["grid|ind|none"] == 0.05
-    assert clip_jd["grid|ind|same"] == 0.90  # trained on the TQA grid task, evaluated on TQA grid
-    assert clip_jd["grid|ind|cross"] == 0.60  # trained on the VQA grid task
-    assert rows[3].values["ring|ind|cross"] is None  # the missing run is a gap
+    assert table.value(1, "grid|ind|none") == 0.05
+    assert table.value(1, "grid|ind|same") == 0.90  # trained on the TQA grid task, evaluated on TQA grid
+    assert table.value(1, "grid|ind|cross") == 0.60  # trained on the VQA grid task
+    assert table.value(4, "ring|ind|cross") is None  # the missing run is a gap
     markdown = table.to_markdown()
     assert "| Chance |  | 25.0 | 25.0 | 25.0 |" in markdown
     assert "Image-to-Text (VQA→TQA)" in markdown
@@ -322,9 +315,11 @@ def test_transfer_table_layout_and_chance() -> None:
     assert [c.label for c in reverse.columns[:3]] == ["No Train", "VQA-trained", "TQA-trained"]
     # collapse over fusions (Figures 4/5): strict -> siglip2's ring cross cell is a gap
     per_tokenizer = table.collapse(1)
-    assert [r.labels for r in per_tokenizer.rows if r.kind == "data"] == [("clip",), ("siglip2",)]
-    siglip = [r for r in per_tokenizer.rows if r.labels == ("siglip2",)][0]
-    assert siglip.values["ring|ind|cross"] is None and siglip.values["grid|ind|cross"] == 0.60
+    data = [labels for labels, kind in zip(per_tokenizer.row_labels, per_tokenizer.kind) if kind == "data"]
+    assert data == [("clip",), ("siglip2",)]
+    siglip = per_tokenizer.row_labels.index(("siglip2",))
+    assert per_tokenizer.value(siglip, "ring|ind|cross") is None
+    assert per_tokenizer.value(siglip, "grid|ind|cross") == 0.60
 
     with pytest.raises(ConfigError, match="evaluation modality"):
         transfer_table(transfer_records(), "audio")
@@ -347,7 +342,7 @@ def test_plots_write_pngs_with_gaps(tmp_path: Path) -> None:
         for size in ("4b", "0.6b")  # written out of order; 1.7b missing
     ]
     scaling = scaling_table(records, ["model.tokenizer"], "model.backbone")
-    assert [row.labels[-1] for row in scaling.rows] == ["qwen3-0.6b", "qwen3-4b"]
+    assert [labels[-1] for labels in scaling.row_labels] == ["qwen3-0.6b", "qwen3-4b"]
     assert plot_scaling(scaling, tmp_path / "scaling.png").read_bytes().startswith(PNG_MAGIC)
 
 
@@ -356,7 +351,7 @@ def test_plots_write_pngs_with_gaps(tmp_path: Path) -> None:
 
 def run_cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="vlmlab")
-    eval_cli.add_commands(parser.add_subparsers(dest="command", required=True))
+    reports_cli.add_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     return args.func(args)
 
@@ -460,11 +455,10 @@ def test_metric_evidence_reads_dicts_and_flat_interval_pairs() -> None:
 
 def test_transfer_table_shows_intervals_in_every_format() -> None:
     table = transfer_table(counted_transfer_records(), "tqa")
-    chance, clip_jd, *_ = table.rows
     # Wilson 10/200 by hand: centre 0.05848, half 0.03110 -> [2.7, 9.0] %
-    low, high = clip_jd.interval("grid|ind|none")
+    low, high = table.interval(1, "grid|ind|none")  # row 0 is the chance row, row 1 clip / Joint-Decoder
     assert low == pytest.approx(0.02738, abs=1e-4) and high == pytest.approx(0.08958, abs=1e-4)
-    assert chance.interval("grid|ind|none") is None  # the chance row has none
+    assert table.interval(0, "grid|ind|none") is None  # the chance row has none
     markdown = table.to_markdown()
     assert "| clip | Joint-Decoder | **5.0** [2.7, 9.0] | **90.0** [85.1, 93.4] |" in markdown
     assert "| Chance |  | 25.0 | 25.0 | 25.0 |" in markdown  # the chance row stays, bare
@@ -486,19 +480,22 @@ def test_transfer_table_shows_intervals_in_every_format() -> None:
 
 def test_averaged_cells_pool_their_samples_or_show_no_interval() -> None:
     per_tokenizer = transfer_table(counted_transfer_records(), "tqa").collapse(1)
-    clip = [r for r in per_tokenizer.rows if r.labels == ("clip",)][0]
+    clip = per_tokenizer.row_labels.index(("clip",))
     # two fusions x 10/200 -> the pooled 20/400, whose proportion is the shown mean
-    assert clip.values["grid|ind|none"] == pytest.approx(0.05)
-    assert clip.interval("grid|ind|none") == pytest.approx(wilson(20, 400))
-    siglip = [r for r in per_tokenizer.rows if r.labels == ("siglip2",)][0]
-    assert siglip.interval("ring|ind|cross") is None  # a gap has no interval
+    assert per_tokenizer.value(clip, "grid|ind|none") == pytest.approx(0.05)
+    assert per_tokenizer.interval(clip, "grid|ind|none") == pytest.approx(wilson(20, 400))
+    siglip = per_tokenizer.row_labels.index(("siglip2",))
+    assert per_tokenizer.interval(siglip, "ring|ind|cross") is None  # a gap has no interval
     assert "[" in per_tokenizer.to_markdown()
     # unequal sample counts: the pooled proportion is not the mean shown, so no interval
     records = counted_transfer_records()
     records[0]["metrics"]["grid"]["tqa"]["ind"].update(n=100, correct=5, score=0.05)
     mixed = transfer_table(records, "tqa").collapse(1)
-    clip = [r for r in mixed.rows if r.labels == ("clip",)][0]
-    assert clip.values["grid|ind|none"] == pytest.approx(0.05) and clip.interval("grid|ind|none") is None
+    clip = mixed.row_labels.index(("clip",))
+    assert (
+        mixed.value(clip, "grid|ind|none") == pytest.approx(0.05)
+        and mixed.interval(clip, "grid|ind|none") is None
+    )
     # old records (plain floats): no interval anywhere, no note, empty _lo/_hi CSV cells
     plain = transfer_table(transfer_records(), "tqa")
     assert not plain.has_intervals() and "confidence interval" not in plain.to_markdown()
@@ -515,23 +512,25 @@ def test_design_table_intervals_per_benchmark_and_pooled_rows() -> None:
         make_record("b", config("clip", False), metrics, stage=2),
     ]
     table = design_table(records, ["model.tokenizer", "train.freeze"])
-    row = table.rows[0]
-    assert row.interval("vqav2") == pytest.approx(wilson(50, 100))
-    assert row.interval("docvqa") == (0.08, 0.17)
-    assert row.interval("aokvqa") is None and row.interval("avg_ind") is None  # plain float; mixed average
+    assert table.interval(0, "vqav2") == pytest.approx(wilson(50, 100))
+    assert table.interval(0, "docvqa") == (0.08, 0.17)
+    assert table.interval(0, "aokvqa") is None and table.interval(0, "avg_ind") is None  # plain float; mixed
     assert "| clip | yes | **50.0** [40.4, 59.6] |" in table.to_markdown()
     # one row over both records: vqav2 pools 100/200; docvqa (soft, no counts) has no honest interval
-    merged = design_table(records, ["model.tokenizer"]).rows[0]
-    assert merged.interval("vqav2") == pytest.approx(wilson(100, 200)) and merged.interval("docvqa") is None
+    merged = design_table(records, ["model.tokenizer"])
+    assert (
+        merged.interval(0, "vqav2") == pytest.approx(wilson(100, 200))
+        and merged.interval(0, "docvqa") is None
+    )
     # a training run's result.json: flat floats with the interval beside the accuracy
     flat = {"vqav2": 0.5, "vqav2_ci_low": 0.4, "vqav2_ci_high": 0.6}
     table = design_table([make_record("t", config("clip", True), flat, stage=2)], ["model.tokenizer"])
     assert [c.key for c in table.columns] == ["vqav2", "avg_ind", "avg_all"]
-    assert table.rows[0].interval("vqav2") == (0.4, 0.6) and table.rows[0].interval("avg_ind") == (0.4, 0.6)
+    assert table.interval(0, "vqav2") == (0.4, 0.6) and table.interval(0, "avg_ind") == (0.4, 0.6)
 
 
 def captured_figures(monkeypatch: pytest.MonkeyPatch) -> list:
-    from vlmlab.eval import plots
+    from vlmlab.reports import plots
 
     figures = []
     original = plots._save

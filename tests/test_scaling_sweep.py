@@ -228,7 +228,7 @@ def write_run_records(root: Path) -> None:
 
 
 def test_results_scaling_layout_renders_figure2(tmp_path: Path, monkeypatch, capsys) -> None:
-    from vlmlab.eval import plots
+    from vlmlab.reports import plots
 
     figures = []
     original = plots._save

@@ -21,7 +21,8 @@ from vlmlab.data.synthetic import generate_split, write_split
 from vlmlab.data.synthetic.grid import return_probability
 from vlmlab.data.synthetic.stats import shortcut_baselines, split_stats
 from vlmlab.errors import ConfigError
-from vlmlab.eval.results import make_record, transfer_table
+from vlmlab.eval.results import make_record
+from vlmlab.reports.layouts import transfer_table
 
 STEP = {"up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}
 UNDO = {"up": "down", "down": "up", "left": "right", "right": "left"}
@@ -259,18 +260,16 @@ def transfer_records(with_baselines: bool) -> list[dict]:
 
 def test_transfer_tables_show_the_baselines_beside_chance() -> None:
     table = transfer_table(transfer_records(True), "tqa")
-    kinds = [(row.kind, row.labels[0]) for row in table.rows]
+    kinds = [(kind, labels[0]) for kind, labels in zip(table.kind, table.row_labels)]
     assert kinds[:4] == [
         ("chance", "Chance"),
         ("baseline", "Majority answer"),
         ("baseline", "Answer = start (Grid)"),
         ("baseline", "Most frequent offset (Ring)"),
     ]
-    start = table.rows[2]
-    assert start.values["grid|ind|none"] == 0.304 and start.values["grid|ood|cross"] == 0.066
-    assert start.values["ring|ind|none"] is None  # Grid only
-    offset = table.rows[3]
-    assert offset.values["ring|ood|same"] == 0.116 and offset.values["grid|ind|none"] is None
+    assert table.value(2, "grid|ind|none") == 0.304 and table.value(2, "grid|ood|cross") == 0.066
+    assert table.value(2, "ring|ind|none") is None  # Grid only
+    assert table.value(3, "ring|ood|same") == 0.116 and table.value(3, "grid|ind|none") is None
     markdown = table.to_markdown()
     assert "| Chance |  | 11.1 | 11.1 | 11.1 | 6.2 | 6.2 | 6.2 |" in markdown
     assert "| Answer = start (Grid) |  | 30.4 | 30.4 | 30.4 | 6.6 | 6.6 | 6.6 | – |" in markdown
@@ -278,7 +277,7 @@ def test_transfer_tables_show_the_baselines_beside_chance() -> None:
     assert "Baseline rows: accuracy of answering without reasoning" in markdown
     # never marked best, never given an interval; the runs' rows are unchanged
     assert all(i >= 4 for marks in table.best().values() for i in marks)
-    assert [row.labels for row in table.rows[4:]] == [("clip", "Joint-Decoder"), ("clip", "MoT")]
+    assert table.row_labels[4:] == [("clip", "Joint-Decoder"), ("clip", "MoT")]
     latex = table.to_latex().splitlines()
     offset_line = next(i for i, line in enumerate(latex) if line.startswith("Most frequent offset"))
     # one rule under the header and one under the last baseline row: chance and baselines form one block
@@ -286,12 +285,12 @@ def test_transfer_tables_show_the_baselines_beside_chance() -> None:
     assert "Most frequent offset (Ring)" in table.collapse(1).to_markdown()
 
     legacy = transfer_table(transfer_records(False), "tqa")
-    assert [row.kind for row in legacy.rows] == ["chance", "data", "data"]
+    assert list(legacy.kind) == ["chance", "data", "data"]
     assert any("predate them" in note for note in legacy.notes)
 
 
 def test_transfer_figure_draws_the_best_baseline(tmp_path, monkeypatch) -> None:
-    from vlmlab.eval import plots
+    from vlmlab.reports import plots
 
     figures = []
     original = plots._save

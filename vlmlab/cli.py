@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "vlmlab.data.cli",
     "vlmlab.train.cli",
     "vlmlab.eval.cli",
+    "vlmlab.reports.cli",
     "vlmlab.eval.export",
     "vlmlab.sweep.cli",
 ]

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from vlmlab import presets
-from vlmlab.eval.results import get_dotted
 from vlmlab.files import atomic_write_text
+from vlmlab.reports.frame import get_dotted
 
 # The quickstart's SpatialMap: two objects in distribution, three out of distribution, drawn twice the
 # paper's size so that each object covers whole 16-px patches of the tiny ViT's 64-px input.

@@ -1,22 +1,26 @@
-"""Publication-style PNG figures from the tables of `vlmlab.eval.results`.
+"""Publication-style PNG figures from the tables of vlmlab.reports.
 
 * `plot_design`: grouped bars of the in-domain and out-of-domain averages, one group per tokenizer (the
   table's first key) and one bar per freezing recipe / fusion (the remaining keys) -- Tables 1-5 at a glance.
 * `plot_transfer`: Figures 4/5 -- per synthetic task (columns) and split (rows, InD / OOD), bars for No Train,
-  same-modality and cross-modality training per tokenizer, with the chance level as a dashed line and the
-  strongest trivial baseline (majority answer, Grid's start object, Ring's most frequent offset) dotted.
+  same-modality and cross-modality training per table row (e.g. fusion / freezing recipe: every row of the
+  table its own bar group, so no bar averages away a cell the table shows), with the chance level as a
+  dashed line and the strongest trivial baseline (majority answer, Grid's start object, Ring's most
+  frequent offset) dotted.
 * `plot_scaling`: Figure 2 -- average accuracy against backbone size, one line per tokenizer x recipe.
 
-Bars and points carry 95 % error bars wherever the table has an interval for the cell (`Row.interval`:
-the record's own, or that of the pooled samples of an averaged cell; see vlmlab.eval.results); a cell
-without one is drawn without. Missing values are gaps: no bar (a small "n/a" marks the slot) and broken
-lines, never zeros. Figures are drawn on `matplotlib.figure.Figure` with the Agg canvas, so nothing touches
-pyplot's global state or needs a display.
+Bars and points carry 95 % error bars wherever the table has an interval for the cell (`Table.interval`:
+the record's own, or that of the pooled samples of an averaged cell); a cell without one is drawn without.
+Missing values are gaps: no bar (a small "n/a" marks the slot) and broken lines, never zeros. Every bar and
+"n/a" marker has the gid "<row position>|<column key>" of its table cell, so that a figure can be checked
+against its table cell for cell. Figures are drawn on `matplotlib.figure.Figure` with the Agg canvas, so
+nothing touches pyplot's global state or needs a display, and written atomically (vlmlab.files).
 """
 
 from __future__ import annotations
 
 import functools
+import io
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -31,7 +35,10 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from vlmlab.errors import ConfigError
-from vlmlab.eval.results import AVERAGE_LABELS, Table, parse_size
+from vlmlab.files import atomic_write_bytes
+from vlmlab.reports.frame import parse_size
+from vlmlab.reports.layouts import AVERAGE_LABELS
+from vlmlab.reports.table import Table
 
 __all__ = ["plot_design", "plot_scaling", "plot_transfer"]
 
@@ -86,6 +93,11 @@ def _series_colours(series: Sequence[tuple[str, ...]]) -> list[Any]:
     return colours
 
 
+def _data_rows(table: Table) -> dict[int, tuple[str, ...]]:
+    """Position -> labels of the table's data rows (not chance or baseline rows)."""
+    return {i: labels for i, labels in enumerate(table.row_labels) if table.kind[i] == "data"}
+
+
 def _new_figure(width: float, height: float) -> Figure:
     figure = Figure(figsize=(width, height), dpi=_DPI)
     FigureCanvasAgg(figure)
@@ -114,8 +126,9 @@ def _style_axes(ax: Axes, ylabel: str | None = "Accuracy (%)") -> None:
 
 def _save(figure: Figure, path: str | os.PathLike[str]) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=_DPI, bbox_inches="tight", facecolor="white")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=_DPI, bbox_inches="tight", facecolor="white")
+    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 
@@ -128,9 +141,11 @@ def _grouped_bars(
     *,
     annotate: bool,
     intervals: Sequence[Sequence[tuple[float, float] | None]] | None = None,
+    cells: Sequence[Sequence[str]] | None = None,
 ) -> None:
     """values[s][g]: bar of series s in group g; None -> an empty slot labelled n/a. intervals[s][g]: the
-    bar's 95 % interval (fractions), drawn as an error bar; None -> no error bar."""
+    bar's 95 % interval (fractions), drawn as an error bar; None -> no error bar. cells[s][g]: the gid of
+    the bar (or its n/a marker), naming the table cell it draws."""
     n_series = max(len(series), 1)
     width = 0.8 / n_series
     tops = [v for row in values for v in row if v is not None]
@@ -140,13 +155,16 @@ def _grouped_bars(
         for g in range(len(groups)):
             x = g - 0.4 + width * (s + 0.5)
             value = values[s][g]
+            gid = cells[s][g] if cells is not None else None
             if value is None or math.isnan(value):
                 ax.text(
                     x, 1.0, "n/a", rotation=90, ha="center", va="bottom", fontsize=6, color="#777777", zorder=4,
-                    bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.4},
+                    bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.4}, gid=gid,
                 )  # fmt: skip
                 continue
-            ax.bar(x, 100 * value, width=width * 0.92, color=colour, edgecolor="white", linewidth=0.4)
+            ax.bar(
+                x, 100 * value, width=width * 0.92, color=colour, edgecolor="white", linewidth=0.4, gid=gid
+            )
             ci = intervals[s][g] if intervals is not None else None
             if ci is not None:
                 below, above = max(0.0, value - ci[0]), max(0.0, ci[1] - value)
@@ -167,37 +185,29 @@ def plot_design(table: Table, path: str | os.PathLike[str], *, metrics: Sequence
     `metrics` are column keys to draw, one panel each (default: the in-domain and out-of-domain averages,
     or the first benchmark columns when no average could be computed).
     """
-    keys = {column.key for column in table.columns}
+    filled = [key for key in table.values.columns if table.values[key].notna().any()]
     if metrics is None:
-        metrics = [
-            m
-            for m in ("avg_ind", "avg_ood")
-            if m in keys and any(r.values.get(m) is not None for r in table.rows)
-        ]
-        if not metrics:
-            metrics = [
-                c.key for c in table.columns if any(r.values.get(c.key) is not None for r in table.rows)
-            ][:2]
+        metrics = [m for m in ("avg_ind", "avg_ood") if m in filled] or filled[:2]
     if not metrics:
         raise ConfigError("Nothing to plot: every cell of the table is empty.")
-    rows = [row for row in table.rows if row.kind == "data"]
-    groups = list(dict.fromkeys(row.labels[0] for row in rows))
-    series_keys = list(dict.fromkeys(row.labels[1:] for row in rows))
+    rows = _data_rows(table)
+    groups = list(dict.fromkeys(labels[0] for labels in rows.values()))
+    series_keys = list(dict.fromkeys(labels[1:] for labels in rows.values()))
     series = [" / ".join(key) for key in series_keys]
-    lookup = {(row.labels[0], " / ".join(row.labels[1:])): row for row in rows}
+    lookup = {(labels[0], " / ".join(labels[1:])): i for i, labels in rows.items()}
     colours = _series_colours(series_keys)
     n_bars = len(groups) * len(series)
     width = min(16.0, max(5.5, 1.2 + 0.28 * n_bars + 0.3 * len(groups)))
     figure = _new_figure(width, 2.6 * len(metrics) + 0.6)
     axes = figure.subplots(len(metrics), 1, sharex=True, squeeze=False)[:, 0]
     for ax, metric in zip(axes, metrics):
-        values = [
-            [lookup[(g, s)].values.get(metric) if (g, s) in lookup else None for g in groups] for s in series
-        ]
-        intervals = [
-            [lookup[(g, s)].interval(metric) if (g, s) in lookup else None for g in groups] for s in series
-        ]
-        _grouped_bars(ax, groups, series, values, colours, annotate=n_bars <= 24, intervals=intervals)
+        found = [[lookup.get((g, s)) for g in groups] for s in series]
+        values = [[None if i is None else table.value(i, metric) for i in row] for row in found]
+        intervals = [[None if i is None else table.interval(i, metric) for i in row] for row in found]
+        cells = [[f"{i}|{metric}" for i in row] for row in found]
+        _grouped_bars(
+            ax, groups, series, values, colours, annotate=n_bars <= 24, intervals=intervals, cells=cells
+        )
         _style_axes(ax)
         label = AVERAGE_LABELS.get(metric) or table.column(metric).label
         ax.set_title(label.replace("Avg ", "Average "), loc="left", fontweight="bold")
@@ -223,16 +233,16 @@ def plot_transfer(table: Table, path: str | os.PathLike[str]) -> Path:
     key (tokenizer; build the table grouped by tokenizer only to average over fusions, as the paper does),
     bars No Train / same-modality / cross-modality with their 95 % error bars, a dashed chance line
     where the chance is known and a dotted one at the best trivial baseline where the table has them."""
-    data_rows = [row for row in table.rows if row.kind == "data"]
-    chance_row = next((row for row in table.rows if row.kind == "chance"), None)
-    baseline_rows = [row for row in table.rows if row.kind == "baseline"]
+    data_rows = list(_data_rows(table))
+    chance_row = next((i for i, kind in enumerate(table.kind) if kind == "chance"), None)
+    baseline_rows = [i for i, kind in enumerate(table.kind) if kind == "baseline"]
     if not data_rows:
         raise ConfigError("Nothing to plot: the transfer table has no rows.")
     tasks = list(dict.fromkeys(column.key.split("|")[0] for column in table.columns))
     group_titles = {tuple(c.key.split("|")[:2]): c.group for c in table.columns}
     conditions = ["none", "same", "cross"]
     labels = {c.key.split("|")[2]: c.label for c in table.columns}
-    groups = [" / ".join(row.labels) for row in data_rows]
+    groups = [" / ".join(table.row_labels[i]) for i in data_rows]
     colours = [_CONDITION_COLOURS[cond] for cond in conditions]
     n_cols = len(tasks)
     width = min(18.0, max(6.0, n_cols * (1.0 + 0.75 * len(groups))))
@@ -241,8 +251,10 @@ def plot_transfer(table: Table, path: str | os.PathLike[str]) -> Path:
     for col, task in enumerate(tasks):
         for row_index, split in enumerate(("ind", "ood")):
             ax = axes[row_index, col]
-            values = [[row.values.get(f"{task}|{split}|{cond}") for row in data_rows] for cond in conditions]
-            intervals = [[row.interval(f"{task}|{split}|{cond}") for row in data_rows] for cond in conditions]
+            keys = [f"{task}|{split}|{cond}" for cond in conditions]
+            values = [[table.value(i, key) for i in data_rows] for key in keys]
+            intervals = [[table.interval(i, key) for i in data_rows] for key in keys]
+            cells = [[f"{i}|{key}" for i in data_rows] for key in keys]
             _grouped_bars(
                 ax,
                 groups,
@@ -251,13 +263,14 @@ def plot_transfer(table: Table, path: str | os.PathLike[str]) -> Path:
                 colours,
                 annotate=False,
                 intervals=intervals,
+                cells=cells,
             )
             ax.set_ylim(0, 105)
-            chance = chance_row.values.get(f"{task}|{split}|none") if chance_row else None
+            chance = table.value(chance_row, f"{task}|{split}|none") if chance_row is not None else None
             if chance is not None:
                 ax.axhline(100 * chance, color="#C62828", linestyle="--", linewidth=1.1, zorder=3)
             # the best score a no-reasoning strategy reaches on this set: bars below it show no skill
-            trivial = [v for r in baseline_rows if (v := r.values.get(f"{task}|{split}|none")) is not None]
+            trivial = [v for i in baseline_rows if (v := table.value(i, f"{task}|{split}|none")) is not None]
             if trivial:
                 ax.axhline(100 * max(trivial), color="#222222", linestyle=":", linewidth=1.2, zorder=3)
             _style_axes(ax, "Accuracy (%)" if col == 0 else None)
@@ -288,27 +301,28 @@ _MARKERS = ["o", "s", "^", "D", "v", "P"]
 def plot_scaling(table: Table, path: str | os.PathLike[str]) -> Path:
     """Figure 2 from a `scaling_table`: x = backbone (the last key), ordered by parsed size; one line per
     series (the other keys), colour per first key (tokenizer), line style per the rest (recipe)."""
-    rows = [row for row in table.rows if row.kind == "data"]
+    rows = _data_rows(table)
     if not rows:
         raise ConfigError("Nothing to plot: the scaling table has no rows.")
     xs = sorted(
-        {row.labels[-1] for row in rows},
+        {labels[-1] for labels in rows.values()},
         key=lambda label: (parse_size(label) is None, parse_size(label) or 0, label),
     )
-    series = list(dict.fromkeys(row.labels[:-1] for row in rows))
+    series = list(dict.fromkeys(labels[:-1] for labels in rows.values()))
     firsts = list(dict.fromkeys(s[0] if s else "" for s in series))
     rests = list(dict.fromkeys(s[1:] for s in series))
     colours = dict(zip(firsts, _colours(len(firsts))))
-    lookup = {(row.labels[:-1], row.labels[-1]): row for row in rows}
-    metrics = [m for m in ("avg_ind", "avg_ood") if any(r.values.get(m) is not None for r in rows)]
+    lookup = {(labels[:-1], labels[-1]): i for i, labels in rows.items()}
+    data = table.values.loc[list(rows)]
+    metrics = [m for m in ("avg_ind", "avg_ood") if m in data and data[m].notna().any()]
     if not metrics:
         raise ConfigError("Nothing to plot: no row has an in-domain or out-of-domain average.")
     figure = _new_figure(4.2 * len(metrics) + 1.8, 3.4)
     axes = figure.subplots(1, len(metrics), squeeze=False)[0]
     for ax, metric in zip(axes, metrics):
         for key in series:
-            ys = [lookup[(key, x)].values.get(metric) if (key, x) in lookup else None for x in xs]
-            cis = [lookup[(key, x)].interval(metric) if (key, x) in lookup else None for x in xs]
+            ys = [table.value(lookup[(key, x)], metric) if (key, x) in lookup else None for x in xs]
+            cis = [table.interval(lookup[(key, x)], metric) if (key, x) in lookup else None for x in xs]
             ys = [math.nan if y is None else 100 * y for y in ys]
             style = rests.index(key[1:])
             shown = [i for i, ci in enumerate(cis) if ci is not None and not math.isnan(ys[i])]
