@@ -225,63 +225,81 @@ def test_hf_parquet_split_selection(tmp_path: Path) -> None:
         load_benchmark("aokvqa", tmp_path, "dev")
 
 
-def test_hf_parquet_vqav2_answer_dicts_and_limit(tmp_path: Path) -> None:
-    pa = pytest.importorskip("pyarrow")
-    pq = pytest.importorskip("pyarrow.parquet")
+def test_hf_parquet_vqav2_answer_dicts_and_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    datasets = pytest.importorskip("datasets")
     answers = [{"answer": "yes", "answer_confidence": "yes", "answer_id": i} for i in range(10)]
-    table = pa.table(
+    hub_style = datasets.Dataset.from_dict(  # an Image feature in the parquet metadata, as on the Hub
         {
             "question_id": [1, 2, 3],
             "question": ["a?", "b?", "c?"],
             "image": [{"bytes": png_bytes(), "path": "x.png"}] * 3,
             "answers": [answers] * 3,
         }
+    ).cast_column("image", datasets.Image())
+    hub_style.to_parquet(str(tmp_path / "validation-00000-of-00001.parquet"))
+    written = sorted(tmp_path.rglob("*"))
+    monkeypatch.setattr(
+        "socket.socket.connect", lambda *args: pytest.fail("a benchmark read used the network")
     )
-    pq.write_table(table, tmp_path / "validation-00000-of-00001.parquet")
     records = list(load_benchmark("vqav2", tmp_path, limit=2))
     assert [r["id"] for r in records] == ["1", "2"]
     assert records[0]["answers"] == ["yes"] * 10
+    assert records[0]["image"].tile  # opened, not yet decoded
+    assert sorted(tmp_path.rglob("*")) == written
 
 
-def write_saved_split(folder: Path, table: object, split: str) -> None:
-    """Mimic `datasets.Dataset.save_to_disk`: an arrow IPC stream plus state.json."""
-    import pyarrow as pa
-
-    folder.mkdir(parents=True)
-    with pa.OSFile(str(folder / "data-00000-of-00001.arrow"), "wb") as sink:
-        with pa.ipc.new_stream(sink, table.schema) as writer:
-            writer.write_table(table)
-    write_json(
-        folder / "state.json", {"_data_files": [{"filename": "data-00000-of-00001.arrow"}], "_split": split}
-    )
-    write_json(folder / "dataset_info.json", {})
-
-
-def test_hf_save_to_disk_dataset_dict(tmp_path: Path) -> None:
-    pa = pytest.importorskip("pyarrow")
-    table = pa.table(
+def test_hf_save_to_disk_dataset_dict(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features(
         {
-            "questionId": [11],
-            "question": ["Total?"],
-            "image": [{"bytes": png_bytes("blue"), "path": None}],
-            "answers": [["$5", "5 dollars"]],
+            "questionId": datasets.Value("int64"),
+            "question": datasets.Value("string"),
+            "image": datasets.Image(),
+            "answers": [datasets.Value("string")],
         }
     )
-    write_saved_split(tmp_path / "validation", table, "validation")
-    write_saved_split(
-        tmp_path / "test", pa.table({"questionId": [12], "question": ["?"], "image": [None]}), "test"
+
+    def saved(split: str, **columns: list) -> object:
+        return datasets.Dataset.from_dict(columns, features=features, split=split)
+
+    image = {"bytes": png_bytes("blue"), "path": None}
+    datasets.DatasetDict(
+        {
+            "validation": saved("validation", questionId=[11], question=["Total?"], image=[image],
+                                answers=[["$5", "5 dollars"]]),
+            "test": saved("test", questionId=[12], question=["?"], image=[None], answers=[[]]),
+        }
+    ).save_to_disk(str(tmp_path))  # fmt: skip
+    written = sorted(tmp_path.rglob("*"))
+    monkeypatch.setattr(
+        "socket.socket.connect", lambda *args: pytest.fail("a benchmark read used the network")
     )
-    write_json(tmp_path / "dataset_dict.json", {"splits": ["validation", "test"]})
     (record,) = list(load_benchmark("docvqa", tmp_path))
     assert record["id"] == "11" and record["answers"] == ["$5", "5 dollars"]
+    assert record["image"].tile  # opened, not yet decoded: pixels are read when a record is used
     assert record["image"].getpixel((0, 0)) == (0, 0, 255)
     # a single saved split can be opened directly too
     (again,) = list(load_benchmark("docvqa", tmp_path / "validation"))
     assert again["id"] == "11"
     with pytest.raises(ConfigError, match="holds split 'validation'"):
         load_benchmark("docvqa", tmp_path / "validation", "test")
-    with pytest.raises(ConfigError, match="split 'train'"):
+    with pytest.raises(ConfigError, match=r"Unknown split 'train'.*Valid choices: test, validation\.$"):
         load_benchmark("docvqa", tmp_path, "train")
+    assert sorted(tmp_path.rglob("*")) == written  # read in place: no cache files beside the data
+
+
+def test_hf_unreadable_files_are_one_line_config_errors(tmp_path: Path) -> None:
+    (tmp_path / "validation-00000-of-00001.parquet").write_bytes(b"not parquet")
+    with pytest.raises(ConfigError, match=r"validation-00000-of-00001.parquet' cannot be read .*: [^\n]+$"):
+        load_benchmark("aokvqa", tmp_path)
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    write_json(saved / "state.json", {"_split": "validation"})
+    with pytest.raises(ConfigError, match=r"saved' cannot be read as a Hugging Face dataset: [^\n]+$"):
+        load_benchmark("docvqa", saved)
+    write_json(tmp_path / "listed" / "dataset_dict.json", {"split_names": ["val"]})
+    with pytest.raises(ConfigError, match=r"listed' cannot be read as a Hugging Face dataset: 'splits'$"):
+        load_benchmark("docvqa", tmp_path / "listed")
 
 
 # ------------------------------------------------------------------------------------------------ errors

@@ -7,14 +7,18 @@ Point `load_benchmark(name, folder)` (or a config entry, see `benchmark_from_con
 benchmark in any of the formats it is distributed in; the format is detected from the files:
 
   1. a Hugging Face `datasets` folder written by `save_to_disk` (`dataset_dict.json` with one sub-folder per
-     split, or a single split's `state.json` + `data-*.arrow`), read with pyarrow (no `datasets` needed);
+     split, or a single split's `state.json` + `data-*.arrow`), memory-mapped by `datasets.load_from_disk`;
   2. parquet files as on the Hugging Face Hub (`data/validation-00000-of-00001.parquet`, ...), the split
-     chosen by file or folder name;
+     chosen by file or folder name, streamed by `datasets.load_dataset("parquet", streaming=True)`;
   3. the official release: JSON annotations + image folder (VQAv2 questions/annotations + COCO 2014,
      A-OKVQA `aokvqa_v1p0_<split>.json` + COCO 2017, ChartQA `<split>/<split>_{human,augmented}.json` +
      `png/`, TextVQA `TextVQA_0.5.1_<split>.json` + `train_images/`, DocVQA `<split>_v1.0.json` +
      `documents/`, MathVista `<split>.json` + `images/`, RealWorldQA JSON list + images), or the
      VLMEvalKit TSV with base64 images in which MMT-Bench is distributed (`MMT-Bench_VAL.tsv`).
+
+The Hugging Face formats are read in place, so a benchmark on a shared read-only disk works offline: rows
+stream one at a time with images left undecoded, nothing is written to the benchmark folder (the `datasets`
+cache gets only the empty lock files of its parquet reader), and no hub id is resolved.
 
 Every record is a dict with:
   id        str, unique within the benchmark split
@@ -27,7 +31,7 @@ Every record is a dict with:
 These are exactly what `vlmlab.eval.metrics.METRICS[benchmark](prediction, record)` consumes.
 
 Mistakes (unknown benchmark, missing folder, no recognisable files, unknown split, missing image) raise
-`vlmlab.errors.ConfigError` naming the bad value and the valid choices. Reading parquet/arrow needs pyarrow.
+`vlmlab.errors.ConfigError` naming the bad value and the valid choices.
 """
 
 from __future__ import annotations
@@ -538,70 +542,43 @@ def _official_mmtbench(root: Path, split: str) -> tuple[list[Path], Callable[[],
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _pyarrow() -> Any:
+def _open(load: Callable[[Path], Any], path: Path) -> Any:
+    """Open `path` with a `datasets` loader; its many failure types become one ConfigError line."""
     try:
-        import pyarrow
-        import pyarrow.ipc
-        import pyarrow.parquet
-    except ModuleNotFoundError as error:  # pragma: no cover - depends on the environment
-        raise ConfigError(
-            "Reading Hugging Face arrow/parquet benchmark folders needs pyarrow: pip install pyarrow."
-        ) from error
-    return pyarrow
+        return load(path)
+    except Exception as error:  # ArrowInvalid, FileNotFoundError, KeyError on a bad state.json, ...
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConfigError(f"{str(path)!r} cannot be read as a Hugging Face dataset: {reason}") from error
 
 
-def _arrow_rows(files: list[Path]) -> Rows:
-    pa = _pyarrow()
-    for path in files:
-        with pa.memory_map(str(path)) as source:
-            try:
-                reader = pa.ipc.open_stream(source)  # what `datasets` writes
-            except pa.ArrowInvalid:
-                reader = pa.ipc.open_file(source)
-            if isinstance(reader, pa.ipc.RecordBatchFileReader):
-                batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
-            else:
-                batches = iter(reader)
-            for batch in batches:
-                for row in batch.to_pylist():
-                    yield row, [path.parent]
-
-
-def _parquet_rows(files: list[Path]) -> Rows:
-    pa = _pyarrow()
-    for path in files:
-        for batch in pa.parquet.ParquetFile(str(path)).iter_batches(batch_size=64):
-            for row in batch.to_pylist():
-                yield row, [path.parent]
-
-
-def _arrow_files(folder: Path) -> list[Path]:
-    state = folder / "state.json"
-    if state.is_file():
-        listed = [folder / entry["filename"] for entry in _load_json(state).get("_data_files", [])]
-        if listed:
-            return listed
-    return sorted(folder.glob("*.arrow"))
+def _stream(parts: list[tuple[Any, Path]]) -> Rows:
+    """Rows of `datasets` IterableDatasets, each with its folder for relative image paths. Decoding is
+    off, so image cells stay `{"bytes", "path"}` and `_Context.image` opens them only when a record is used."""
+    for dataset, folder in parts:
+        for row in dataset.decode(False):
+            yield row, [folder]
 
 
 def _hf_saved(root: Path, split: str, explicit: bool) -> tuple[list[Path], Callable[[], Rows]] | None:
-    if (root / "dataset_dict.json").is_file() or (
-        not (root / "state.json").is_file()
-        and any((p / "state.json").is_file() for p in root.iterdir() if p.is_dir())
-    ):
-        splits = {p.name: p for p in sorted(root.iterdir()) if (p / "state.json").is_file()}
-        chosen = [p for name, p in splits.items() if _matches_split(name, split)]
+    import datasets
+
+    from vlmlab.data.sources.hf import saved_splits
+
+    splits = _open(saved_splits, root)
+    if splits is not None:
+        chosen = [folder for name, folder in splits.items() if _matches_split(name, split)]
         if not chosen:
             raise unknown_choice("split", split, splits)
-        files = _arrow_files(chosen[0])
-        return files, lambda: _arrow_rows(files)
-    if (root / "state.json").is_file():
-        saved_split = _load_json(root / "state.json").get("_split")
-        if explicit and saved_split and not _matches_split(str(saved_split), split):
-            raise ConfigError(f"{str(root)!r} holds split {saved_split!r}, not the requested {split!r}.")
-        files = _arrow_files(root)
-        return files, lambda: _arrow_rows(files)
-    return None
+        folder = chosen[0]
+    elif (root / "state.json").is_file():
+        folder = root
+    else:
+        return None
+    dataset = _open(datasets.load_from_disk, folder)
+    if folder == root and explicit and dataset.split and not _matches_split(str(dataset.split), split):
+        raise ConfigError(f"{str(root)!r} holds split {str(dataset.split)!r}, not the requested {split!r}.")
+    files = [Path(entry["filename"]) for entry in dataset.cache_files]
+    return files, lambda: _stream([(dataset.to_iterable_dataset(), folder)])
 
 
 def _parquet_split(path: Path, root: Path) -> str:
@@ -611,6 +588,14 @@ def _parquet_split(path: Path, root: Path) -> str:
         return stem
     parent = path.parent.name.lower() if path.parent != root else ""
     return parent or stem
+
+
+def _parquet_stream(path: Path) -> Any:
+    """One parquet file as an IterableDataset: read where it lies, batch by batch (`streaming=False` would
+    first copy the whole file, images included, into the `datasets` cache as arrow)."""
+    import datasets
+
+    return datasets.load_dataset("parquet", data_files=[str(path)], split="train", streaming=True)
 
 
 def _hf_parquet(root: Path, split: str, explicit: bool) -> tuple[list[Path], Callable[[], Rows]] | None:
@@ -626,7 +611,8 @@ def _hf_parquet(root: Path, split: str, explicit: bool) -> tuple[list[Path], Cal
         if explicit or known:
             raise unknown_choice("split", split, by_split)
         chosen = files  # a folder of one split with free-form file names
-    return chosen, lambda: _parquet_rows(chosen)
+    parts = [(_open(_parquet_stream, path), path.parent) for path in chosen]
+    return chosen, lambda: _stream(parts)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from vlmlab.data.sources import BadSample, DataHealth, open_source
 from vlmlab.data.synthetic.generate import DEFAULT_IMAGE_SIZE
 from vlmlab.data.text_tokenizer import load_text_tokenizer
 from vlmlab.errors import ConfigError
+from vlmlab.files import atomic_open
 
 IMAGE_MARK = "<image>"
 
@@ -157,8 +158,8 @@ def contact_sheet(entries: list[tuple[str, list[Image.Image], str]], path: Path,
             line += word + " "
         lines.append(line)
         draw.multiline_text((columns * (cell + 8), top), "\n".join(lines[: cell // 12]), fill="black")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
+    with atomic_open(path) as handle:  # the format from the suffix, as `sheet.save(path)` would pick it
+        sheet.save(handle, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"))
     return path
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmlab.errors import ConfigError
+from vlmlab.files import atomic_open, atomic_write_text
 
 MANIFEST_KIND = "wids-shard-index-v1"
 MANIFEST_NAME = "shards.json"  # looked for in a shard directory
@@ -240,8 +241,6 @@ def write_manifest(urls: Sequence[str], out: str | os.PathLike, name: str = "") 
         "shardlist": entries,
         "problems": problems,
     }
-    from vlmlab.files import atomic_write_text
-
     atomic_write_text(out, json.dumps(index, indent=1))
     return index
 
@@ -275,43 +274,37 @@ def write_shard(samples: Sequence[dict[str, Any]], path: str | os.PathLike) -> P
     """Write samples (vlmlab/data/samples.py schema) as one shard that the webdataset source reads back.
 
     Image i of a sample is stored as `<key>.<i>.<ext>` in its original encoding (see `encoded_image`);
-    keys are the sample ids. Written under a temporary name, fsynced and renamed, so readers never see a
-    partial shard.
+    keys are the sample ids. Written through `atomic_open`, so readers never see a partial shard.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
 
     def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
         info = tarfile.TarInfo(name)
         info.size, info.mtime, info.mode = len(data), 0, 0o444
         tar.addfile(info, io.BytesIO(data))
 
-    try:
-        with open(tmp, "wb") as handle:
-            with tarfile.open(fileobj=handle, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-                for sample in samples:
-                    key = str(sample["id"])
-                    if "." in key or "/" in key:
-                        raise ConfigError(f"sample id {key!r} cannot be a shard key (no '.' or '/').")
-                    record, members, count = dict(sample), [], 0
-                    if "segments" in sample:
-                        segments = []
-                        for segment in sample["segments"]:
-                            if segment["type"] == "image":
-                                data, suffix = encoded_image(segment["image"])
-                                members.append((f"{key}.{count}.{suffix}", data))
-                                segment = {**segment, "image": f"{count}.{suffix}"}
-                                count += 1
-                            segments.append(segment)
-                        record["segments"] = segments
-                    add(tar, f"{key}.json", json.dumps(record, sort_keys=True).encode("utf-8"))
-                    for name, data in members:
-                        add(tar, name, data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with (
+        atomic_open(path) as handle,
+        tarfile.open(fileobj=handle, mode="w", format=tarfile.USTAR_FORMAT) as tar,
+    ):
+        for sample in samples:
+            key = str(sample["id"])
+            if "." in key or "/" in key:
+                raise ConfigError(f"sample id {key!r} cannot be a shard key (no '.' or '/').")
+            record, members, count = dict(sample), [], 0
+            if "segments" in sample:
+                segments = []
+                for segment in sample["segments"]:
+                    if segment["type"] == "image":
+                        data, suffix = encoded_image(segment["image"])
+                        members.append((f"{key}.{count}.{suffix}", data))
+                        segment = {**segment, "image": f"{count}.{suffix}"}
+                        count += 1
+                    segments.append(segment)
+                record["segments"] = segments
+            add(tar, f"{key}.json", json.dumps(record, sort_keys=True).encode("utf-8"))
+            for name, data in members:
+                add(tar, name, data)
     return path
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vlmlab.errors import ConfigError
+from vlmlab.files import shareable
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -168,6 +169,7 @@ def build_tiny_tokenizer(
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    shareable(tmp, folder=True)  # a shared cache: others may read it (mkdtemp makes it 0700)
     try:
         _save_tiny(tmp, params)
         os.rename(tmp, folder)  # atomic; fails if another process won the race, which is fine

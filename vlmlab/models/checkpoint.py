@@ -26,7 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from vlmlab.errors import ConfigError
-from vlmlab.files import atomic_write_text, fsync_file, shareable
+from vlmlab.files import atomic_write_text, fsync_file, replace_folder, shareable
 from vlmlab.models.provenance import PART_PREFIX, check_base_weights
 
 WEIGHTS, META = "weights.safetensors", "meta.json"
@@ -83,15 +83,7 @@ def save_stage_checkpoint(
         # where its layers sit: another layout has the same parameter names at other depths (load refuses it)
         meta["cross_attention_layout"] = config["model"].get("cross_attention_layout", "every")
     atomic_write_text(tmp / META, json.dumps(meta, indent=2))
-    if folder.exists():
-        old = folder.with_name(f".{folder.name}.old")
-        os.replace(folder, old)
-        os.replace(tmp, folder)
-        for child in old.iterdir():
-            child.unlink()
-        old.rmdir()
-    else:
-        os.replace(tmp, folder)
+    replace_folder(tmp, folder)
     return folder
 
 

@@ -47,7 +47,6 @@ import math
 import os
 import random
 import tarfile
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -65,6 +64,7 @@ from vlmlab.data.lomo.distort import (
 from vlmlab.data.lomo.render import RenderConfig, SpanRenderer, resolve_math_engine
 from vlmlab.data.lomo.spans import POSITIONS, localize_spans
 from vlmlab.errors import ConfigError, unknown_choice
+from vlmlab.files import atomic_open
 
 _IMAGE_KEYS = ("image", "images", "segments")
 _PREFETCH_SAMPLES = 64
@@ -369,8 +369,8 @@ def write_rendered_shards(
     """Apply LoMo offline and write ``{prefix}-{NNNNNN}.tar`` webdataset shards; returns their paths.
 
     Sample ``i`` uses ``sample_seed = first_seed + i`` and key ``f"{first_seed + i:09d}"``.  Each shard
-    is written to a temporary file in ``out_dir`` and renamed into place, so readers never see a
-    partial shard and an interrupted run leaves no truncated tar under a final name.  Under
+    is written through ``vlmlab.files.atomic_open`` (a temporary file in ``out_dir``, renamed into place),
+    so readers never see a partial shard and an interrupted run leaves no truncated tar under a final name.  Under
     ``math_engine="auto"`` formulas are typeset with real LaTeX when it is installed, the formulas of
     64 samples per latex run (the transform runs with ``online=False``).
     """
@@ -379,55 +379,27 @@ def write_rendered_shards(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     transform = LomoTransform(config, online=False)  # batched below: auto may take LaTeX
-    paths: list[Path] = []
-    tar: tarfile.TarFile | None = None
-    tmp_path = ""
-    count = 0
 
-    def finish() -> None:
-        nonlocal tar
-        if tar is None:
-            return
-        fileobj = tar.fileobj
-        tar.close()
-        assert fileobj is not None
-        fileobj.flush()
-        os.fsync(fileobj.fileno())
-        fileobj.close()
-        final = out / f"{prefix}-{len(paths):06d}.tar"
-        os.replace(tmp_path, final)
-        paths.append(final)
-        tar = None
-
-    def write_one(i: int, sample: Mapping[str, Any]) -> None:
-        nonlocal tar, tmp_path, count
-        if tar is None:
-            fd, tmp_path = tempfile.mkstemp(prefix=f".{prefix}-", suffix=".tar.tmp", dir=out)
-            tar = tarfile.open(fileobj=os.fdopen(fd, "wb"), mode="w", format=tarfile.USTAR_FORMAT)
-            count = 0
-        seed = first_seed + i
-        for name, data in _encode_sample(f"{seed:09d}", transform(sample, seed)):
-            _add_member(tar, name, data)
-        count += 1
-        if count >= samples_per_shard:
-            finish()
-
-    numbered = enumerate(samples)
-    try:
+    def numbered() -> Iterator[tuple[int, Mapping[str, Any]]]:
         # Chunks of samples share one latex run for their formulas (see LomoTransform.prefetch).
-        while chunk := list(itertools.islice(numbered, _PREFETCH_SAMPLES)):
+        pending = enumerate(samples)
+        while chunk := list(itertools.islice(pending, _PREFETCH_SAMPLES)):
             transform.prefetch((sample, first_seed + i) for i, sample in chunk)
-            for i, sample in chunk:
-                write_one(i, sample)
-        finish()
-    except BaseException:
-        if tar is not None:
-            tar.close()
-            if tar.fileobj is not None:
-                tar.fileobj.close()
-            if tmp_path and os.path.exists(tmp_path):
-                os.unlink(tmp_path)
-        raise
+            yield from chunk
+
+    paths: list[Path] = []
+    remaining = numbered()
+    for first in remaining:  # one shard per pass: this sample and the next samples_per_shard - 1
+        path = out / f"{prefix}-{len(paths):06d}.tar"
+        with (
+            atomic_open(path) as handle,
+            tarfile.open(fileobj=handle, mode="w", format=tarfile.USTAR_FORMAT) as tar,
+        ):
+            for i, sample in itertools.chain([first], itertools.islice(remaining, samples_per_shard - 1)):
+                seed = first_seed + i
+                for name, data in _encode_sample(f"{seed:09d}", transform(sample, seed)):
+                    _add_member(tar, name, data)
+        paths.append(path)
     return paths
 
 

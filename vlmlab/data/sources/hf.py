@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import glob
 import io
+import json
 import os
 from collections import Counter
 from pathlib import Path
@@ -41,24 +42,33 @@ FIELDS = ("image", "images", "messages", "question", "answer", "options", "capti
 FIELD_ALIASES = {"messages": ("messages", "conversations"), "answer": ("answer", "answers")}
 
 
+def saved_splits(folder: Path) -> dict[str, Path] | None:
+    """The splits of a `DatasetDict.save_to_disk` folder, each with the folder `load_from_disk` opens for it
+    (named by its `dataset_dict.json`, or, without one, every sub-folder holding a saved split's `state.json`);
+    None when `folder` is not such a folder. Callers pick the split before loading, so a bad split name
+    fails without opening any data and only the chosen split is memory-mapped."""
+    listing = folder / "dataset_dict.json"
+    if listing.is_file():
+        return {str(name): folder / str(name) for name in json.loads(listing.read_text("utf-8"))["splits"]}
+    if (folder / "state.json").is_file() or not folder.is_dir():
+        return None
+    splits = {p.name: p for p in sorted(folder.iterdir()) if (p / "state.json").is_file()}
+    return splits or None
+
+
 def open_hf_dataset(config: DataSourceConfig, name: str) -> Any:
     """The `datasets` Dataset / IterableDataset a source config names (module docstring)."""
     import datasets
 
     path = str(config.path)
     try:
-        if os.path.isdir(path) and (Path(path) / "dataset_dict.json").is_file():
-            loaded = datasets.load_from_disk(path)
-            if config.split not in loaded:
+        splits = saved_splits(Path(path))
+        if splits is not None:
+            if config.split not in splits:
                 raise ConfigError(
-                    f"source {name!r}: split {config.split!r} is not in {path!r}; splits: {', '.join(loaded)}."
+                    f"source {name!r}: split {config.split!r} is not in {path!r}; splits: {', '.join(splits)}."
                 )
-            dataset = loaded[config.split]
-            return (
-                dataset.to_iterable_dataset(num_shards=max(1, len(dataset) // 1000))
-                if config.streaming
-                else dataset
-            )
+            path = str(splits[config.split])
         if os.path.isdir(path) and (Path(path) / "state.json").is_file():
             dataset = datasets.load_from_disk(path)
             return (

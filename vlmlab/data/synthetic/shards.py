@@ -5,16 +5,16 @@ Layout of an output directory, per (task, split):
     {task}-{split}.jsonl           one line per sample: every field but the image, plus `shard` and `key`
 
 Reproducibility: tar headers get a fixed mtime/owner/mode and PNGs carry no timestamps, so the same
-arguments give byte-identical files. Crash safety: every file is written under a temporary name and renamed
-when complete, the old index is removed before any shard is touched and the new index is renamed into place
-last, so an index only exists next to a complete, matching set of shards.
+arguments give byte-identical files. Crash safety: every file is written through `vlmlab.files.atomic_open`
+(a temporary name, renamed when complete), the old index is removed before any shard is touched and the new
+index is renamed into place last, so an index only exists next to a complete, matching set of shards.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import io
+import itertools
 import json
 import multiprocessing
 import os
@@ -39,6 +39,7 @@ from vlmlab.data.synthetic.generate import (
 )
 from vlmlab.data.synthetic.objects import encode_png
 from vlmlab.errors import ConfigError
+from vlmlab.files import atomic_open
 
 DEFAULT_SHARD_SIZE = 1000
 _FIXED_MTIME = 0  # webdataset stamps entries with time.time() unless told otherwise
@@ -112,51 +113,27 @@ def write_split(
     results: Iterable[tuple[dict, bytes]] = (
         pool.imap(encode, range(num), chunksize=16) if pool else map(encode, range(num))
     )
+    samples = iter(results)
     shards: list[Path] = []
-    index_tmp = index.with_name(index.name + f".tmp{os.getpid()}")
-    writer, handle, tmp = None, None, None
     try:
         with (
-            open(index_tmp, "w", encoding="utf-8") as lines,
+            atomic_open(index, "w") as lines,
             tqdm(total=num, desc=f"{task}/{split}", unit="sample", disable=not progress) as bar,
         ):
-            for i, (record, png) in enumerate(results):
-                if i % shard_size == 0:
-                    if writer is not None:
-                        _commit(writer, handle, tmp, shards[-1])
-                    shards.append(out / shard_name(task, split, len(shards)))
-                    tmp = shards[-1].with_name(shards[-1].name + f".tmp{os.getpid()}")
-                    handle = open(tmp, "wb")
-                    writer = _tar_writer(handle)
-                key = record["id"]
-                writer.write({"__key__": key, "json": dumps(record).encode("utf-8"), "png": png})
-                lines.write(dumps({**record, "shard": shards[-1].name, "key": key}) + "\n")
-                bar.update(1)
-            _commit(writer, handle, tmp, shards[-1])
-    except BaseException:
-        if handle is not None and not handle.closed:
-            with contextlib.suppress(Exception):
-                writer.close()  # flush the tar stream first, or its destructor writes to a closed file
-            handle.close()
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
-        index_tmp.unlink(missing_ok=True)
-        raise
+            for first in samples:  # one shard per pass: this sample and the next shard_size - 1
+                shards.append(out / shard_name(task, split, len(shards)))
+                with atomic_open(shards[-1]) as handle, _tar_writer(handle) as writer:
+                    for record, png in itertools.chain([first], itertools.islice(samples, shard_size - 1)):
+                        key = record["id"]
+                        writer.write({"__key__": key, "json": dumps(record).encode("utf-8"), "png": png})
+                        lines.write(dumps({**record, "shard": shards[-1].name, "key": key}) + "\n")
+                        bar.update(1)
+            _remove_stale_shards(out, task, split, keep=len(shards))  # before the index is renamed in
     finally:
         if pool is not None:
             pool.terminate()
             pool.join()
-    _remove_stale_shards(out, task, split, keep=len(shards))
-    os.replace(index_tmp, index)
     return SplitFiles(shards=shards, index=index, count=num)
-
-
-def _commit(writer: wds.TarWriter, handle: Any, tmp: Path, final: Path) -> None:
-    writer.close()
-    handle.flush()
-    os.fsync(handle.fileno())
-    handle.close()
-    os.replace(tmp, final)
 
 
 def _remove_stale_shards(out: Path, task: str, split: str, keep: int) -> None:
