@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from vlmlab.eval.intervals import wilson
-from vlmlab.eval.results import make_record
+from vlmlab.runs.record import make_record
+from vlmlab.scoring.intervals import wilson
 
 CREATED = "2026-01-01T00:00:00+00:00"
 # The paper's eight academic benchmarks (five in-domain, three out-of-domain), CLIP frozen (Table 3).

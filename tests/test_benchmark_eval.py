@@ -10,7 +10,7 @@ import vlmlab.eval.benchmark_eval as benchmark_eval
 from vlmlab.cli import main
 from vlmlab.config import ExperimentConfig, load_config
 from vlmlab.eval.benchmark_eval import benchmark_sample, evaluate_benchmarks
-from vlmlab.eval.runs import load_run, text_side
+from vlmlab.runs.load import load_run, text_side
 from vlmlab.train.run import train
 
 

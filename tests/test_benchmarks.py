@@ -14,8 +14,8 @@ from PIL import Image
 
 from vlmlab.data.benchmarks import BENCHMARKS, IN_DOMAIN, OUT_OF_DOMAIN, benchmark_from_config, load_benchmark
 from vlmlab.errors import ConfigError
-from vlmlab.eval.metrics import METRICS
 from vlmlab.presets import preset_dir
+from vlmlab.scoring.metrics import METRICS
 
 
 def png_bytes(colour: str = "red") -> bytes:

@@ -19,12 +19,12 @@ from vlmlab.cli import main
 from vlmlab.config import ExperimentConfig, load_config, to_dict
 from vlmlab.errors import ConfigError
 from vlmlab.eval.export import export_run, load_for_export
-from vlmlab.eval.runs import load_run, text_side
 from vlmlab.models.checkpoint import save_stage_checkpoint
 from vlmlab.models.generation import greedy_generate
 from vlmlab.models.tokenizers import build_image_transform
 from vlmlab.models.vlm import build_vlm
 from vlmlab.presets import preset_dir
+from vlmlab.runs.load import load_run, text_side
 
 ATOL = 1e-4  # fp32 on the CPU
 

@@ -19,9 +19,9 @@ from PIL import Image, ImageDraw
 from test_training import experiment
 
 from vlmlab.data.collate import collate_padded
-from vlmlab.eval.accuracy import evaluate_items
-from vlmlab.eval.intervals import wilson
-from vlmlab.eval.runs import text_side
+from vlmlab.runs.load import text_side
+from vlmlab.scoring.accuracy import evaluate_items
+from vlmlab.scoring.intervals import wilson
 from vlmlab.train.run import build_model
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (40, 60, 220), "yellow": (230, 210, 30)}

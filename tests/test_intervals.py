@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from vlmlab.eval.intervals import bootstrap_mean, interval, is_binary, wilson
+from vlmlab.scoring.intervals import bootstrap_mean, interval, is_binary, wilson
 
 
 def test_wilson_matches_the_formula_by_hand() -> None:

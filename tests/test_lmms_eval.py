@@ -19,8 +19,8 @@ from PIL import Image, ImageDraw
 from vlmlab.config import ExperimentConfig, load_config
 from vlmlab.data.validation import collate_prompts
 from vlmlab.errors import ConfigError
-from vlmlab.eval.runs import load_run, text_side
 from vlmlab.models.generation import greedy_generate
+from vlmlab.runs.load import load_run, text_side
 from vlmlab.train.run import train
 
 HAVE_LMMS_EVAL = importlib.util.find_spec("lmms_eval") is not None
@@ -47,7 +47,7 @@ def test_vlmlab_runs_without_lmms_eval_and_names_the_extra():
     """vlmlab never imports lmms-eval; asking for the adapter without it says how to install it."""
     script = (
         "import sys\n"
-        "import vlmlab.cli, vlmlab.eval.runs, vlmlab.eval.benchmark_eval, vlmlab.eval.accuracy\n"
+        "import vlmlab.cli, vlmlab.runs.load, vlmlab.eval.benchmark_eval, vlmlab.scoring.accuracy\n"
         "assert not any(m.split('.')[0] == 'lmms_eval' for m in sys.modules), 'lmms_eval imported'\n"
         "sys.modules['lmms_eval'] = None  # as if the extra were not installed\n"
         "from vlmlab.errors import ConfigError\n"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from vlmlab.errors import ConfigError
-from vlmlab.eval.metrics import (
+from vlmlab.scoring.metrics import (
     METRICS,
     aggregate,
     anls,

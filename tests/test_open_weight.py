@@ -29,6 +29,7 @@ from vlmlab.data.synthetic.generate import generate_split
 from vlmlab.errors import ConfigError
 from vlmlab.models.open_weight import load_open_weight, parameter_group
 from vlmlab.presets import preset_root
+from vlmlab.runs.record import RECORD_KEYS, RUN_KEYS, config_hash, validate_record
 from vlmlab.sweep.expand import expand
 from vlmlab.sweep.spec import load_sweep
 from vlmlab.train import grpo
@@ -315,25 +316,7 @@ def changed_groups(before: Path, after: Path) -> dict[str, bool]:
     return changed
 
 
-def test_sft_trains_the_language_model_and_evaluates_the_four_settings(saved, tmp_path: Path) -> None:
-    _, base = saved
-    record = train(run_config(base, tmp_path / "sft", "sft"))
-    run = tmp_path / "sft"
-    assert (run / "result.json").exists() and record["timings"]["steps"] == 4
-    # the saved checkpoint loads as it is (save_pretrained + processor)
-    assert (run / "final" / "config.json").exists() and (run / "final" / "processor_config.json").exists()
-    changed = changed_groups(base, run / "final")
-    assert changed == {"image_tokenizer": False, "adapter": True, "language_model": True}  # unfreeze-lm
-    with (run / "logs" / "metrics.csv").open() as handle:  # the loss falls on the answer tokens
-        losses = [float(row["train/loss"]) for row in csv.DictReader(handle) if row.get("train/loss")]
-    assert len(losses) == 4 and losses[-1] < losses[0] - 0.2
-    check_four_settings(run, 3)
-    assert record["best"]["step"] in (2, 4)
-
-
-def test_grpo_uses_the_final_answer_reward_and_trains(saved, tmp_path: Path, monkeypatch) -> None:
-    _, base = saved
-    seen: list[tuple[str, str, list[str], float]] = []
+def _recording_reward(seen: list[tuple[str, str, list[str], float]]):
     real = grpo.final_answer_reward
 
     def recording(completions, answer, options, **kwargs):
@@ -345,9 +328,47 @@ def test_grpo_uses_the_final_answer_reward_and_trains(saved, tmp_path: Path, mon
         # zero and the policy-gradient step moves the weights (the binary part is what is checked below)
         return [r + len(grpo.completion_text(c)) / 100 for r, c in zip(rewards, completions)]
 
-    monkeypatch.setattr(grpo, "final_answer_reward", recording)
-    record = train(run_config(base, tmp_path / "grpo", "grpo"))
-    run = tmp_path / "grpo"
+    return recording
+
+
+@pytest.fixture(scope="module")
+def finished(saved, tmp_path_factory) -> dict[str, tuple[dict, Path]]:
+    """One finished run per method and model family (trained once, read by every test below): the base
+    evaluation, SFT, and GRPO with the rewards it was given recorded."""
+    _, base = saved
+    runs = tmp_path_factory.mktemp("runs")
+    done = {}
+    for method in ("eval", "sft"):
+        done[method] = train(run_config(base, runs / method, method)), runs / method
+    seen: list[tuple[str, str, list[str], float]] = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(grpo, "final_answer_reward", _recording_reward(seen))
+        grpo_out = tmp_path_factory.mktemp("grpo") / "grpo"  # apart: the results layout reads runs/
+        done["grpo"] = train(run_config(base, grpo_out, "grpo")), grpo_out
+    done["grpo_rewards"] = seen
+    return done
+
+
+def test_sft_trains_the_language_model_and_evaluates_the_four_settings(saved, finished) -> None:
+    _, base = saved
+    record, run = finished["sft"]
+    assert (run / "result.json").exists() and record["timings"]["steps"] == 4
+    assert json.loads((run / "result.json").read_text()) == record
+    # the saved checkpoint loads as it is (save_pretrained + processor)
+    assert (run / "final" / "config.json").exists() and (run / "final" / "processor_config.json").exists()
+    changed = changed_groups(base, run / "final")
+    assert changed == {"image_tokenizer": False, "adapter": True, "language_model": True}  # unfreeze-lm
+    with (run / "logs" / "metrics.csv").open() as handle:  # the loss falls on the answer tokens
+        losses = [float(row["train/loss"]) for row in csv.DictReader(handle) if row.get("train/loss")]
+    assert len(losses) == 4 and losses[-1] < losses[0] - 0.2
+    check_four_settings(run, 3)
+    assert record["best"]["step"] in (2, 4)
+
+
+def test_grpo_uses_the_final_answer_reward_and_trains(saved, finished) -> None:
+    _, base = saved
+    record, run = finished["grpo"]
+    seen = finished["grpo_rewards"]
     assert record["timings"]["steps"] == 3
     # every completion was scored against its own prompt's gold answer and options, 2 prompts x 2 samples
     assert len(seen) == 3 * 2 * 2
@@ -363,12 +384,26 @@ def test_grpo_uses_the_final_answer_reward_and_trains(saved, tmp_path: Path, mon
     assert not (run / "checkpoints").exists()  # resumable state removed once the run is done
 
 
-def test_base_evaluation_run(saved, tmp_path: Path) -> None:
+def test_base_evaluation_run(saved, finished) -> None:
     _, base = saved
-    record = train(run_config(base, tmp_path / "base-eval", "eval"))
+    record, run = finished["eval"]
     assert record["timings"]["steps"] == 0 and record["checkpoint"] == str(base)
-    check_four_settings(tmp_path / "base-eval", 3)
-    assert not (tmp_path / "base-eval" / "final").exists()  # nothing trained, nothing saved
+    check_four_settings(run, 3)
+    assert not (run / "final").exists()  # nothing trained, nothing saved
+
+
+def test_records_of_every_method_share_one_key_set(finished) -> None:
+    """SFT, GRPO and eval-only runs write their result.json through one builder: the same keys, each record
+    valid as an evaluation record, with the run's folder name as its id and the hash of its config."""
+    keys = {}
+    for method in ("eval", "sft", "grpo"):
+        record, run = finished[method]
+        written = json.loads((run / "result.json").read_text())
+        assert written == record and validate_record(written) == written
+        assert written["run_id"] == run.name and written["config_hash"] == config_hash(written["config"])
+        keys[method] = set(written)
+    assert keys["eval"] == keys["sft"] == keys["grpo"] == {*RECORD_KEYS, *RUN_KEYS} - {"baselines"}
+    assert finished["eval"][0]["rewards"] is None and finished["sft"][0]["rewards"] is None
 
 
 def test_open_weight_settings_fail_with_one_line(tmp_path: Path, saved) -> None:
@@ -462,14 +497,11 @@ def test_grpo_arguments_are_table_15(tmp_path: Path) -> None:
         grpo.grpo_arguments(config, tmp_path)
 
 
-def test_results_print_the_tables_from_real_runs(saved, tmp_path: Path, capsys) -> None:
+def test_results_print_the_tables_from_real_runs(finished, tmp_path: Path, capsys) -> None:
     """The records the runs write (eval.json next to result.json and the saved model's JSON files) are
     what `vlmlab results --layout open_weight` reads: base and SFT give Table 8 with the change."""
-    _, base = saved
-    runs = tmp_path / "runs"
-    base_record = train(run_config(base, runs / "base", "eval"))
-    assert base_record["timings"]["steps"] == 0
-    train(run_config(base, runs / "sft", "sft"))
+    runs = finished["sft"][1].parent  # the base evaluation and the SFT run, side by side
+    assert finished["eval"][1].parent == runs
     capsys.readouterr()
     assert (
         vlmlab_main(["results", str(runs), "--layout", "open_weight", "--out", str(tmp_path / "tables")]) == 0
@@ -477,9 +509,9 @@ def test_results_print_the_tables_from_real_runs(saved, tmp_path: Path, capsys) 
     text = capsys.readouterr().out
     evaluated = {
         name: json.loads((runs / name / "eval.json").read_text())["metrics"]["spatialmap"]
-        for name in ("base", "sft")
+        for name in ("eval", "sft")
     }
-    sft, before = evaluated["sft"]["tqa"]["ind"]["score"], evaluated["base"]["tqa"]["ind"]["score"]
+    sft, before = evaluated["sft"]["tqa"]["ind"]["score"], evaluated["eval"]["tqa"]["ind"]["score"]
     change = round(100 * sft, 1) - round(100 * before, 1)
     assert f"{100 * sft:.1f} ({change:+.1f})" in text  # the SFT cell with its change from the base model
     assert (tmp_path / "tables" / "open_weight_sft_vqa.csv").exists()
@@ -563,13 +595,12 @@ def test_grpo_stops_at_a_signal_and_resumes_from_its_checkpoint(tmp_path: Path, 
     assert calls["n"] == 4  # the resumed run rolled out steps 3 and 4 only
 
 
-def test_export_of_an_open_weight_run_points_at_its_checkpoint(saved, tmp_path: Path, capsys) -> None:
-    _, base = saved
-    train(run_config(base, tmp_path / "run", "sft"))
+def test_export_of_an_open_weight_run_points_at_its_checkpoint(finished, tmp_path: Path, capsys) -> None:
+    run = finished["sft"][1]
     capsys.readouterr()
-    assert vlmlab_main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "hf")]) != 0
+    assert vlmlab_main(["export", str(run), "--out", str(tmp_path / "hf")]) != 0
     error = capsys.readouterr().err
-    assert "save_pretrained folder already" in error and str(tmp_path / "run" / "best") in error
+    assert "save_pretrained folder already" in error and str(run / "best") in error
     assert "Traceback" not in error
 
 
@@ -608,7 +639,7 @@ def test_generation_budget_and_end_of_turn(saved) -> None:
     """Batched answers (left-padded prompts) are the greedy continuation transformers' generate() gives each
     prompt alone, within `max_new_tokens` and cut before the model's end-of-turn token."""
     from vlmlab.data.validation import build_val_set
-    from vlmlab.eval.accuracy import generate_texts
+    from vlmlab.scoring.accuracy import generate_texts
 
     family, folder = saved
     model = load_open_weight(ModelConfig(open_weight=str(folder))).eval()
@@ -663,7 +694,7 @@ def test_grpo_selects_its_checkpoint_on_samples_the_tables_do_not_report(tmp_pat
     """The sweep's validation set (which picks the best RL checkpoint) and the evaluation's test samples
     (which the tables report) share no prompt."""
     from vlmlab.data.validation import build_val_set
-    from vlmlab.eval.transfer import EVAL_SEED
+    from vlmlab.scoring.transfer import EVAL_SEED
     from vlmlab.train.data import TrainData
 
     run = next(r for r in expand(load_sweep(SWEEP)) if r.config["train"]["method"] == "grpo")
@@ -674,7 +705,9 @@ def test_grpo_selects_its_checkpoint_on_samples_the_tables_do_not_report(tmp_pat
     (validation,) = data.val_sets().values()
     assert len(validation) == config.data.val_samples
     source = DataSourceConfig(kind="synthetic", task=config.data.val[0].task, mode="vqa", split="test")
-    test = build_val_set(source, data.encoder, 500, seed=EVAL_SEED, image_size=384)  # as vlmlab.eval.transfer
+    test = build_val_set(
+        source, data.encoder, 500, seed=EVAL_SEED, image_size=384
+    )  # as vlmlab.scoring.transfer
     assert not {tuple(i["input_ids"].tolist()) for i in validation} & {
         tuple(i["input_ids"].tolist()) for i in test
     }

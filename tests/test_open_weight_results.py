@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 
 from vlmlab.errors import ConfigError
-from vlmlab.eval.intervals import wilson
-from vlmlab.eval.results import make_record, write_record
 from vlmlab.reports.open_weight import (
     open_weight_name,
     open_weight_rl_table,
     open_weight_sft_table,
     open_weight_tables,
 )
+from vlmlab.runs.record import make_record, write_record
+from vlmlab.scoring.intervals import wilson
 
 QWEN7 = "Qwen/Qwen2.5-VL-7B-Instruct"
 QWEN3 = "Qwen/Qwen2.5-VL-3B-Instruct"

@@ -1,7 +1,7 @@
 """Every paper layout rendered in Markdown, CSV and LaTeX, compared byte for byte with golden files.
 
 The golden files under tests/golden/reports/ were written by the table code as it stood before the move to
-pandas (the hand-written engine of vlmlab.eval.results), so they pin every number, gap, bold mark, interval
+pandas (the hand-written engine of vlmlab.runs.record), so they pin every number, gap, bold mark, interval
 and note the reports print. Regenerate them only for a deliberate change of output:
 
     VLMLAB_REGEN_GOLDEN=1 pytest tests/test_report_golden.py

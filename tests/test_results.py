@@ -11,8 +11,11 @@ from pathlib import Path
 import pytest
 
 from vlmlab.errors import ConfigError
-from vlmlab.eval.intervals import wilson
-from vlmlab.eval.results import (
+from vlmlab.reports import cli as reports_cli
+from vlmlab.reports.frame import Evidence, get_dotted, metric_evidence
+from vlmlab.reports.layouts import design_table, scaling_table, transfer_table
+from vlmlab.reports.plots import plot_design, plot_scaling, plot_transfer
+from vlmlab.runs.record import (
     config_hash,
     flatten_metrics,
     make_record,
@@ -20,10 +23,7 @@ from vlmlab.eval.results import (
     validate_record,
     write_record,
 )
-from vlmlab.reports import cli as reports_cli
-from vlmlab.reports.frame import Evidence, get_dotted, metric_evidence
-from vlmlab.reports.layouts import design_table, scaling_table, transfer_table
-from vlmlab.reports.plots import plot_design, plot_scaling, plot_transfer
+from vlmlab.scoring.intervals import wilson
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -21,8 +21,8 @@ from paper_facts import (
 )
 
 from vlmlab.cli import main as vlmlab_main
-from vlmlab.eval.intervals import wilson
 from vlmlab.presets import preset_root
+from vlmlab.scoring.intervals import wilson
 from vlmlab.sweep.expand import expand
 from vlmlab.sweep.spec import load_sweep
 

@@ -21,8 +21,8 @@ from vlmlab.data.synthetic import generate_split, write_split
 from vlmlab.data.synthetic.grid import return_probability
 from vlmlab.data.synthetic.stats import shortcut_baselines, split_stats
 from vlmlab.errors import ConfigError
-from vlmlab.eval.results import make_record
 from vlmlab.reports.layouts import transfer_table
+from vlmlab.runs.record import make_record
 
 STEP = {"up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}
 UNDO = {"up": "down", "down": "up", "left": "right", "right": "left"}
@@ -222,7 +222,7 @@ def test_cli_data_stats_prints_the_baselines(tmp_path, capsys) -> None:
 
 def test_eval_baselines_cover_exactly_the_scored_samples() -> None:
     from vlmlab.config import DataSourceConfig
-    from vlmlab.eval.transfer import _baselines
+    from vlmlab.scoring.transfer import _baselines
 
     raws = list(generate_split("grid", "test", 40, seed=0, image=False))
     kept = raws[::2]  # as if every other prompt had been too long to score

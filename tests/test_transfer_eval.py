@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-import vlmlab.eval.accuracy as accuracy
+import vlmlab.scoring.accuracy as accuracy
 from vlmlab.cli import main
 from vlmlab.config import ExperimentConfig, load_config
-from vlmlab.eval.transfer import evaluate_transfer
+from vlmlab.scoring.transfer import evaluate_transfer
 from vlmlab.train.run import train
 
 
@@ -58,7 +58,7 @@ def gold_answers(monkeypatch, items_seen):
     tokenizer = None
     original_accuracy = accuracy.evaluate_items
     monkeypatch.setattr(accuracy, "greedy_generate", oracle)
-    monkeypatch.setattr("vlmlab.eval.transfer.evaluate_items", run)
+    monkeypatch.setattr("vlmlab.scoring.transfer.evaluate_items", run)
 
 
 def test_oracle_answers_score_one_and_chance_is_one_over_options(stage_runs, monkeypatch):
@@ -97,7 +97,7 @@ def test_transfer_records_feed_the_transfer_table_and_figure(stage_runs, tmp_pat
 def test_validation_intervals_reach_the_eval_record(monkeypatch):
     """Training validation writes `<set>/accuracy_ci_low|high` beside each accuracy (plain floats: the
     checkpoint selection and the log read floats); the eval record folds them into the accuracy's entry."""
-    from vlmlab.eval.transfer import _as_fractions
+    from vlmlab.scoring.transfer import _as_fractions
     from vlmlab.train.data import TrainData
 
     result = {"accuracy": 0.5, "n": 20.0, "ci_low": 0.2993, "ci_high": 0.7007, "correct": 10.0}

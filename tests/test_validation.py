@@ -19,9 +19,9 @@ import torch.multiprocessing as mp
 from test_sources import save, write_json
 from test_training import experiment
 
-from vlmlab.eval import accuracy
-from vlmlab.eval.accuracy import chance_level, evaluate_items, score_item
 from vlmlab.models.generation import greedy_generate
+from vlmlab.scoring import accuracy
+from vlmlab.scoring.accuracy import chance_level, evaluate_items, score_item
 from vlmlab.train.run import train
 
 
@@ -133,7 +133,7 @@ def test_two_ranks_score_like_one(tmp_path) -> None:
     0, 2, 4 and 1, 3, run as many batches and decoding steps as each other, and gather the same scores."""
     from vlmlab.config import DataSourceConfig
     from vlmlab.data.validation import build_val_set
-    from vlmlab.eval.runs import text_side
+    from vlmlab.runs.load import text_side
     from vlmlab.train.run import build_model
 
     config = experiment(tmp_path, "x", 2, "joint_decoder")

@@ -150,7 +150,7 @@ class TrainConfig:
     # final-answer reward (TRL's GRPOTrainer, vlmlab/train/grpo.py; settings under `rl`) | eval: no training,
     # the starting weights are evaluated (the "Base" columns of Tables 8-11)
     method: str = "sft"
-    # after the run, the transfer protocol (vlmlab.eval.transfer: both modalities, InD and OOD) on the
+    # after the run, the transfer protocol (vlmlab.scoring.transfer: both modalities, InD and OOD) on the
     # synthetic task(s) the run trained on, this many samples per setting, into eval.json; 0 = not run
     transfer_eval_samples: int = 0
 

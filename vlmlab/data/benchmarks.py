@@ -28,7 +28,7 @@ Every record is a dict with:
   answers   list[str] of reference answers (open-ended items), or
   options   list[str] (labelled A, B, ... in order) and `answer`, the gold letter (multiple-choice items)
   meta      dict of benchmark-specific extras (answer type, precision, category, the raw question, ...)
-These are exactly what `vlmlab.eval.metrics.METRICS[benchmark](prediction, record)` consumes.
+These are exactly what `vlmlab.scoring.metrics.METRICS[benchmark](prediction, record)` consumes.
 
 Mistakes (unknown benchmark, missing folder, no recognisable files, unknown split, missing image) raise
 `vlmlab.errors.ConfigError` naming the bad value and the valid choices.
@@ -559,10 +559,22 @@ def _stream(parts: list[tuple[Any, Path]]) -> Rows:
             yield row, [folder]
 
 
+def saved_splits(folder: Path) -> dict[str, Path] | None:
+    """The splits of a `DatasetDict.save_to_disk` folder, each with the folder `load_from_disk` opens for it
+    (named by its `dataset_dict.json`, or, without one, every sub-folder holding a saved split's `state.json`);
+    None when `folder` is not such a folder. Callers pick the split before loading, so a bad split name
+    fails without opening any data and only the chosen split is memory-mapped."""
+    listing = folder / "dataset_dict.json"
+    if listing.is_file():
+        return {str(name): folder / str(name) for name in json.loads(listing.read_text("utf-8"))["splits"]}
+    if (folder / "state.json").is_file() or not folder.is_dir():
+        return None
+    splits = {p.name: p for p in sorted(folder.iterdir()) if (p / "state.json").is_file()}
+    return splits or None
+
+
 def _hf_saved(root: Path, split: str, explicit: bool) -> tuple[list[Path], Callable[[], Rows]] | None:
     import datasets
-
-    from vlmlab.data.sources.hf import saved_splits
 
     splits = _open(saved_splits, root)
     if splits is not None:

@@ -17,7 +17,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageOps
 
-from vlmlab.config import DataConfig, DataSourceConfig, ModelConfig
+from vlmlab.config import DataConfig, DataSourceConfig, ExperimentConfig, ModelConfig, load_config
 from vlmlab.data.chat_encode import ChatEncoder
 from vlmlab.data.encode import Encoder, SampleEncoder
 from vlmlab.data.sources import BadSample, DataHealth, open_source
@@ -48,8 +48,6 @@ def sources_of(
     """The sources a config file's `data.train` lists, or the one source a path names (and the config's
     model, whose open-weight processor, if it names one, encodes the samples)."""
     if target.endswith((".yaml", ".yml")):
-        from vlmlab.config import ExperimentConfig, load_config
-
         config = load_config(ExperimentConfig, [target], overrides)
         if not config.data.train:
             raise ConfigError(f"{target!r} lists no data.train sources.")

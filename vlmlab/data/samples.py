@@ -15,7 +15,7 @@ A sample is a dict::
         "answer": str,                  # the gold answer, for accuracy with `extract_final_answer`
         "options": list[str],           # the answer options, when the question has them
         "answers": list[str],           # every reference answer (validation with an official metric)
-        "benchmark": str,               # the benchmark whose official metric scores it (vlmlab.eval.metrics)
+        "benchmark": str,               # the benchmark whose official metric scores it (vlmlab.scoring.metrics)
         "kind": "caption" | "vqa" | "text" | "interleaved",
     }
 

@@ -4,7 +4,7 @@
 - rendered: the benchmark image, then the whole question rendered as an image that replaces the text
   (LoMo's rendered evaluation), with only a fixed short instruction left as text.
 Predictions stream to a JSONL file per (benchmark, split, protocol) and are scored with the official metric of
-each benchmark (vlmlab.eval.metrics); the results go into the run's `eval.json` as `<benchmark>` and
+each benchmark (vlmlab.scoring.metrics); the results go into the run's `eval.json` as `<benchmark>` and
 `<benchmark>.rendered` (`<benchmark>-<split>` for an explicit split), and the Standard vs Rendered table with
 the gap is printed. Server-scored splits get the official submission file instead of a score.
 """
@@ -24,13 +24,13 @@ from PIL import Image
 
 from vlmlab.data.benchmarks import benchmark_from_config
 from vlmlab.errors import ConfigError, unknown_choice
-from vlmlab.eval.accuracy import generate_texts
-from vlmlab.eval.intervals import interval, is_binary
-from vlmlab.eval.metrics import get_metric
 from vlmlab.eval.rendered import rendered_question_segments
-from vlmlab.eval.results import config_hash, write_record
-from vlmlab.eval.runs import load_run, text_side
 from vlmlab.files import atomic_write_text
+from vlmlab.runs.load import load_run, text_side
+from vlmlab.runs.record import config_hash, write_record
+from vlmlab.scoring.accuracy import generate_texts
+from vlmlab.scoring.intervals import interval, is_binary
+from vlmlab.scoring.metrics import get_metric
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 MULTIPLE_CHOICE = "Answer with the option's letter from the given choices directly."

@@ -46,7 +46,7 @@ def _with_interval(value: Any, digits: int = 3) -> str:
 def _eval(args: argparse.Namespace) -> int:
     if args.benchmark:
         return _eval_benchmarks(args)
-    from vlmlab.eval.transfer import TASKS, evaluate_transfer
+    from vlmlab.scoring.transfer import TASKS, evaluate_transfer
 
     tasks = _split_list(args.tasks) or list(TASKS)
     for task in tasks:

@@ -86,7 +86,6 @@ def refuse_open_weight(run: Path) -> None:
 def load_for_export(run_or_checkpoint: str | Path) -> tuple[Any, Any, Path, list[Path]]:
     """(ExperimentConfig, model in eval mode, the checkpoint folder used, its chain) of a run or checkpoint."""
     from vlmlab.config import ExperimentConfig, load_config
-    from vlmlab.eval.runs import load_run
     from vlmlab.models.checkpoint import (
         META,
         checkpoint_chain,
@@ -94,6 +93,7 @@ def load_for_export(run_or_checkpoint: str | Path) -> tuple[Any, Any, Path, list
         resolve_checkpoint,
     )
     from vlmlab.models.vlm import build_vlm
+    from vlmlab.runs.load import load_run
 
     path = Path(run_or_checkpoint)
     if not path.exists():
@@ -720,7 +720,7 @@ def export_run(
     out = Path(out_dir).expanduser()
     if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"--out {str(out)!r} already exists; choose a new folder or pass --overwrite.")
-    from vlmlab.eval.runs import text_side
+    from vlmlab.runs.load import text_side
 
     config, model, checkpoint, chain = load_for_export(run_or_checkpoint)
     tokenizer, _ = text_side(config, model)

@@ -203,7 +203,7 @@ class VlmlabLMM(lmms):
         if loglikelihood not in LOGLIKELIHOOD_SIGNS:
             raise unknown_choice("loglikelihood (vlmlab model arg)", loglikelihood, LOGLIKELIHOOD_SIGNS)
         self.loglikelihood_sign = LOGLIKELIHOOD_SIGNS[loglikelihood]
-        from vlmlab.eval.runs import load_run, text_side  # heavy imports only when a model is built
+        from vlmlab.runs.load import load_run, text_side  # heavy imports only when a model is built
 
         if str(dtype).lower() not in DTYPES:
             raise unknown_choice("dtype (vlmlab model arg)", dtype, DTYPES)

@@ -12,7 +12,7 @@ them. `OpenWeightVLM` gives such a model the interface vlmlab's training and eva
 * `forward(**batch)`: the batch of `vlmlab.data.chat_encode.collate_chat` (the processor's own tensors) ->
   the model's next-token loss over the labelled (answer) tokens;
 * `generate_batch(batch, ...)`: greedy answers with transformers' `generate`, for validation and the
-  transfer evaluation (`vlmlab.eval.accuracy`);
+  transfer evaluation (`vlmlab.scoring.accuracy`);
 * `save(folder, state)`: `save_pretrained` of the model and its processor: a checkpoint any HF tool (vLLM,
   lmms-eval, transformers) loads as it is.
 """

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from transformers import Qwen3ForCausalLM
 
-from vlmlab.config import FUSION_NAMES, ModelConfig
+from vlmlab.config import FUSION_NAMES, ModelConfig, load_config
 from vlmlab.errors import ConfigError, unknown_choice
 from vlmlab.models.adapters import build_adapter, default_adapter
 from vlmlab.models.backbone import BackboneSpec, build_backbone, load_backbone_spec
@@ -253,8 +253,6 @@ class VisionLanguageModel(nn.Module):
 def build_vlm(config: ModelConfig | dict | None = None, **overrides: object) -> VisionLanguageModel:
     """The one factory for every (backbone, tokenizer, fusion) combination."""
     if config is None or isinstance(config, dict):
-        from vlmlab.config import load_config
-
         config = load_config(ModelConfig, [config or {}])
     if overrides:
         import dataclasses

@@ -1,4 +1,4 @@
-r"""The paper's tables and figures from a sweep's result records (vlmlab.eval.results), on pandas.
+r"""The paper's tables and figures from a sweep's result records (vlmlab.runs.record), on pandas.
 
 `frame.records_frame` turns the records into one DataFrame (`pandas.json_normalize`: config keys as dotted
 columns, metrics flattened); each layout filters, groups and pivots it into a `table.Table` of DataFrames,
@@ -39,7 +39,7 @@ Conventions (deliberate, so that missing work can never read as a result):
     the same with the brackets in a smaller font (scriptsize), CSV in the columns `<column>_lo` and
     `<column>_hi` after each value column (always present, empty without an interval). A cell from one
     record shows that record's interval (Wilson for 0/1 outcomes, percentile bootstrap for soft scores:
-    vlmlab.eval.intervals). A cell averaging several results (records of one row, benchmarks of an
+    vlmlab.scoring.intervals). A cell averaging several results (records of one row, benchmarks of an
     average, `Table.collapse`) shows the Wilson interval of their pooled samples when every one records
     its 0/1 outcomes ("correct") on the same number of samples, so that the pooled proportion IS the
     displayed mean (the pooled samples are treated as independent; the same items answered by several

@@ -59,8 +59,8 @@ def _write_table(table: Table, out: Path, formats: list[str]) -> list[Path]:
 
 def run_results(args: argparse.Namespace) -> int:
     """Entry point of `vlmlab results` (see the module docstring)."""
-    from vlmlab.eval.results import read_records
     from vlmlab.reports import layouts, open_weight, plots
+    from vlmlab.runs.record import read_records
 
     formats = _split_list(args.format) or list(FORMATS)
     for fmt in formats:

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from vlmlab.eval.intervals import wilson
-from vlmlab.eval.results import flatten_metrics
+from vlmlab.runs.record import flatten_metrics
+from vlmlab.scoring.intervals import wilson
 
 RECORD_FIELDS = ("run_id", "stage", "config_hash")
 EVIDENCE_FIELDS = ("n", "correct", "ci_lo", "ci_hi")

@@ -27,7 +27,11 @@ def _sweep(args: argparse.Namespace) -> int:
         print(json.dumps(dag.to_json(), indent=2) if args.json else dag.format_text())
         return 0
     if args.status:
-        statuses = run_statuses(dag, SweepState(dag.output_dir))
+        from vlmlab.sweep.slurm import recorded_jobs
+
+        state = SweepState(dag.output_dir)
+        slurm_runs = any(e.get("backend") == "slurm" for e in state.runs.values())
+        statuses = run_statuses(dag, state, recorded_jobs(state) if slurm_runs else {})
         print(
             json.dumps(statuses_json(dag, statuses), indent=2)
             if args.json

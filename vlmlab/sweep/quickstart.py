@@ -169,7 +169,7 @@ def _one_thread() -> None:
 
 
 def _evaluate(run: Path, num_eval: int) -> Path:
-    from vlmlab.eval.transfer import evaluate_transfer
+    from vlmlab.scoring.transfer import evaluate_transfer
 
     evaluate_transfer(run, tasks=["spatialmap"], num_samples=num_eval, difficulty=EVAL_DIFFICULTY)
     return run

@@ -111,13 +111,9 @@ class RunStatus:
         return f"{self.state}: {self.detail}" if self.detail else self.state
 
 
-def run_statuses(dag: Any, state: SweepState) -> dict[str, RunStatus]:
-    """Every run's state (the dag is in topological order, so parents are decided before children)."""
-    jobs: dict[str, Any] = {}
-    if any(e.get("backend") == "slurm" for e in state.runs.values()):
-        from vlmlab.sweep.slurm import recorded_jobs
-
-        jobs = recorded_jobs(state)  # run id -> JobInfo
+def run_statuses(dag: Any, state: SweepState, jobs: dict[str, Any]) -> dict[str, RunStatus]:
+    """Every run's state (the dag is in topological order, so parents are decided before children); `jobs`
+    maps run ids to what Slurm still knows of their jobs (vlmlab.sweep.slurm.recorded_jobs)."""
     statuses: dict[str, RunStatus] = {}
     for run in dag:
         statuses[run.id] = _status(run, state.runs.get(run.id), jobs, statuses, dag)

@@ -15,9 +15,9 @@ import torch
 from vlmlab.config import ExperimentConfig
 from vlmlab.data.stream import ResumableLoader, TrainStream, train_loader
 from vlmlab.data.validation import build_val_set
-from vlmlab.eval.accuracy import chance_level, evaluate_items
-from vlmlab.eval.runs import synthetic_image_size, text_side
 from vlmlab.models.vlm import VisionLanguageModel
+from vlmlab.runs.load import synthetic_image_size, text_side
+from vlmlab.scoring.accuracy import chance_level, evaluate_items
 
 log = logging.getLogger("vlmlab.train")
 
@@ -67,11 +67,11 @@ class TrainData:
         return {name: level for name, level in levels.items() if level is not None}
 
     def evaluate(self) -> dict[str, float]:
-        """Every validation set scored by generation (vlmlab.eval.accuracy: the official metric of a
+        """Every validation set scored by generation (vlmlab.scoring.accuracy: the official metric of a
         benchmark set, "Final answer:" extraction for multiple choice), sharded across ranks, under the
         training precision; `mean_accuracy` (the mean over the sets) selects the best checkpoint.
         Each `<set>/accuracy` comes with its 95 % interval as `<set>/accuracy_ci_low` / `_ci_high`
-        (plain floats, as every metric here; vlmlab.eval.results pairs them with the accuracy)."""
+        (plain floats, as every metric here; vlmlab.runs.record pairs them with the accuracy)."""
         bf16 = self.config.train.precision.startswith("bf16")
         metrics: dict[str, float] = {}
         for name, items in self.val_sets().items():

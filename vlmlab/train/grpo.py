@@ -29,9 +29,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import signal
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +41,13 @@ from vlmlab.config import ExperimentConfig
 from vlmlab.data.chat_encode import ChatEncoder
 from vlmlab.data.sources import open_source
 from vlmlab.errors import ConfigError, TrainingStopped
-from vlmlab.eval.accuracy import score_item
-from vlmlab.eval.results import config_hash
-from vlmlab.eval.runs import synthetic_image_size
 from vlmlab.files import atomic_write_text
 from vlmlab.models.open_weight import OpenWeightVLM, load_open_weight, trusted
 from vlmlab.recipes import load_recipe
+from vlmlab.runs.load import synthetic_image_size
+from vlmlab.runs.record import run_record, write_record
+from vlmlab.scoring.accuracy import score_item
+from vlmlab.scoring.transfer import evaluate_transfer_after
 from vlmlab.train.data import TrainData
 from vlmlab.train.freezing import apply_freezing
 from vlmlab.train.preemption import SIGNALS, requeue, slurm_job_id
@@ -73,7 +74,7 @@ def final_answer_reward(
     completions: list[Any], answer: list[str], options: list[list[str]], **_: Any
 ) -> list[float]:
     """The binary reward of Appendix B.2: 1.0 for the correct final answer, 0.0 otherwise (wrong or not
-    extractable), scored as validation scores a multiple-choice answer (vlmlab.eval.accuracy.score_item)."""
+    extractable), scored as validation scores a multiple-choice answer (vlmlab.scoring.accuracy.score_item)."""
     return [
         score_item(completion_text(completion), {"answer": gold, "options": choices})[0]
         for completion, gold, choices in zip(completions, answer, options, strict=True)
@@ -237,8 +238,6 @@ def train_grpo(config: ExperimentConfig, out: Path, resolved: dict[str, Any]) ->
     from transformers.trainer_utils import get_last_checkpoint
     from trl import GRPOTrainer
 
-    from vlmlab.train.run import evaluate_transfer_after
-
     if not config.model.open_weight:
         raise ConfigError("train.method: grpo trains open-weight models: set model.open_weight.")
     atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
@@ -289,29 +288,23 @@ def train_grpo(config: ExperimentConfig, out: Path, resolved: dict[str, Any]) ->
     if is_zero:
         model.save(final, resolved, best.last)
     history = [entry for entry in trainer.state.log_history if "reward" in entry]
-    record = {
-        "run_id": out.name,
-        "config_hash": config_hash(resolved),
-        "stage": config.train.stage,
-        "config": resolved,
-        "metrics": best.last,
-        "chance": data.chance_levels() if config.data.val else {},
-        "best": {"step": best.best_step, "metrics": best.best_metrics},
-        "checkpoint": str(out / "best" if best.best_step is not None else final),
-        "parent": None,
-        "freezing": freezing,
-        "base_weights": model.base_weights,
-        "data": {"prompts": len(prompts)},
-        "rewards": [{"step": e.get("step"), "reward": e["reward"]} for e in history],
-        "timings": {"train_seconds": round(time.time() - started, 1), "steps": trainer.state.global_step},
-        "created": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
-    }
+    record = run_record(
+        out,
+        resolved,
+        metrics=best.last,
+        chance=data.chance_levels() if config.data.val else {},
+        timings={"train_seconds": round(time.time() - started, 1), "steps": trainer.state.global_step},
+        checkpoint=str(out / "best" if best.best_step is not None else final),
+        best={"step": best.best_step, "metrics": best.best_metrics},
+        freezing=freezing,
+        base_weights=model.base_weights,
+        data={"prompts": len(prompts)},
+        rewards=[{"step": e.get("step"), "reward": e["reward"]} for e in history],
+    )
     trainer.accelerator.wait_for_everyone()
     evaluate_transfer_after(config, out, rank_zero=is_zero)
     if is_zero:
-        atomic_write_text(out / "result.json", json.dumps(record, indent=2))
-        import shutil
-
+        write_record(record, out / "result.json")
         shutil.rmtree(out / "checkpoints", ignore_errors=True)  # done: best/ and final/ are what is kept
     return record
 

@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 
 from vlmlab.config import ExperimentConfig
 from vlmlab.errors import ConfigError, unknown_choice
+from vlmlab.models.backbone import ATTENTION_IMPLEMENTATIONS
 
 # keys that change how a run executes or logs, not what it computes: they may differ on a re-run
 EXECUTION_KEYS = ("train.log_every_n_steps", "train.accelerator")
@@ -41,8 +42,6 @@ def _finite(name: str, value: Any, minimum: float = 0.0) -> None:
 def _check_attention_kernel(implementation: str) -> None:
     """Kernels that need a package or a GPU fail here, not at the first forward of a queued job."""
     import importlib.util
-
-    from vlmlab.models.backbone import ATTENTION_IMPLEMENTATIONS
 
     if implementation not in ATTENTION_IMPLEMENTATIONS:
         raise unknown_choice("model.attn_implementation", implementation, ATTENTION_IMPLEMENTATIONS)

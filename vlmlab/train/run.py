@@ -15,7 +15,6 @@ import json
 import logging
 import shutil
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +23,10 @@ import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from omegaconf import OmegaConf
 
-from vlmlab.config import ExperimentConfig, to_dict
+from vlmlab.config import ExperimentConfig, load_config, to_dict
 from vlmlab.data.sources import first_sample, merge_health
 from vlmlab.data.stream import data_health
-from vlmlab.errors import ConfigError, TrainingStopped
-from vlmlab.eval.results import config_hash
+from vlmlab.errors import ConfigError, TrainingStopped, unknown_choice
 from vlmlab.faults import inject_fault
 from vlmlab.files import atomic_write_text
 from vlmlab.models.checkpoint import (
@@ -39,6 +37,8 @@ from vlmlab.models.checkpoint import (
 from vlmlab.models.open_weight import OpenWeightVLM, load_open_weight
 from vlmlab.models.vlm import VisionLanguageModel, build_vlm
 from vlmlab.recipes import load_recipe
+from vlmlab.runs.record import run_record, write_record
+from vlmlab.scoring.transfer import evaluate_transfer_after
 from vlmlab.train.callbacks import AtomicLastCheckpoint, PeriodicValidation
 from vlmlab.train.data import TrainData
 from vlmlab.train.freezing import apply_freezing
@@ -81,8 +81,6 @@ def latest_checkpoint(folder: Path) -> tuple[Path | None, int]:
 def _strategy(config: ExperimentConfig) -> Any:
     name = config.train.strategy
     if name not in STRATEGIES:
-        from vlmlab.errors import unknown_choice
-
         raise unknown_choice("strategy", name, STRATEGIES)
     if name == "fsdp":
         from lightning.pytorch.strategies import ModelParallelStrategy
@@ -168,28 +166,6 @@ def save_checkpoint(
     return save_stage_checkpoint(model, folder, resolved, parent, include_frozen, metrics, state)
 
 
-def trained_tasks(config: ExperimentConfig) -> list[str]:
-    """The synthetic tasks (SpatialMap, Grid, Ring) a run's training data comes from, in order."""
-    tasks = [s.task for s in config.data.train if s.kind == "synthetic" and s.mode in ("vqa", "tqa")]
-    return list(dict.fromkeys(tasks))
-
-
-def evaluate_transfer_after(config: ExperimentConfig, out: Path, rank_zero: bool) -> dict[str, Any] | None:
-    """The transfer protocol on the trained tasks when `train.transfer_eval_samples` asks for it (every
-    process takes part; rank 0 writes eval.json)."""
-    if not config.train.transfer_eval_samples:
-        return None
-    tasks = trained_tasks(config)
-    if not tasks:
-        log.warning("train.transfer_eval_samples is set but the run trained on no synthetic task: skipped")
-        return None
-    from vlmlab.eval.transfer import evaluate_transfer
-
-    record = evaluate_transfer(out, tasks, num_samples=config.train.transfer_eval_samples, write=rank_zero)
-    log.info("transfer evaluation of %s written to %s", ", ".join(tasks), out / "eval.json")
-    return record
-
-
 def _evaluate_only(config: ExperimentConfig, out: Path, resolved: dict[str, Any]) -> dict[str, Any]:
     """train.method: eval: the starting model evaluated as it is (the "Base" of Tables 8-11)."""
     atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
@@ -198,25 +174,18 @@ def _evaluate_only(config: ExperimentConfig, out: Path, resolved: dict[str, Any]
     model.eval()
     data = TrainData(config, model)
     metrics = data.evaluate() if config.data.val else {}
-    record = {
-        "run_id": out.name,
-        "config_hash": config_hash(resolved),
-        "stage": config.train.stage,
-        "config": resolved,
-        "metrics": metrics,
-        "chance": data.chance_levels() if config.data.val else {},
-        "best": None,
-        "checkpoint": str(getattr(model, "source", config.model.open_weight)),
-        "parent": None,
-        "freezing": {},
-        "base_weights": model.base_weights,
-        "data": {},
-        "timings": {"eval_seconds": round(time.time() - started, 1), "steps": 0},
-        "created": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
-    }
+    record = run_record(
+        out,
+        resolved,
+        metrics=metrics,
+        chance=data.chance_levels() if config.data.val else {},
+        timings={"eval_seconds": round(time.time() - started, 1), "steps": 0},
+        checkpoint=str(getattr(model, "source", config.model.open_weight)),
+        base_weights=model.base_weights,
+    )
     del model
     evaluate_transfer_after(config, out, rank_zero=True)
-    atomic_write_text(out / "result.json", json.dumps(record, indent=2))
+    write_record(record, out / "result.json")
     return record
 
 
@@ -342,26 +311,23 @@ def _train(config: ExperimentConfig, out: Path, resolved: dict[str, Any], accumu
         gathered: list[Any] = [None] * torch.distributed.get_world_size()
         torch.distributed.all_gather_object(gathered, health)
         health = merge_health(gathered)
-    record = {
-        "run_id": out.name,
-        "config_hash": config_hash(resolved),
-        "stage": config.train.stage,
-        "config": resolved,
-        "metrics": best.get("last", {}),
-        "chance": data.chance_levels(),
-        "best": {"step": best["step"], "metrics": best["metrics"]} if config.train.select_best else None,
-        "checkpoint": str((out / "best") if best["step"] is not None else final),
-        "parent": str(parent) if parent else None,
-        "freezing": freezing,
-        "base_weights": model.base_weights,  # what the delta sits on: source, hub revision, file sha256
-        "data": health,  # samples read, skipped as bad (by reason and shard), dropped as too long
-        "timings": {"train_seconds": round(time.time() - started, 1), "steps": trainer.global_step},
-        "created": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
-    }
+    record = run_record(
+        out,
+        resolved,
+        metrics=best.get("last", {}),
+        chance=data.chance_levels(),
+        timings={"train_seconds": round(time.time() - started, 1), "steps": trainer.global_step},
+        checkpoint=str((out / "best") if best["step"] is not None else final),
+        best={"step": best["step"], "metrics": best["metrics"]} if config.train.select_best else None,
+        parent=str(parent) if parent else None,
+        freezing=freezing,
+        base_weights=model.base_weights,  # what the delta sits on: source, hub revision, file sha256
+        data=health,  # samples read, skipped as bad (by reason and shard), dropped as too long
+    )
     trainer.strategy.barrier()  # every process reads the checkpoint rank 0 wrote
     evaluate_transfer_after(config, out, rank_zero=trainer.is_global_zero)
     if trainer.is_global_zero:  # last: result.json means done, so a kill during the evaluation repeats it
-        atomic_write_text(result_path, json.dumps(record, indent=2))
+        write_record(record, result_path)
         if not config.train.keep_resume_state:  # done: only the weight delta (final/, best/) is needed now
             for path in [last_ckpt, *last_ckpt.parent.glob("hpc_ckpt_*.ckpt")]:
                 path.unlink(missing_ok=True)
@@ -371,8 +337,6 @@ def _train(config: ExperimentConfig, out: Path, resolved: dict[str, Any], accumu
 
 def experiment_from_files(paths: list[str], overrides: list[str]) -> ExperimentConfig:
     """Merge YAML files left to right, then `key=value` overrides, onto the ExperimentConfig defaults."""
-    from vlmlab.config import load_config
-
     return load_config(ExperimentConfig, list(paths), overrides)
 
 

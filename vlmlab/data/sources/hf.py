@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import glob
 import io
-import json
 import os
 from collections import Counter
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 from PIL import Image
 
 from vlmlab.config import DataSourceConfig
+from vlmlab.data.benchmarks import saved_splits
 from vlmlab.data.samples import CAPTION_INSTRUCTION, check_sample
 from vlmlab.data.sources.base import (
     BadSample,
@@ -40,20 +40,6 @@ from vlmlab.errors import ConfigError
 
 FIELDS = ("image", "images", "messages", "question", "answer", "options", "caption")
 FIELD_ALIASES = {"messages": ("messages", "conversations"), "answer": ("answer", "answers")}
-
-
-def saved_splits(folder: Path) -> dict[str, Path] | None:
-    """The splits of a `DatasetDict.save_to_disk` folder, each with the folder `load_from_disk` opens for it
-    (named by its `dataset_dict.json`, or, without one, every sub-folder holding a saved split's `state.json`);
-    None when `folder` is not such a folder. Callers pick the split before loading, so a bad split name
-    fails without opening any data and only the chosen split is memory-mapped."""
-    listing = folder / "dataset_dict.json"
-    if listing.is_file():
-        return {str(name): folder / str(name) for name in json.loads(listing.read_text("utf-8"))["splits"]}
-    if (folder / "state.json").is_file() or not folder.is_dir():
-        return None
-    splits = {p.name: p for p in sorted(folder.iterdir()) if (p / "state.json").is_file()}
-    return splits or None
 
 
 def open_hf_dataset(config: DataSourceConfig, name: str) -> Any:

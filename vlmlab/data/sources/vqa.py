@@ -18,6 +18,7 @@ from typing import Any
 from PIL import Image
 
 from vlmlab.config import DataSourceConfig
+from vlmlab.data.benchmarks import load_benchmark
 from vlmlab.data.samples import CAPTION_INSTRUCTION
 from vlmlab.data.sources.base import BadSample, DataHealth, IndexedReader, Record, Source, source_name
 from vlmlab.data.sources.webdataset import decode_or_skip
@@ -59,8 +60,6 @@ def _target(benchmark: str, record: dict[str, Any]) -> str | None:
 
 class VQASource(Source):
     def __init__(self, config: DataSourceConfig) -> None:
-        from vlmlab.data.benchmarks import load_benchmark
-
         self.name = source_name(config) if config.name else (config.benchmark or "vqa")
         if config.benchmark not in STAGE2_DATASETS:
             raise unknown_choice(f"benchmark (vqa source {self.name!r})", config.benchmark, STAGE2_DATASETS)

@@ -1,7 +1,7 @@
 """Validation and evaluation by generation: greedy answers to prompt items, scored per item.
 
 Scoring follows the item: an item from a benchmark reader (`benchmark` set) is scored with that benchmark's
-official metric (VQA soft accuracy, ANLS, relaxed accuracy, ...: vlmlab.eval.metrics); a multiple-choice
+official metric (VQA soft accuracy, ANLS, relaxed accuracy, ...: vlmlab.scoring.metrics); a multiple-choice
 item (`options`) the paper's way, the option committed to after "Final answer:" (Appendix C); any other
 open-ended item by exact match after the official VQA normalisation. Chance levels exist only for
 multiple-choice items.
@@ -23,9 +23,9 @@ import torch.distributed as dist
 from vlmlab.data.chat_encode import collate_chat
 from vlmlab.data.synthetic.prompts import extract_final_answer
 from vlmlab.data.validation import collate_prompts
-from vlmlab.eval.intervals import interval, is_binary
-from vlmlab.eval.metrics import get_metric, vqa_normalize
 from vlmlab.models.generation import greedy_generate
+from vlmlab.scoring.intervals import interval, is_binary
+from vlmlab.scoring.metrics import get_metric, vqa_normalize
 
 
 def _world() -> tuple[int, int]:
@@ -131,7 +131,7 @@ def evaluate_items(
     """`accuracy` (mean item score), `n`, and for multiple-choice items `extraction_failures` and `chance`,
     over all items, each rank generating a disjoint share. The same on every rank.
 
-    Also the 95 % interval of the accuracy from the gathered per-item scores (vlmlab.eval.intervals:
+    Also the 95 % interval of the accuracy from the gathered per-item scores (vlmlab.scoring.intervals:
     Wilson when every score is 0 or 1, else the seeded percentile bootstrap) as `ci_low` / `ci_high`, and
     for 0/1 outcomes the number `correct`, so that results can pool runs. All values are plain floats."""
     rank, world = _world()
@@ -170,7 +170,7 @@ def evaluate_items(
 
 
 def as_metric(result: dict[str, float]) -> dict[str, Any]:
-    """An `evaluate_items` result as a record metric (vlmlab.eval.results): {"score", "n", "ci": [low,
+    """An `evaluate_items` result as a record metric (vlmlab.runs.record): {"score", "n", "ci": [low,
     high]}, plus "correct" (the number of 0/1 successes) where the outcomes were 0/1."""
     metric: dict[str, Any] = {"score": result["accuracy"], "n": int(result["n"])}
     if "ci_low" in result and "ci_high" in result:

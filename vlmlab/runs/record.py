@@ -27,13 +27,13 @@ sees half a record) by `write_record`; `make_record` fills in the hash and the t
       "created": "2026-11-23T11:30:00+00:00"     # ISO 8601 time the record was written
     }
 
-`baselines` (written by `vlmlab eval`, vlmlab.eval.transfer) hold, per synthetic cell, the accuracy of
+`baselines` (written by `vlmlab eval`, vlmlab.scoring.transfer) hold, per synthetic cell, the accuracy of
 strategies that need no reasoning, measured on the held-out samples that cell scored: "majority" (always
 the most common answer), "start" (Grid: the start object) and "offset" (Ring: the most frequent offset of
 the answer from the start); see vlmlab.data.synthetic.stats.
 
 Plain floats (older records) and {"score", ...} dicts are both read. The evaluations write the dict form:
-`vlmlab eval` (vlmlab.eval.transfer, benchmark_eval) with "n", "ci" and, for 0/1 outcomes, "correct";
+`vlmlab eval` (vlmlab.scoring.transfer, benchmark_eval) with "n", "ci" and, for 0/1 outcomes, "correct";
 a training run's result.json (vlmlab.train.data) flat floats, an accuracy `X` with `X_ci_low` / `X_ci_high`
 beside it, which are read as X's interval (and not as metrics of their own).
 
@@ -59,7 +59,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -67,6 +66,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmlab.errors import ConfigError
+from vlmlab.files import atomic_write_text
 
 __all__ = [
     "RECORD_KEYS",
@@ -74,6 +74,8 @@ __all__ = [
     "flatten_metrics",
     "make_record",
     "read_records",
+    "RUN_KEYS",
+    "run_record",
     "validate_record",
     "write_record",
 ]
@@ -150,6 +152,44 @@ def make_record(
     return validate_record(record)
 
 
+# What a run's own record (result.json) adds to an evaluation record: written by every training method
+# (sft, grpo) and by eval-only runs, so the three share one key set (None where a method has nothing).
+RUN_KEYS = ("best", "checkpoint", "parent", "freezing", "base_weights", "data", "rewards")
+
+
+def run_record(
+    out: Path,
+    config: Mapping[str, Any],
+    *,
+    metrics: Mapping[str, Any],
+    chance: Mapping[str, Any],
+    timings: Mapping[str, Any],
+    checkpoint: str,
+    best: Mapping[str, Any] | None = None,
+    parent: str | None = None,
+    freezing: Mapping[str, Any] | None = None,
+    base_weights: Any = None,
+    data: Mapping[str, Any] | None = None,
+    rewards: list[Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The record of the run in folder `out` (its result.json): what an evaluation record holds, plus the
+    best checkpoint (None without best-checkpoint selection), the weights kept and their parent, what was
+    frozen, the base weights the delta sits on, the data health, and for RL the reward per step."""
+    record = make_record(
+        out.name, config, metrics, stage=int(config["train"]["stage"]), timings=timings, chance=chance
+    )
+    extra = {
+        "best": best,
+        "checkpoint": checkpoint,
+        "parent": parent,
+        "freezing": freezing or {},
+        "base_weights": base_weights,
+        "data": data or {},
+        "rewards": rewards,
+    }
+    return {**record, **_plain(extra)}
+
+
 def _check_scores(values: Mapping[str, Any], what: str, source: str) -> None:
     for name, value in flatten_metrics(values, strict=True, source=source).items():
         if not (math.isnan(value) or 0.0 <= value <= 1.0):
@@ -184,26 +224,17 @@ def validate_record(record: Mapping[str, Any], source: str = "record") -> dict[s
 def write_record(record: Mapping[str, Any], dest: str | os.PathLike[str]) -> Path:
     """Write a record atomically. `dest` is a `.json` path, or a folder (file `<run_id>.stage<N>.json`).
 
-    The JSON goes to a temporary file in the same folder, is flushed to disk, then renamed over the target,
-    so concurrent readers (the gatherer, a sweep monitor) see either the old file or the complete new one.
+    Written through vlmlab.files (temporary file beside the target, fsync, rename), so concurrent readers
+    (the gatherer, a sweep monitor) see either the old file or the complete new one.
     """
     record = validate_record(record)
     dest = Path(dest)
     if dest.suffix != ".json":
         safe_id = re.sub(r"[^A-Za-z0-9._\-]+", "_", record["run_id"])
         dest = dest / f"{safe_id}.stage{record['stage']}.json"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(record, indent=2, sort_keys=False, default=str, ensure_ascii=False) + "\n"
-    handle, temporary = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, dest)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    atomic_write_text(
+        dest, json.dumps(record, indent=2, sort_keys=False, default=str, ensure_ascii=False) + "\n"
+    )
     return dest
 
 

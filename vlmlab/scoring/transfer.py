@@ -12,19 +12,22 @@ vlmlab.data.synthetic.stats) over exactly the samples that cell scored.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from vlmlab.config import DataSourceConfig, to_dict
+from vlmlab.config import DataSourceConfig, ExperimentConfig, to_dict
 from vlmlab.data.synthetic.generate import generate_split
 from vlmlab.data.synthetic.stats import BASELINE_KINDS, shortcut_baselines
 from vlmlab.data.validation import build_val_set
-from vlmlab.eval.accuracy import as_metric, evaluate_items
-from vlmlab.eval.results import config_hash, write_record
-from vlmlab.eval.runs import load_run, synthetic_image_size, text_side
+from vlmlab.runs.load import load_run, synthetic_image_size, text_side
+from vlmlab.runs.record import config_hash, write_record
+from vlmlab.scoring.accuracy import as_metric, evaluate_items
+
+log = logging.getLogger("vlmlab.scoring")
 
 TASKS = ("spatialmap", "grid", "ring")
 MODALITIES = ("vqa", "tqa")
@@ -43,7 +46,7 @@ def evaluate_transfer(
     """Accuracy per task x modality x split. `difficulty[task][split]` overrides the generator settings
     (e.g. the quickstart's easy tasks); by default each split has the paper's settings.
 
-    Each cell is stored as {"score", "n", "ci": [low, high], "correct"} (vlmlab.eval.accuracy.as_metric):
+    Each cell is stored as {"score", "n", "ci": [low, high], "correct"} (vlmlab.scoring.accuracy.as_metric):
     the accuracy, the number of samples, its 95 % interval and the number answered correctly."""
     started = time.time()
     config, model = load_run(run_dir)
@@ -114,3 +117,23 @@ def _as_fractions(metrics: dict[str, float]) -> dict[str, Any]:
             entry = {"score": value, "ci": [low, high]}
         out[f"val.{name.replace('/', '.')}"] = entry
     return out
+
+
+def trained_tasks(config: ExperimentConfig) -> list[str]:
+    """The synthetic tasks (SpatialMap, Grid, Ring) a run's training data comes from, in order."""
+    tasks = [s.task for s in config.data.train if s.kind == "synthetic" and s.mode in ("vqa", "tqa")]
+    return list(dict.fromkeys(tasks))
+
+
+def evaluate_transfer_after(config: ExperimentConfig, out: Path, rank_zero: bool) -> dict[str, Any] | None:
+    """The transfer protocol on the trained tasks when `train.transfer_eval_samples` asks for it (every
+    process takes part; rank 0 writes eval.json)."""
+    if not config.train.transfer_eval_samples:
+        return None
+    tasks = trained_tasks(config)
+    if not tasks:
+        log.warning("train.transfer_eval_samples is set but the run trained on no synthetic task: skipped")
+        return None
+    record = evaluate_transfer(out, tasks, num_samples=config.train.transfer_eval_samples, write=rank_zero)
+    log.info("transfer evaluation of %s written to %s", ", ".join(tasks), out / "eval.json")
+    return record
