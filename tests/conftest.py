@@ -8,7 +8,14 @@ from vlmlab.data.encode import SampleEncoder
 from vlmlab.data.text_tokenizer import load_text_tokenizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist: one worker per core, one thread each (and for the runs they start: the variable is
+    # inherited), so the workers and the training processes they start share CI's two cores without
+    # oversubscribing them by threads
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
 @pytest.fixture(autouse=True)

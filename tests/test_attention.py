@@ -14,11 +14,12 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface, Qwen3ForCausalLM
 
+from vlmlab.models.fusion import FUSIONS as FUSION_REGISTRY
 from vlmlab.models.fusion import context
 from vlmlab.models.generation import greedy_generate
 from vlmlab.models.vlm import build_vlm
 
-FUSIONS = ("joint_decoder", "mot", "cross_attention")
+FUSIONS = FUSION_REGISTRY.names()
 # per row: samples, each a list of text lengths and "I" (an image)
 LAYOUT = [[[3, "I", 4], [5]], [[2, "I", 2, "I", 3]], [[6], [2, "I", 1], [4]]]
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import Qwen3ForCausalLM
 
+from vlmlab.models.fusion import FUSIONS
 from vlmlab.models.vlm import build_vlm
 from vlmlab.presets import preset_dir
 
@@ -146,7 +147,7 @@ def test_cross_attention_sees_only_earlier_images_of_its_own_sample():
     assert (base[:, :2] - reference).abs().max() < TOL
 
 
-@pytest.mark.parametrize("fusion", ["joint_decoder", "cross_attention", "mot"])
+@pytest.mark.parametrize("fusion", FUSIONS.names())
 def test_packed_interleaved_equals_separate_rows(fusion):
     """Packing two interleaved samples in one row gives the same logits as running them apart."""
     vlm = build_vlm(dict(fusion=fusion, random_tokenizer=True)).eval()
@@ -164,7 +165,7 @@ def test_packed_interleaved_equals_separate_rows(fusion):
 
 
 @pytest.mark.parametrize("tokenizer", ["titok-tiny", "var-tiny"])
-@pytest.mark.parametrize("fusion", ["joint_decoder", "cross_attention", "mot"])
+@pytest.mark.parametrize("fusion", FUSIONS.names())
 def test_discrete_tokenizers_train_one_step_in_every_fusion(fusion, tokenizer):
     vlm = build_vlm(dict(fusion=fusion, tokenizer=tokenizer)).train()
     assert type(vlm.adapter).__name__ == "EmbeddingAdapter"
@@ -184,7 +185,7 @@ def test_discrete_tokenizers_train_one_step_in_every_fusion(fusion, tokenizer):
         assert torch.equal(value, frozen[key]), key
 
 
-@pytest.mark.parametrize("fusion", ["joint_decoder", "cross_attention", "mot"])
+@pytest.mark.parametrize("fusion", FUSIONS.names())
 def test_gradient_checkpointing_gives_the_same_gradients(fusion):
     torch.manual_seed(3)
     plain = build_vlm(dict(fusion=fusion, random_tokenizer=True)).train()
@@ -365,7 +366,7 @@ def test_default_layout_keeps_the_run_ids_of_existing_sweeps():
             config["model"]["cross_attention_layout"] = layout
         return run_id(1, config, [], {})
 
-    for fusion in ("joint_decoder", "cross_attention", "mot"):
+    for fusion in FUSIONS.names():
         assert ids(fusion, "every") == ids(fusion)
     assert ids("cross_attention", "llama32") != ids("cross_attention")  # a new placement is a new run
     assert ids("joint_decoder", "llama32") == ids("joint_decoder")  # another fusion's setting changes nothing
@@ -473,3 +474,11 @@ def test_a_misspelled_layout_stops_a_sweep_at_expansion(tmp_path, sweep, expecte
     with pytest.raises(ConfigError) as error:
         expand(load_sweep(path))
     assert expected in str(error.value) and "\n" not in str(error.value)
+
+
+def test_the_fusion_registry_builds_exactly_the_declared_fusions():
+    """vlmlab.config.FUSIONS names the fusions for config checks, run ids and tables; the models' registry
+    has one class for each, and no other (a new fusion is one declared name and one registered class)."""
+    from vlmlab.config import FUSIONS as DECLARED
+
+    assert FUSIONS.names() == sorted(DECLARED)

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from vlmlab.models.fusion import FUSIONS
 from vlmlab.models.generation import _cached_steps, greedy_generate
 from vlmlab.models.vlm import build_vlm
 
@@ -31,7 +32,7 @@ def left_padded_prompts(vlm):
     return ids, segments, torch.randn(3, 3, 64, 64)
 
 
-@pytest.mark.parametrize("fusion", ["joint_decoder", "cross_attention", "mot"])
+@pytest.mark.parametrize("fusion", FUSIONS.names())
 def test_cached_logits_equal_full_recomputation(fusion):
     vlm = build_vlm(dict(fusion=fusion, random_tokenizer=True)).eval()
     spread_weights(vlm)
@@ -47,7 +48,7 @@ def test_cached_logits_equal_full_recomputation(fusion):
         torch.testing.assert_close(logits, full[:, ids.shape[1] - 1 + t], atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("fusion", ["joint_decoder", "cross_attention", "mot"])
+@pytest.mark.parametrize("fusion", FUSIONS.names())
 def test_cached_and_uncached_greedy_tokens_identical(fusion):
     vlm = build_vlm(dict(fusion=fusion, random_tokenizer=True)).eval()
     spread_weights(vlm)

@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw
 from test_training import experiment
 
 from vlmlab.data.collate import collate_padded
+from vlmlab.models.fusion import FUSIONS
 from vlmlab.runs.load import text_side
 from vlmlab.scoring.accuracy import evaluate_items
 from vlmlab.scoring.intervals import wilson
@@ -76,7 +77,7 @@ def train_and_score(tmp: Path, fusion: str, zero_images: bool) -> float:
     return result["accuracy"]
 
 
-@pytest.mark.parametrize("fusion", ["joint_decoder", "mot", "cross_attention"])
+@pytest.mark.parametrize("fusion", FUSIONS.names())
 def test_the_colour_of_the_square_is_learned_from_the_image(tmp_path: Path, fusion: str) -> None:
     accuracy = train_and_score(tmp_path, fusion, zero_images=False)
     assert accuracy >= 0.9 and wilson(round(accuracy * HELD_OUT), HELD_OUT)[0] > 0.5, accuracy

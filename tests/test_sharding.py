@@ -16,10 +16,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from vlmlab.models.fusion import FUSIONS as FUSION_REGISTRY
 from vlmlab.models.generation import greedy_generate
 from vlmlab.models.vlm import build_vlm
 
-FUSIONS = ("joint_decoder", "mot", "cross_attention")
+FUSIONS = FUSION_REGISTRY.names()
 STEPS = 3
 
 
@@ -116,7 +117,10 @@ def test_two_process_fsdp2_follows_one_process_training(tmp_path: Path, fusion: 
     reference = model.state_dict()
     assert sharded["state"].keys() == reference.keys()
     for name, value in reference.items():
-        torch.testing.assert_close(sharded["state"][name], value, rtol=1e-4, atol=2e-5, msg=name)
+        # a tenth of one AdamW step (lr 1e-3): Adam divides by the gradient's own scale, so an element whose
+        # gradient is near zero moves by float noise of the summation order (two all-reduced halves against
+        # one batch); 2.7e-5 was seen for MoT on transformers 5.25
+        torch.testing.assert_close(sharded["state"][name], value, rtol=1e-4, atol=1e-4, msg=name)
     assert sharded["generated"] == greedy_generate(model, *prompts(model), max_new_tokens=5, stop_ids=[])
     # one unit per decoder layer of every kind and per tokenizer block, so no layer's weights are ever
     # all gathered at once; the tokenizer's blocks are open_clip's residual attention blocks
@@ -196,7 +200,10 @@ def test_mot_stage_2_from_a_sharded_joint_decoder_stage_1_follows_one_process(tm
     assert sharded["losses"] == pytest.approx(losses, rel=1e-4, abs=1e-5)
     assert state.keys() == sharded["state"].keys()
     for name, value in state.items():
-        torch.testing.assert_close(sharded["state"][name], value, rtol=1e-4, atol=2e-5, msg=name)
+        # a tenth of one AdamW step (lr 1e-3): Adam divides by the gradient's own scale, so an element whose
+        # gradient is near zero moves by float noise of the summation order (two all-reduced halves against
+        # one batch); 2.7e-5 was seen for MoT on transformers 5.25
+        torch.testing.assert_close(sharded["state"][name], value, rtol=1e-4, atol=1e-4, msg=name)
     # the hand-off happened: the image copy left the backbone's layers and both trained
     image, text = (
         state["fusion.image_layers.0.mlp.up_proj.weight"],

@@ -15,7 +15,25 @@ from omegaconf import DictConfig, OmegaConf
 from vlmlab import presets
 from vlmlab.errors import ConfigError, closest, unknown_choice
 
-FUSION_NAMES = ("joint_decoder", "cross_attention", "mot")
+
+@dataclass(frozen=True)
+class FusionName:
+    """How the paper and vlmlab name a fusion architecture (Figure 1): in tables and in run ids."""
+
+    display: str
+    short: str
+
+
+# The fusion architectures, declared once: config checks, the models' registry (vlmlab.models.fusion: one class
+# per name), the sweep's run ids and the tables all read this. Torch-free, so loading a config stays cheap.
+FUSIONS = {
+    "joint_decoder": FusionName("Joint-Decoder", "jd"),
+    "cross_attention": FusionName("Cross-Attention", "xattn"),
+    "mot": FusionName("MoT", "mot"),
+}
+FUSION_NAMES = tuple(FUSIONS)
+# how a run is trained: vlmlab.train.run picks its loop by this (auto = Lightning's choice for the machine)
+STRATEGIES = ("auto", "ddp", "fsdp")
 # where the gated cross-attention layers sit among the decoder layers (vlmlab/models/fusion/cross_attention.py)
 CROSS_ATTENTION_LAYOUTS = ("every", "llama32")
 TRAIN_METHODS = ("sft", "grpo", "eval")
@@ -49,7 +67,12 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         # checked on loading, so a sweep's expansion (which loads every stage config and axis value) stops
-        # at a misspelled layout, as its fusion check does, instead of a run failing when it builds its model
+        # at a misspelled name instead of a run failing when it builds its model
+        if self.fusion not in FUSIONS:
+            raise unknown_choice("fusion architecture", self.fusion, FUSION_NAMES)
+        for kind, value in (("backbone", self.backbone), ("tokenizer", self.tokenizer)):
+            if isinstance(value, str):  # a shipped preset's name or a YAML file (an inline spec is a mapping)
+                presets.resolve(kind, value)
         if self.cross_attention_layout not in CROSS_ATTENTION_LAYOUTS:
             raise unknown_choice(
                 "cross-attention layout (model.cross_attention_layout)",
@@ -157,6 +180,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.method not in TRAIN_METHODS:
             raise unknown_choice("training method (train.method)", self.method, TRAIN_METHODS)
+        if self.strategy not in STRATEGIES:
+            raise unknown_choice("strategy", self.strategy, STRATEGIES)
+        presets.resolve("freeze", self.freeze)  # a shipped recipe's name or a recipe file
 
 
 @dataclass
@@ -357,7 +383,11 @@ __all__ = [
     "TrainConfig",
     "ModelConfig",
     "CROSS_ATTENTION_LAYOUTS",
+    "FUSIONS",
     "FUSION_NAMES",
+    "FusionName",
+    "STRATEGIES",
+    "TRAIN_METHODS",
     "check_keys",
     "load_config",
     "read_yaml_file",

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 from transformers import Qwen3ForCausalLM
 
-from vlmlab.config import FUSION_NAMES, ModelConfig, load_config
-from vlmlab.errors import ConfigError, unknown_choice
+from vlmlab.config import ModelConfig, load_config
+from vlmlab.errors import ConfigError
 from vlmlab.models.adapters import build_adapter, default_adapter
 from vlmlab.models.backbone import BackboneSpec, build_backbone, load_backbone_spec
 from vlmlab.models.fusion import FUSIONS, FusionContext
@@ -258,8 +258,6 @@ def build_vlm(config: ModelConfig | dict | None = None, **overrides: object) -> 
         import dataclasses
 
         config = dataclasses.replace(config, **overrides)
-    if config.fusion not in FUSION_NAMES:
-        raise unknown_choice("fusion architecture", config.fusion, FUSION_NAMES)
     backbone_spec = load_backbone_spec(config.backbone)
     lm = build_backbone(backbone_spec, config.backbone_weights, config.attn_implementation)
     tokenizer_spec = load_tokenizer_spec(config.tokenizer)

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from vlmlab.config import FUSION_NAMES, FUSIONS
+from vlmlab.recipes import list_recipes
 from vlmlab.runs.record import flatten_metrics
 from vlmlab.scoring.intervals import wilson
 
@@ -212,31 +214,12 @@ def config_value(frame: pd.DataFrame, key: str) -> pd.Series:
 
 # ---------------------------------------------------------------------------- display and ordering
 
-_PRETTY_VALUES = {
-    "joint_decoder": "Joint-Decoder",
-    "joint-decoder": "Joint-Decoder",
-    "jointdecoder": "Joint-Decoder",
-    "joint": "Joint-Decoder",
-    "cross_attention": "Cross-Attention",
-    "cross-attention": "Cross-Attention",
-    "crossattention": "Cross-Attention",
-    "cross": "Cross-Attention",
-    "mot": "MoT",
-    "mixture_of_transformers": "MoT",
-    "mixture-of-transformers": "MoT",
-}
-# Paper order: text-aware tokenizers first (CLIP, AIMv2, SigLIP 2), then DINOv3, TiTok, VAR; fusions as in
-# Figure 1. Values are matched by prefix, case-insensitively; others follow in natural order.
-_KNOWN_ORDER = ("clip", "aimv2", "siglip", "dinov3", "dino", "titok", "var", "joint", "cross", "mot")
-# The freezing recipes of configs/freeze/ in Table 2's row order (matched exactly).
-_RECIPE_ORDER = (
-    "all-frozen",
-    "unfreeze-lm",
-    "unfreeze-tok-s2",
-    "unfreeze-tok-s2-lm",
-    "unfreeze-tok-s1s2",
-    "unfreeze-all",
-)
+# Spellings of the fusion names (vlmlab.config.FUSIONS) that records written by hand or by older tools use.
+_FUSION_ALIASES = {"joint": "joint_decoder", "cross": "cross_attention", "mixture_of_transformers": "mot"}
+# Paper order of the tokenizer families: text-aware first (CLIP, AIMv2, SigLIP 2), then DINOv3, TiTok, VAR,
+# matched by prefix, case-insensitively; then the fusions as in Figure 1, then the freezing recipes in Table 2's
+# row order; others follow in natural order.
+_TOKENIZER_ORDER = ("clip", "aimv2", "siglip", "dinov3", "dino", "titok", "var")
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([bm])(?![a-z])", re.IGNORECASE)
 
 
@@ -254,7 +237,17 @@ def display_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     text = str(value)
-    return _PRETTY_VALUES.get(text.lower(), text)
+    fusion = fusion_name(text)
+    return FUSIONS[fusion].display if fusion else text
+
+
+def fusion_name(text: str) -> str | None:
+    """The fusion a value names (`joint_decoder`, `Joint-Decoder`, `jointdecoder`, `joint`), or None."""
+    key = text.lower().replace("-", "_")
+    key = _FUSION_ALIASES.get(key, key)
+    if key in FUSIONS:
+        return key
+    return {name.replace("_", ""): name for name in FUSIONS}.get(key)
 
 
 def parse_size(value: Any) -> float | None:
@@ -288,9 +281,12 @@ def order_key(value: Any) -> tuple[Any, ...]:
     if isinstance(value, bool):
         return (0, 0 if value else 1)
     text = display_value(value).lower()
-    if text in _RECIPE_ORDER:
-        return (1, len(_KNOWN_ORDER) + _RECIPE_ORDER.index(text), ())
-    for rank, prefix in enumerate(_KNOWN_ORDER):
+    if text in list_recipes():
+        return (1, len(_TOKENIZER_ORDER) + len(FUSIONS) + list_recipes().index(text), ())
+    fusion = fusion_name(text)
+    if fusion:
+        return (1, len(_TOKENIZER_ORDER) + FUSION_NAMES.index(fusion), natural(text))
+    for rank, prefix in enumerate(_TOKENIZER_ORDER):
         if text.startswith(prefix):
             return (1, rank, natural(text))
     size = parse_size(value)

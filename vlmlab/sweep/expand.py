@@ -33,7 +33,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from vlmlab.config import ExperimentConfig, check_keys, load_config, read_yaml_file, to_dict
+from vlmlab.config import FUSIONS, ExperimentConfig, check_keys, load_config, read_yaml_file, to_dict
 from vlmlab.errors import ConfigError
 from vlmlab.files import atomic_write_text
 from vlmlab.recipes import list_recipes, load_recipe
@@ -70,7 +70,6 @@ _LATER_KEYS = {
     "train.transfer_eval_samples": 0,
     "data.val_max_new_tokens": 16,
 }
-FUSION_SHORT = {"joint_decoder": "jd", "cross_attention": "xattn", "mot": "mot"}
 _VAR_REFERENCE = re.compile(r"\$\{vars\.([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -131,7 +130,7 @@ def run_id(stage: int, config: dict[str, Any], parents: list[str], vars_used: di
         ]
     else:
         parts = [
-            FUSION_SHORT.get(model["fusion"], model["fusion"]),
+            FUSIONS[model["fusion"]].short if model["fusion"] in FUSIONS else model["fusion"],
             _short(model["tokenizer"]),
             _short(config["train"]["freeze"]),
             _short(model["backbone"]),

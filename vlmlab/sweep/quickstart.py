@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmlab import presets
+from vlmlab.config import FUSIONS
 from vlmlab.files import atomic_write_text
 from vlmlab.reports.frame import get_dotted
 
@@ -39,7 +40,6 @@ EVAL_DIFFICULTY = {
     }
 }
 AXES = {"fusion": "model.fusion", "freezing": "train.freeze"}
-FUSION_NAMES = {"joint_decoder": "Joint-Decoder", "cross_attention": "Cross-Attention", "mot": "MoT"}
 
 
 def text_corpus(seed: int = 0) -> Iterator[str]:
@@ -176,7 +176,7 @@ def _evaluate(run: Path, num_eval: int) -> Path:
 
 
 def _label(axis: str, value: Any) -> str:
-    return FUSION_NAMES.get(value, str(value)) if axis == "fusion" else str(value)
+    return FUSIONS[value].display if axis == "fusion" and value in FUSIONS else str(value)
 
 
 def _cell(cell: Mapping[str, Any]) -> str:

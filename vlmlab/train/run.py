@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 from vlmlab.config import ExperimentConfig, load_config, to_dict
 from vlmlab.data.sources import first_sample, merge_health
 from vlmlab.data.stream import data_health
-from vlmlab.errors import ConfigError, TrainingStopped, unknown_choice
+from vlmlab.errors import ConfigError, TrainingStopped
 from vlmlab.faults import inject_fault
 from vlmlab.files import atomic_write_text
 from vlmlab.models.checkpoint import (
@@ -47,7 +47,6 @@ from vlmlab.train.preemption import Preemption, slurm_job_id
 from vlmlab.train.preflight import RunLock, check_run_folder, launcher_rank, remove_leftovers, validate
 
 log = logging.getLogger("vlmlab.train")
-STRATEGIES = ("auto", "ddp", "fsdp")
 
 
 def build_model(config: ExperimentConfig) -> tuple[VisionLanguageModel | OpenWeightVLM, Path | None]:
@@ -79,9 +78,7 @@ def latest_checkpoint(folder: Path) -> tuple[Path | None, int]:
 
 
 def _strategy(config: ExperimentConfig) -> Any:
-    name = config.train.strategy
-    if name not in STRATEGIES:
-        raise unknown_choice("strategy", name, STRATEGIES)
+    name = config.train.strategy  # one of config.STRATEGIES, checked when the config loaded
     if name == "fsdp":
         from lightning.pytorch.strategies import ModelParallelStrategy
 
