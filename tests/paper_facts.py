@@ -1,7 +1,7 @@
 """Facts copied by hand from the design-space paper, shared by tests as their independent truth."""
 
 # Table 2: (image tokenizer stage 1, image tokenizer stage 2, language model stage 2); True = trains.
-# Written out here, not read from configs/freeze/, so tests do not rest on the code under test.
+# Written out here, not read from vlmlab/presets/freeze/, so tests do not rest on the code under test.
 TABLE_2 = {
     "all-frozen": (False, False, False),
     "unfreeze-lm": (False, False, True),

@@ -58,7 +58,7 @@ OFFICIAL_TITOK_S128_IDS = [
      3927, 2433, 1925, 3342, 3167, 1855, 1939, 2804, 1563, 2914, 3616, 2605, 103, 1725, 1273, 623, 1913, 3449, 2543,
      3762, 1849, 1792, 1770, 3923, 3421, 1789, 1533, 2515, 3381],
 ]
-# official VQVAE(vocab_size=64, z_channels=8, ch=32, v_patch_nums=(1, 2, 4)) = configs/tokenizer/var-tiny.yaml
+# official VQVAE(vocab_size=64, z_channels=8, ch=32, v_patch_nums=(1, 2, 4)) = vlmlab/presets/tokenizer/var-tiny.yaml
 OFFICIAL_VAR_TINY_IDS = [
     [63, 33, 20, 63, 36, 19, 32, 42, 59, 63, 33, 32, 14, 32, 47, 39, 44, 5, 39, 40, 7],
     [40, 20, 37, 57, 39, 27, 40, 6, 49, 34, 40, 31, 36, 18, 41, 14, 61, 7, 42, 14, 36],

@@ -1,4 +1,4 @@
-"""The scaling study (section 3, Figure 2; Appendix D.1): sweeps/scaling.yaml expands to the figure's grid with
+"""The scaling study (section 3, Figure 2; Appendix D.1): the shipped scaling sweep expands to the figure's grid with
 each backbone's stage-1 settings, and `vlmlab results --layout scaling` draws Figure 2 from the records its
 runs leave behind."""
 
@@ -31,7 +31,7 @@ PRESETS = preset_root()
 SCALING = PRESETS / "sweeps" / "scaling.yaml"
 DESIGN_SPACE = PRESETS / "sweeps" / "design_space.yaml"
 
-# How the sweep spells the paper's names: backbone presets (configs/backbone/), released weights on the
+# How the sweep spells the paper's names: backbone presets (vlmlab/presets/backbone/), released weights on the
 # hub, the webdataset folders under /data, tokenizer preset families.
 PRESET = {"Qwen3-0.6B": "qwen3-0.6b", "Qwen3-1.7B": "qwen3-1.7b", "Qwen3-4B": "qwen3-4b"}
 FOLDER = {"COYO-700M": "coyo", "DataComp-1B": "datacomp"}
@@ -49,7 +49,7 @@ def family(tokenizer: str) -> str:
 
 
 def recipe(name: str) -> tuple[bool, bool, bool]:
-    """A recipe name as its Table 2 row, from the paper's table (not from configs/freeze/)."""
+    """A recipe name as its Table 2 row, from the paper's table (not from vlmlab/presets/freeze/)."""
     return TABLE_2[name]
 
 
