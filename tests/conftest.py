@@ -3,11 +3,17 @@ import os
 import pytest
 import torch
 from data_helpers import IMAGE_ID, TPI, VOCAB, to_tensor
+from hypothesis import settings
 
 from vlmlab.data.encode import SampleEncoder
 from vlmlab.data.text_tokenizer import load_text_tokenizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# property tests: the same examples on every run (a failure on CI is a failure here), no example database
+# written into the checkout, no per-example deadline (two xdist workers share two cores with training runs);
+# each test sets its own max_examples, sized for CI
+settings.register_profile("vlmlab", derandomize=True, database=None, deadline=None)
+settings.load_profile("vlmlab")
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # pytest-xdist: one worker per core, one thread each (and for the runs they start: the variable is
     # inherited), so the workers and the training processes they start share CI's two cores without
@@ -16,6 +22,36 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 else:
     torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist's worksteal schedule each of the N workers is first handed one contiguous share of
+    this list (then steals from the back of another's): the tests marked slow go to the front of the shares,
+    split between them by their expected seconds, so no worker begins a five-minute test when the others are
+    nearly done."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if workers < 2 or not slow:
+        return
+
+    def seconds(item: pytest.Item) -> float:
+        return item.get_closest_marker("slow").kwargs.get("seconds", 60)
+
+    rest = [item for item in items if not item.get_closest_marker("slow")]
+    shares: list[list[pytest.Item]] = [[] for _ in range(workers)]
+    load = [0.0] * workers
+    for item in sorted(slow, key=seconds, reverse=True):
+        lightest = load.index(min(load))
+        shares[lightest].append(item)
+        load[lightest] += seconds(item)
+    ordered, remaining, taken = [], len(items), 0
+    for index, share in enumerate(shares):
+        size = remaining // (workers - index)  # what worksteal sends this worker first
+        remaining -= size
+        fill = max(0, size - len(share))
+        ordered += share + rest[taken : taken + fill]
+        taken += fill
+    items[:] = ordered + rest[taken:]
 
 
 @pytest.fixture(autouse=True)

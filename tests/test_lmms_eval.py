@@ -240,7 +240,7 @@ def flat(value):
 
 
 @needs_lmms_eval
-@pytest.mark.slow
+@pytest.mark.slow(seconds=50)
 def test_lmms_eval_command_line_on_a_local_task(run_dir, reference, tmp_path):
     records = docs()
     predictions = [reference.generate(r) for r in records]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from paper_facts import (
     TABLE_15,
     TRAIN_SAMPLES_PER_DATASET,
 )
+from ports import unused_port
 from tiny_open_weight import FAMILIES, build_tiny, save_tiny, save_tiny_remote
 
 from vlmlab.cli import main as vlmlab_main
@@ -517,6 +519,7 @@ def test_results_print_the_tables_from_real_runs(finished, tmp_path: Path, capsy
     assert (tmp_path / "tables" / "open_weight_sft_vqa.csv").exists()
 
 
+@pytest.mark.slow(seconds=70)
 def test_fsdp_training_of_an_open_weight_model_equals_ddp(tmp_path: Path) -> None:
     """train.strategy: fsdp cuts the model at its `_no_split_modules` (decoder layers, vision blocks): two
     sharded processes train the same weights as two DDP processes, and validate and evaluate on the
@@ -536,7 +539,8 @@ def test_fsdp_training_of_an_open_weight_model_equals_ddp(tmp_path: Path) -> Non
         path.write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
         command = [sys.executable, "-m", "vlmlab.cli", "train", str(path), f"train.strategy={strategy}"]
         command += ["train.devices=2", "train.accelerator=cpu", "train.deterministic=true"]
-        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+        env = {**os.environ, "MASTER_PORT": str(unused_port())}
+        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
         results[strategy] = json.loads((tmp_path / strategy / "eval.json").read_text())["metrics"]
     ddp = dict(

@@ -8,13 +8,13 @@ unsharded one: loss trajectory, final weights, and greedy generation through the
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from ports import unused_port
 
 from vlmlab.models.fusion import FUSIONS as FUSION_REGISTRY
 from vlmlab.models.generation import greedy_generate
@@ -100,13 +100,13 @@ def _sharded_worker(rank: int, fusion: str, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow(seconds=30)
 @pytest.mark.parametrize("fusion", FUSIONS)
 def test_two_process_fsdp2_follows_one_process_training(tmp_path: Path, fusion: str) -> None:
     out = tmp_path / "sharded.pt"
-    with socket.socket() as probe:  # a port nothing else listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    mp.spawn(_sharded_worker, args=(fusion, port, str(out)), nprocs=2, join=True)
+    port = unused_port()
+    # forked: the ranks start with this worker's imports (a spawned rank imports torch and vlmlab anew)
+    mp.start_processes(_sharded_worker, args=(fusion, port, str(out)), nprocs=2, start_method="fork")
     sharded = torch.load(out, weights_only=True)
 
     model = tiny_model(fusion)
@@ -185,12 +185,11 @@ def _handoff_worker(rank: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow(seconds=30)
 def test_mot_stage_2_from_a_sharded_joint_decoder_stage_1_follows_one_process(tmp_path: Path) -> None:
     out = tmp_path / "handoff.pt"
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    mp.spawn(_handoff_worker, args=(port, str(out)), nprocs=2, join=True)
+    port = unused_port()
+    mp.start_processes(_handoff_worker, args=(port, str(out)), nprocs=2, start_method="fork")
     sharded = torch.load(out, weights_only=True)
     losses, state = _jd_then_mot(
         tiny_model,
@@ -212,23 +211,32 @@ def test_mot_stage_2_from_a_sharded_joint_decoder_stage_1_follows_one_process(tm
     assert not torch.equal(image, text)
 
 
-# -- the training engine with train.strategy=fsdp (Lightning's ModelParallelStrategy) against DDP
+# -- the training engine with train.strategy=fsdp (Lightning's ModelParallelStrategy) against DDP, both ranks
+# started by torchrun, as srun starts them on a cluster (Lightning's own launcher, which starts rank 1 from
+# rank 0 once rank 0 has built its model, is what tests/test_training.py's DDP test and the open-weight FSDP
+# test use)
 TWO_CPUS = ["train.devices=2", "train.accelerator=cpu", "train.deterministic=true"]
 
 
 def _run(tmp: Path, name: str, stage: int, fusion: str, strategy: str, fault: str | None = None, **train):
+    import subprocess
+    import sys
+
     from omegaconf import OmegaConf
-    from test_training import experiment, run_cli
+    from test_training import REPO, experiment
 
     path = tmp / f"{name}.yaml"
     if not path.exists():
         config = experiment(tmp, name, stage, fusion, **train)
         path.write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
-    proc = run_cli(str(path), f"train.strategy={strategy}", *TWO_CPUS, fault=fault)
-    code = proc.wait(timeout=600)
-    error = proc.stderr.read()[-3000:]
-    proc.stderr.close()
-    return code, error
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2"]
+    torchrun += ["--master-addr=127.0.0.1", f"--master-port={unused_port()}"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    if fault:
+        env["VLMLAB_FAULT"] = fault  # vlmlab/faults.py: each rank SIGKILLs itself there; torchrun gives up
+    command = [*torchrun, "-m", "vlmlab.cli", "train", str(path), f"train.strategy={strategy}", *TWO_CPUS]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return done.returncode, done.stderr[-3000:]
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
@@ -237,40 +245,59 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "final" / "weights.safetensors"))
 
 
-def test_fsdp_training_equals_ddp_for_every_fusion_and_the_mot_hand_off(tmp_path: Path) -> None:
-    """Stage 1 Joint-Decoder, then a stage-2 MoT started from it and a stage-2 Cross-Attention run (both
-    validating, i.e. generating, on the sharded model): the same weights and metrics under FSDP as under DDP."""
+def _same_under_fsdp_as_under_ddp(tmp: Path, run: str) -> dict:
+    """The run's weights and metrics under FSDP equal those under DDP; returns the FSDP record."""
     import json
 
-    records = {}
+    records = {s: json.loads((tmp / f"{run}-{s}" / "result.json").read_text()) for s in ("ddp", "fsdp")}
+    ddp, fsdp = _weights(tmp / f"{run}-ddp"), _weights(tmp / f"{run}-fsdp")
+    assert ddp.keys() == fsdp.keys()
+    for name in ddp:
+        torch.testing.assert_close(fsdp[name], ddp[name], rtol=1e-4, atol=1e-5, msg=f"{run}: {name}")
+    assert records["fsdp"]["metrics"] == records["ddp"]["metrics"]
+    return records["fsdp"]
+
+
+@pytest.mark.slow(seconds=240)
+def test_fsdp_equals_ddp_through_the_mot_hand_off_and_a_killed_sharded_run_resumes_exactly(
+    tmp_path: Path,
+) -> None:
+    """Stage 1 Joint-Decoder, then a stage-2 MoT started from it (validating, i.e. generating, on the sharded
+    model): the same weights and metrics under FSDP as under DDP. Then the sharded MoT run again, killed once
+    its step-2 checkpoint is saved: the gathered last.ckpt (and each rank's stream state) resumes to the
+    bit-identical weights, metrics and best step of the unbroken run, which is the reference."""
+    import json
+
     for strategy in ("ddp", "fsdp"):
-        jd = f"jd-{strategy}"
-        assert _run(tmp_path, jd, 1, "joint_decoder", strategy)[0] == 0
-        mot = f"mot-{strategy}"
-        assert _run(tmp_path, mot, 2, "mot", strategy, init_from=str(tmp_path / jd))[0] == 0
-        xattn = f"xattn-{strategy}"
-        assert _run(tmp_path, xattn, 2, "cross_attention", strategy)[0] == 0
-        records[strategy] = {
-            run: json.loads((tmp_path / f"{run}-{strategy}" / "result.json").read_text())
-            for run in ("jd", "mot", "xattn")
-        }
-    for run in ("jd", "mot", "xattn"):
-        ddp, fsdp = _weights(tmp_path / f"{run}-ddp"), _weights(tmp_path / f"{run}-fsdp")
-        assert ddp.keys() == fsdp.keys()
-        for name in ddp:
-            torch.testing.assert_close(fsdp[name], ddp[name], rtol=1e-4, atol=1e-5, msg=f"{run}: {name}")
-        assert records["fsdp"][run]["metrics"] == records["ddp"][run]["metrics"]
+        code, error = _run(tmp_path, f"jd-{strategy}", 1, "joint_decoder", strategy)
+        assert code == 0, error
+        code, error = _run(
+            tmp_path, f"mot-{strategy}", 2, "mot", strategy, init_from=str(tmp_path / f"jd-{strategy}")
+        )
+        assert code == 0, error
+    _same_under_fsdp_as_under_ddp(tmp_path, "jd")
+    mot = _same_under_fsdp_as_under_ddp(tmp_path, "mot")
     assert any(name.startswith("fusion.image_layers.") for name in _weights(tmp_path / "mot-fsdp"))
 
-
-def test_fsdp_run_killed_after_a_checkpoint_resumes_exactly(tmp_path: Path) -> None:
-    """The gathered last.ckpt of a sharded run (and each rank's stream state) resumes bit-identically."""
-    common = dict(max_steps=4, checkpoint_every_n_steps=2, schedule_steps=4)
-    assert _run(tmp_path, "straight", 2, "mot", "fsdp", **common)[0] == 0
-    assert _run(tmp_path, "split", 2, "mot", "fsdp", fault="checkpoint:2", **common)[0] != 0
+    split = dict(init_from=str(tmp_path / "jd-fsdp"))
+    assert _run(tmp_path, "split", 2, "mot", "fsdp", fault="checkpoint:2", **split)[0] != 0
     assert not (tmp_path / "split" / "result.json").exists()
-    code, error = _run(tmp_path, "split", 2, "mot", "fsdp", **common)
+    code, error = _run(tmp_path, "split", 2, "mot", "fsdp", **split)
     assert code == 0, error
-    straight, split = _weights(tmp_path / "straight"), _weights(tmp_path / "split")
+    straight, resumed = _weights(tmp_path / "mot-fsdp"), _weights(tmp_path / "split")
+    assert straight.keys() == resumed.keys()
     for name in straight:
-        assert torch.equal(straight[name], split[name]), name
+        assert torch.equal(straight[name], resumed[name]), name
+    record = json.loads((tmp_path / "split" / "result.json").read_text())
+    # the score of step 2 was on disk when its checkpoint was: the resumed run picks the same best step
+    assert record["metrics"] == mot["metrics"] and record["best"] == mot["best"]
+
+
+@pytest.mark.slow(seconds=80)
+def test_fsdp_equals_ddp_for_a_cross_attention_stage_2_run(tmp_path: Path) -> None:
+    """A stage-2 Cross-Attention run (its gated cross-attention layers sharded), validating on the
+    sharded model: the same weights and metrics under FSDP as under DDP."""
+    for strategy in ("ddp", "fsdp"):
+        code, error = _run(tmp_path, f"xattn-{strategy}", 2, "cross_attention", strategy)
+        assert code == 0, error
+    _same_under_fsdp_as_under_ddp(tmp_path, "xattn")

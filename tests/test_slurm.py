@@ -20,7 +20,7 @@ import pytest
 
 from vlmlab.cli import main as vlmlab_main
 from vlmlab.presets import preset_root
-from vlmlab.sweep.expand import expand
+from vlmlab.sweep.expand import expand, write_run_files
 from vlmlab.sweep.spec import load_sweep
 from vlmlab.sweep.state import SweepState
 
@@ -221,15 +221,31 @@ stages:
 """
 
 
+@pytest.fixture(scope="module")
+def uninterrupted_real_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The weights both pre-emption cases must end with: the same run config, trained without interruption
+    outside Slurm (in this process: the process boundary is the Slurm job's, not the reference's)."""
+    from test_training import cli
+
+    root = tmp_path_factory.mktemp("uninterrupted")
+    file = root / "real.yaml"
+    file.write_text(REAL_RUN)
+    dag = expand(load_sweep(file, output_dir=root / "out"))
+    write_run_files(dag)
+    (run,) = dag
+    code, error = cli(str(run.config_path), f"train.output_dir={root / 's'}")
+    assert code == 0, error
+    return root / "s" / "final" / "weights.safetensors"
+
+
+@pytest.mark.slow(seconds=70)
 @pytest.mark.parametrize("how", ["usr1", "scontrol-requeue"])
 def test_real_runs_preempted_before_their_first_checkpoint_resume_exactly(
-    cluster: None, tmp_path: Path, how: str
+    cluster: None, tmp_path: Path, how: str, uninterrupted_real_run: Path
 ) -> None:
     """A real `vlmlab train` in a Slurm job, signalled long before its first periodic checkpoint (the
     time-limit USR1, or SIGTERM from `scontrol requeue`): it saves the next optimizer step with its data
     position, is requeued, resumes, and ends with the weights of an uninterrupted run."""
-    import sys
-
     import torch
     from safetensors.torch import load_file
 
@@ -261,22 +277,6 @@ def test_real_runs_preempted_before_their_first_checkpoint_resume_exactly(
     assert len(stopped) <= 1 and all(0 < n < 60 for n in stopped), log()[-2000:]
     assert stopped or how != "usr1"
     assert "(restart 1)" in log()  # it did run again after the requeue
-    # the same config trained without interruption, outside Slurm
-    straight = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vlmlab.cli",
-            "train",
-            str(run.config_path),
-            f"train.output_dir={tmp_path / 's'}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-    )
-    assert straight.returncode == 0, straight.stderr[-2000:]
-    a = load_file(str(tmp_path / "s" / "final" / "weights.safetensors"))
+    a = load_file(str(uninterrupted_real_run))
     b = load_file(str(run.run_dir / "final" / "weights.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

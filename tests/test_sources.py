@@ -389,8 +389,7 @@ def test_inspect_shows_the_model_view_and_stats_work_on_any_source(tmp_path):
 
 
 def test_a_bad_source_fails_vlmlab_train_in_one_line_before_the_model_is_built(tmp_path):
-    import subprocess
-    import sys
+    from test_training import cli
 
     path = llava_dataset(tmp_path)
     config = tmp_path / "exp.yaml"
@@ -398,13 +397,8 @@ def test_a_bad_source_fails_vlmlab_train_in_one_line_before_the_model_is_built(t
         f"data:\n  train:\n    - {{name: mine, kind: llava, path: {path}, image_root: {tmp_path / 'images'}}}\n"
         f"train: {{output_dir: {tmp_path / 'run'}}}\n"
     )
-    run = subprocess.run(
-        [sys.executable, "-m", "vlmlab.cli", "train", str(config), f"data.train.0.image_root={tmp_path}"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 2
-    assert run.stderr.strip().splitlines()[-1].startswith("vlmlab: error: source 'mine': its first sample")
-    assert "does not exist" in run.stderr and "Traceback" not in run.stderr
+    code, stderr = cli(str(config), f"data.train.0.image_root={tmp_path}")
+    assert code == 2
+    assert stderr.strip().splitlines()[-1].startswith("vlmlab: error: source 'mine': its first sample")
+    assert "does not exist" in stderr and "Traceback" not in stderr
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing heavy was started

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from ports import unused_port
 from test_sources import save, write_json
 from test_training import experiment
 
@@ -128,6 +128,7 @@ def _two_rank_worker(rank: int, port: int, items_path: str, out: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow(seconds=30)
 def test_two_ranks_score_like_one(tmp_path) -> None:
     """5 synthetic items (multiple choice, so extraction and chance are exercised too): ranks take items
     0, 2, 4 and 1, 3, run as many batches and decoding steps as each other, and gather the same scores."""
@@ -145,10 +146,9 @@ def test_two_ranks_score_like_one(tmp_path) -> None:
     items = build_val_set(source, encoder, 5, image_size=model.image_tokenizer.spec.image_size)
     one = evaluate_items(model, tok, items, batch_size=2, max_new_tokens=6)
     torch.save((model, tok, items), tmp_path / "items.pt")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    mp.spawn(_two_rank_worker, args=(port, str(tmp_path / "items.pt"), str(tmp_path / "two.json")), nprocs=2)
+    port = unused_port()
+    args = (port, str(tmp_path / "items.pt"), str(tmp_path / "two.json"))
+    mp.start_processes(_two_rank_worker, args=args, nprocs=2, start_method="fork")  # ranks keep the imports
     two = json.loads((tmp_path / "two.json").read_text())
     assert two == pytest.approx(one) and one["n"] == 5 and "chance" in one
 

@@ -19,7 +19,6 @@ COMMAND_MODULES = [
     "vlmlab.train.cli",
     "vlmlab.eval.cli",
     "vlmlab.reports.cli",
-    "vlmlab.eval.export",
     "vlmlab.sweep.cli",
 ]
 

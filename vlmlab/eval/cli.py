@@ -164,3 +164,32 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "--out", default=None, help="with --benchmark: folder for predictions (default: RUN/eval/)"
     )
     parser.set_defaults(func=_eval)
+
+    export = subparsers.add_parser(
+        "export",
+        help="write a run's model as a Hugging Face folder (LLaVA where it is one, else remote code)",
+        description="A trained model as a Hugging Face folder that transformers loads (vlmlab/eval/export.py).",
+    )
+    export.add_argument(
+        "run", metavar="RUN_OR_CHECKPOINT", help="a run folder (its best/ or final/) or a checkpoint"
+    )
+    export.add_argument(
+        "--out", required=True, help="the folder to write (must not exist unless --overwrite)"
+    )
+    export.add_argument(
+        "--format", default="auto", help="auto (default: llava where the model is one), llava, or remote-code"
+    )
+    export.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    export.set_defaults(func=_export)
+
+
+def _export(args: argparse.Namespace) -> int:
+    """`vlmlab export`: torch and the tower libraries are imported only when a model is exported."""
+    import json
+
+    from vlmlab.eval.export import export_run
+
+    out = export_run(args.run, args.out, format=args.format, overwrite=args.overwrite)
+    record = json.loads((out / "vlmlab_export.json").read_text())
+    print(f"Wrote {record['format']} folder {out} ({record['why']}).")
+    return 0

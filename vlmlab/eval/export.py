@@ -37,7 +37,6 @@ saying why. The folder is written under a temporary name next to DIR and renamed
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import json
@@ -795,32 +794,4 @@ def _replace(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def run_export(args: argparse.Namespace) -> int:
-    out = export_run(args.run, args.out, format=args.format, overwrite=args.overwrite)
-    record = json.loads((out / "vlmlab_export.json").read_text())
-    print(f"Wrote {record['format']} folder {out} ({record['why']}).")
-    return 0
-
-
-def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "export",
-        help="write a run's model as a Hugging Face folder (LLaVA where it is one, else remote code)",
-        description=__doc__.split("\n\n")[0],
-    )
-    parser.add_argument(
-        "run", metavar="RUN_OR_CHECKPOINT", help="a run folder (its best/ or final/) or a checkpoint"
-    )
-    parser.add_argument(
-        "--out", required=True, help="the folder to write (must not exist unless --overwrite)"
-    )
-    parser.add_argument(
-        "--format",
-        default="auto",
-        help="auto (default: llava where the model is one), llava, or remote-code",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
-    parser.set_defaults(func=run_export)
-
-
-__all__ = ["FORMATS", "NotLlava", "add_commands", "export_run", "vision_plan"]
+__all__ = ["FORMATS", "NotLlava", "export_run", "vision_plan"]

@@ -25,10 +25,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vlmlab.errors import ConfigError, unknown_choice
 from vlmlab.files import atomic_write_text
-from vlmlab.reports.table import FORMATS, Table
+
+if TYPE_CHECKING:
+    from vlmlab.reports.table import Table
 
 LAYOUTS = ("design", "transfer", "scaling", "open_weight")
 
@@ -59,7 +62,8 @@ def _write_table(table: Table, out: Path, formats: list[str]) -> list[Path]:
 
 def run_results(args: argparse.Namespace) -> int:
     """Entry point of `vlmlab results` (see the module docstring)."""
-    from vlmlab.reports import layouts, open_weight, plots
+    from vlmlab.reports import layouts, open_weight, plots  # pandas: only when a report is made
+    from vlmlab.reports.table import FORMATS
     from vlmlab.runs.record import read_records
 
     formats = _split_list(args.format) or list(FORMATS)

@@ -8,14 +8,20 @@ import logging
 
 
 def _train(args: argparse.Namespace) -> int:
-    import torch.distributed as dist
+    from vlmlab.config import ExperimentConfig, load_config
 
-    from vlmlab.train.run import experiment_from_files, train
-
-    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     configs = [a for a in args.items if "=" not in a]
     overrides = [a for a in args.items if "=" in a]
-    record = train(experiment_from_files(configs, overrides))
+    # the config is checked before torch, transformers and Lightning are imported (about ten seconds): a typo
+    # or an unknown choice is answered at once
+    config = load_config(ExperimentConfig, configs, overrides)
+
+    import torch.distributed as dist
+
+    from vlmlab.train.run import train
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
+    record = train(config)
     summary = {
         "run": record["config"]["train"]["output_dir"],
         "checkpoint": record["checkpoint"],

@@ -23,7 +23,7 @@ import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from omegaconf import OmegaConf
 
-from vlmlab.config import ExperimentConfig, load_config, to_dict
+from vlmlab.config import ExperimentConfig, to_dict
 from vlmlab.data.sources import first_sample, merge_health
 from vlmlab.data.stream import data_health
 from vlmlab.errors import ConfigError, TrainingStopped
@@ -242,13 +242,16 @@ def _train(config: ExperimentConfig, out: Path, resolved: dict[str, Any], accumu
     )
     module.data_state_dir = out / "checkpoints" / "data_state"
     callbacks = [
-        checkpointer,
+        # validation before the checkpoint of the same step: once last.ckpt holds step k, the score of step k
+        # (and best/, if it won) is on disk, so a run killed right after that checkpoint and resumed picks the
+        # same best step as one never stopped (the other order lost step k's validation to such a kill)
         PeriodicValidation(
             config.train.val_every_n_steps,
             data.evaluate,
             on_validation,
             skip=lambda: preemption.stopped_at is not None,
         ),
+        checkpointer,
         preemption,
         L.pytorch.callbacks.TQDMProgressBar(refresh_rate=max(1, accumulate)),
     ]
@@ -332,9 +335,4 @@ def _train(config: ExperimentConfig, out: Path, resolved: dict[str, Any], accumu
     return record
 
 
-def experiment_from_files(paths: list[str], overrides: list[str]) -> ExperimentConfig:
-    """Merge YAML files left to right, then `key=value` overrides, onto the ExperimentConfig defaults."""
-    return load_config(ExperimentConfig, list(paths), overrides)
-
-
-__all__ = ["train", "experiment_from_files", "build_model"]
+__all__ = ["train", "build_model"]
