@@ -6,6 +6,7 @@ Unknown keys are rejected with the closest valid key suggested, so a typo never 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,15 @@ STRATEGIES = ("auto", "ddp", "fsdp")
 # where the gated cross-attention layers sit among the decoder layers (vlmlab/models/fusion/cross_attention.py)
 CROSS_ATTENTION_LAYOUTS = ("every", "llama32")
 TRAIN_METHODS = ("sft", "grpo", "eval")
+# The adapters (connectors, paper section 2.2, and the design-space studies' connectors) `model.adapter` names
+# besides `auto`; the models' registry (vlmlab.models.adapters.ADAPTERS) holds one class per name, checked by
+# a test. Declared here, torch-free, so a misspelled adapter stops a config (and a sweep's expansion) on load.
+ADAPTER_NAMES = ("mlp", "linear", "embedding", "pixel_shuffle", "perceiver", "avgpool")
+# the adapters whose image-token count is `model.adapter_tokens` (the others keep the tokenizer's count, or
+# divide it by pixel_shuffle_ratio squared)
+TOKEN_COUNT_ADAPTERS = ("perceiver", "avgpool")
+# Idefics3 shuffles by 2, SmolVLM by 4 (and 3 at some sizes); 1 would be the plain MLP
+PIXEL_SHUFFLE_RATIOS = (2, 3, 4)
 
 
 @dataclass
@@ -53,8 +63,16 @@ class ModelConfig:
     # every: after every k-th decoder layer (the paper); llama32: Llama 3.2-Vision's offset, the first after
     # k - 1 decoder layers and a decoder layer after the last (k = 4 on 32 layers: its indices 3, 8, ..., 38)
     cross_attention_layout: str = "every"
-    adapter: str = "auto"  # auto | mlp | linear | embedding
-    adapter_hidden: int | None = None  # MLP adapter hidden width; None = the backbone's hidden size
+    # auto (mlp; linear for Cross-Attention; embedding for discrete tokenizers) | mlp | linear | embedding |
+    # pixel_shuffle | perceiver | avgpool (vlmlab/models/adapters.py)
+    adapter: str = "auto"
+    adapter_hidden: int | None = None  # the adapter's MLP hidden width; None = the backbone's hidden size
+    # image tokens one image becomes out of `perceiver` (its learned latents; Idefics2: 64) and `avgpool` (a
+    # square grid; MM1: 64 or 144); not used by the other adapters
+    adapter_tokens: int = 64
+    # pixel_shuffle: each ratio x ratio block of patches becomes one token ratio^2 times wider, so an image
+    # costs ratio^2 times fewer tokens (the patch grid's side must divide by it); not used by the others
+    pixel_shuffle_ratio: int = 2
     attn_implementation: str = "sdpa"  # eager | sdpa | flash_attention_2
     gradient_checkpointing: bool = False
     # An open-weight VLM (Hugging Face image-text-to-text model: local folder or hub id) trained and evaluated
@@ -78,6 +96,31 @@ class ModelConfig:
                 "cross-attention layout (model.cross_attention_layout)",
                 self.cross_attention_layout,
                 CROSS_ATTENTION_LAYOUTS,
+            )
+        self._check_adapter()
+
+    def _check_adapter(self) -> None:
+        """The connector's settings; what depends on the tokenizer's patch grid is checked when the model is
+        built (vlmlab.models.adapters)."""
+        if self.adapter != "auto" and self.adapter not in ADAPTER_NAMES:
+            raise unknown_choice("adapter", self.adapter, ("auto", *ADAPTER_NAMES))
+        if self.pixel_shuffle_ratio not in PIXEL_SHUFFLE_RATIOS:
+            raise unknown_choice(
+                "pixel-shuffle ratio (model.pixel_shuffle_ratio)",
+                self.pixel_shuffle_ratio,
+                PIXEL_SHUFFLE_RATIOS,
+            )
+        if self.adapter_tokens < 1:
+            raise ConfigError(
+                f"model.adapter_tokens={self.adapter_tokens} is impossible: an image needs at least one token "
+                "(valid: 1 or more)."
+            )
+        side = math.isqrt(self.adapter_tokens)
+        if self.adapter == "avgpool" and side * side != self.adapter_tokens:
+            nearest = sorted({max(side, 1) ** 2, (side + 1) ** 2})
+            raise ConfigError(
+                f"model.adapter_tokens={self.adapter_tokens} is not a square number: avgpool pools the patch "
+                f"grid to a side x side grid (valid: a square, e.g. {' or '.join(map(str, nearest))})."
             )
 
 
@@ -382,11 +425,14 @@ __all__ = [
     "OptimConfig",
     "TrainConfig",
     "ModelConfig",
+    "ADAPTER_NAMES",
     "CROSS_ATTENTION_LAYOUTS",
     "FUSIONS",
     "FUSION_NAMES",
     "FusionName",
+    "PIXEL_SHUFFLE_RATIOS",
     "STRATEGIES",
+    "TOKEN_COUNT_ADAPTERS",
     "TRAIN_METHODS",
     "check_keys",
     "load_config",

@@ -12,8 +12,9 @@ model's image tokens, as vlmlab's encoder does):
 
 - `llava`: `LlavaForConditionalGeneration`, the class lmms-eval, VLMEvalKit and vLLM know. Only where it
   computes exactly what vlmlab computes: the Joint-Decoder fusion, the MLP adapter (LLaVA's projector:
-  linear, exact GELU, linear, at the language model's width), and a continuous CLIP (open_clip or
-  transformers) or SigLIP (timm or transformers) tower whose features LLaVA can select. LLaVA takes
+  linear, exact GELU, linear, at the language model's width, one token per patch: no pixel_shuffle,
+  perceiver or avgpool connector), and a continuous CLIP (open_clip or transformers) or SigLIP (timm or
+  transformers) tower whose features LLaVA can select. LLaVA takes
   `hidden_states[vision_feature_layer]` of the vision tower, which come *before* its final LayerNorm, and
   its projector cannot apply one; vlmlab's `feature_layer: -1` features come after the final norm (of
   open_clip's `ln_post`, timm's `norm`, transformers SigLIP's `post_layernorm`), so those towers have no
@@ -22,13 +23,14 @@ model's image tokens, as vlmlab's encoder does):
   blocks after it are pruned and were never trained) and LLaVA selects that last layer
   (`vision_feature_layer: -1`); CLIP's CLS is dropped by `vision_feature_select_strategy: default`. The
   export checks itself: vision features and logits of the converted model against vlmlab's.
-- `remote-code`: everything else (MoT, Cross-Attention, discrete and other continuous tokenizers, final
-  norms). `config.json` maps the Auto classes to `modeling_vlmlab.py` / `configuration_vlmlab.py`, written
-  into the folder; they rebuild the model with the installed vlmlab package from the vlmlab configuration
-  stored in config.json and load the folder's safetensors, so `AutoModelForImageTextToText` /
-  `AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)` load it offline. Its processor is the
-  same LlavaProcessor, with `patch_size` = the image size and `num_additional_image_tokens` set so that one
-  `<|image_pad|>` expands to vlmlab's `tokens_per_image` (one for Cross-Attention's marker).
+- `remote-code`: everything else (MoT, Cross-Attention, the other connectors, discrete and other
+  continuous tokenizers, final norms). `config.json` maps the Auto classes to `modeling_vlmlab.py` /
+  `configuration_vlmlab.py`, written into the folder; they rebuild the model with the installed vlmlab
+  package from the vlmlab configuration stored in config.json and load the folder's safetensors, so
+  `AutoModelForImageTextToText` / `AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)` load
+  it offline. Its processor is the same LlavaProcessor, with `patch_size` = the image size and
+  `num_additional_image_tokens` set so that one `<|image_pad|>` expands to vlmlab's `tokens_per_image` (the
+  connector's count; one for Cross-Attention's marker).
 
 `auto` picks `llava` where it applies, else `remote-code`; `llava` refuses any other model with one line
 saying why. The folder is written under a temporary name next to DIR and renamed into place when complete.
@@ -387,7 +389,7 @@ def _transformers_plan(tokenizer: Any) -> VisionPlan:
 
 def vision_plan(model: Any) -> VisionPlan:
     """The LLaVA form of the model's image tokenizer; raises NotLlava saying why there is none."""
-    from vlmlab.models.adapters import MLPAdapter
+    from vlmlab.models.adapters import MLPAdapter, adapter_name
 
     spec = model.image_tokenizer.spec
     if model.config.fusion != "joint_decoder":
@@ -401,9 +403,11 @@ def vision_plan(model: Any) -> VisionPlan:
             "projects continuous CLIP / SigLIP features"
         )
     adapter = model.adapter
-    if type(adapter) is not MLPAdapter:
+    if type(adapter) is not MLPAdapter:  # pixel_shuffle, perceiver, avgpool regroup or resample the patches
         raise NotLlava(
-            f"its adapter is {type(adapter).__name__}; LLaVA's projector is vlmlab's 'mlp' adapter"
+            f"its adapter is {adapter_name(adapter)!r} ({model.image_tokenizer.num_tokens} patches -> "
+            f"{adapter.num_tokens} image tokens); LLaVA's projector is vlmlab's 'mlp' adapter, one token per "
+            "patch, and cannot express it"
         )
     hidden = model.backbone_spec.hidden_size
     if adapter.fc1.out_features != hidden:

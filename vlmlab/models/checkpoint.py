@@ -3,10 +3,10 @@
 A stage-run folder holds `final/` (and `best/` when validation picks a checkpoint) with:
 - `weights.safetensors`: the parameters this run trained (plus the random initial weights of a run
   whose base model was randomly initialised, since nothing else could reproduce them);
-- `meta.json`: the resolved config, the stage, the fusion (and a Cross-Attention checkpoint's
-  `cross_attention_layout`), `parent` — the parent checkpoint folder or None — and `base_weights`: the
-  backbone and tokenizer weights the delta sits on (source, hub revision, file sha256); loading onto a model
-  built from other base weights is refused (vlmlab/models/provenance.py).
+- `meta.json`: the resolved config (whose connector settings a load must match), the stage, the fusion
+  (and a Cross-Attention checkpoint's `cross_attention_layout`), `parent` — the parent checkpoint folder or
+  None — and `base_weights`: the backbone and tokenizer weights the delta sits on (source, hub revision,
+  file sha256); loading onto a model built from other base weights is refused (vlmlab/models/provenance.py).
 
 Loading replays the chain root -> ... -> this run onto a model built from the config. A MoT stage 2 whose
 parent is a Joint-Decoder stage 1 gets the backbone's layers copied into its image transformer after the
@@ -15,6 +15,7 @@ parent's weights are in (the hand-off of section 2.3).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -175,6 +176,43 @@ def _check_cross_attention_placement(model: torch.nn.Module, checkpoint: Path, m
         )
 
 
+def _connector_setting(model_config: dict[str, Any], fusion: str | None, discrete: bool) -> str:
+    """A stored model config's connector as the overrides that set it (`model.adapter=avgpool
+    model.adapter_tokens=16`); `auto` resolved, keys a checkpoint predates at their defaults."""
+    from vlmlab.config import TOKEN_COUNT_ADAPTERS, ModelConfig
+    from vlmlab.models.adapters import default_adapter
+
+    defaults = {field.name: field.default for field in dataclasses.fields(ModelConfig)}
+    adapter = model_config.get("adapter", "auto")
+    if adapter == "auto":
+        adapter = default_adapter(discrete, fusion or "joint_decoder")
+    setting = [f"model.adapter={adapter}"]
+    if adapter in TOKEN_COUNT_ADAPTERS:
+        tokens = model_config.get("adapter_tokens", defaults["adapter_tokens"])
+        setting.append(f"model.adapter_tokens={tokens}")
+    if adapter == "pixel_shuffle":
+        ratio = model_config.get("pixel_shuffle_ratio", defaults["pixel_shuffle_ratio"])
+        setting.append(f"model.pixel_shuffle_ratio={ratio}")
+    return " ".join(setting)
+
+
+def _check_connector(model: torch.nn.Module, checkpoint: Path, meta: dict[str, Any]) -> None:
+    """Refuse adapter weights trained as another connector: avgpool's MLP has the same shapes at any token
+    count, so its weights alone would load silently; other mismatches would fail on a name or a shape."""
+    config = getattr(model, "config", None)
+    stored = (meta.get("config") or {}).get("model")
+    if config is None or not stored or not hasattr(model, "image_tokenizer"):
+        return
+    discrete = model.image_tokenizer.is_discrete
+    trained = _connector_setting(stored, meta.get("fusion"), discrete)
+    ours = _connector_setting(vars(config), config.fusion, discrete)
+    if trained != ours:
+        raise ConfigError(
+            f"Checkpoint {checkpoint} was trained with {trained}; this model has {ours}, so its adapter "
+            f"weights do not fit (set {trained})."
+        )
+
+
 def load_stage_checkpoint(model: torch.nn.Module, path: str | Path) -> list[Path]:
     """Apply the chain of deltas ending at `path` onto `model`. Returns the chain applied.
 
@@ -198,6 +236,7 @@ def load_stage_checkpoint(model: torch.nn.Module, path: str | Path) -> list[Path
                 "stage 1)."
             )
         _check_cross_attention_placement(model, checkpoint, meta)
+        _check_connector(model, checkpoint, meta)
         try:
             tensors = load_file(str(checkpoint / WEIGHTS))
         except Exception as error:  # safetensors raises its own error types for truncated / foreign files

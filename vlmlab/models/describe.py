@@ -2,7 +2,10 @@
 
 FLOPs count the matrix multiplies (2 per multiply-add) of one forward pass, per token, with causal
 self-attention over an average context of `context_length / 2`. Image tokenizers are counted as
-2 x parameters per patch token (their own attention is left out: it is small at 196-256 patches).
+2 x parameters per patch token (their own attention is left out: it is small at 196-256 patches). An image
+token is one the language model reads (the adapter's output): the tokenizer's and the adapter's FLOPs for one
+image are spread over the adapter's tokens, so a connector that pools 4 patches into one token carries their
+tokenizer cost (vlmlab.models.adapters: `flops_per_image`).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 import torch
 
 from vlmlab.config import ModelConfig
+from vlmlab.models.adapters import adapter_name
 from vlmlab.models.vlm import PARAMETER_GROUPS, VisionLanguageModel, build_vlm
 
 
@@ -35,31 +39,33 @@ def describe(model: VisionLanguageModel, context_length: int = 2048) -> dict[str
     layers = sum(_matmul_params(layer) for layer in model.lm.model.layers)
     decoder = 2 * layers + cfg.num_hidden_layers * attention_per_layer
     head = 2 * model.lm.lm_head.weight.numel()
-    tokenizer = 2 * _matmul_params(model.image_tokenizer)
-    adapter = 2 * _matmul_params(model.adapter)
+    patches, tokens = model.image_tokenizer.num_tokens, model.features_per_image
+    tokenizer_per_image = 2 * _matmul_params(model.image_tokenizer) * patches
+    adapter_per_image = model.adapter.flops_per_image()
+    # the tokenizer and adapter cost of one image, per token the language model reads
+    encoder = (tokenizer_per_image + adapter_per_image) / tokens
     text = decoder + head
-    image = tokenizer + adapter + decoder  # image tokens are not scored: no vocabulary head
+    image = encoder + decoder  # image tokens are not scored: no vocabulary head
     if model.config.fusion == "cross_attention":
-        tokens = model.image_tokenizer.num_tokens
         xattn_layers = list(model.fusion.cross_attn_layers)
         per_query = sum(
             _matmul_params(x) - x.k_proj.weight.numel() - x.v_proj.weight.numel() for x in xattn_layers
         )
         text += 2 * per_query + len(xattn_layers) * 4 * tokens * cfg.num_attention_heads * cfg.head_dim
-        image = (
-            tokenizer
-            + adapter
-            + sum(2 * (x.k_proj.weight.numel() + x.v_proj.weight.numel()) for x in xattn_layers)
-        )
+        image = encoder + sum(2 * (x.k_proj.weight.numel() + x.v_proj.weight.numel()) for x in xattn_layers)
     return {
         "backbone": model.backbone_spec.name,
         "tokenizer": model.image_tokenizer.spec.name,
         "fusion": model.config.fusion,
+        "adapter": adapter_name(model.adapter),
         "params": params,
         "params_total": sum(params.values()),
-        "tokens_per_image": model.image_tokenizer.num_tokens,
+        "tokenizer_tokens_per_image": patches,  # what the image tokenizer gives the adapter
+        "tokens_per_image": tokens,  # what the adapter gives the language model
         "sequence_positions_per_image": model.tokens_per_image,
         "context_length": context_length,
+        "adapter_flops_per_image": int(adapter_per_image),
+        "adapter_flops_per_image_token": int(adapter_per_image / tokens),
         "forward_flops_per_text_token": int(text),
         "forward_flops_per_image_token": int(image),
     }
@@ -72,6 +78,9 @@ def format_description(info: dict[str, Any]) -> str:
     lines.append(f"  {'total':<16} {info['params_total']:>15,}")
     lines += [
         "",
+        f"adapter {info['adapter']}: {info['tokenizer_tokens_per_image']} tokenizer tokens -> "
+        f"{info['tokens_per_image']} image tokens, {info['params']['adapter']:,} parameters, "
+        f"{info['adapter_flops_per_image_token'] / 1e6:.3f} MFLOP per image token",
         f"image: {info['tokens_per_image']} tokens, {info['sequence_positions_per_image']} sequence position(s)",
         f"forward FLOPs per text token  (context {info['context_length']}): "
         f"{info['forward_flops_per_text_token'] / 1e9:.3f} GFLOP",

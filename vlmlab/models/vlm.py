@@ -2,7 +2,8 @@
 
 Batch contract (the same for every fusion):
 - `input_ids` [B, T]: text token ids with the backbone's `image_token_id` wherever an image sits. In
-  Joint-Decoder and MoT each image occupies `tokens_per_image` consecutive placeholder positions; in
+  Joint-Decoder and MoT each image occupies `tokens_per_image` consecutive placeholder positions (the
+  adapter's output count: the tokenizer's, or fewer after pixel_shuffle / perceiver / avgpool); in
   Cross-Attention one marker position. Any number of images may sit anywhere among the text.
 - `pixel_values` [N, 3, H, W]: the images in the order their placeholders appear (row by row).
 - `segment_ids` [B, T] (optional): which packed sample each position belongs to (0, 1, ...), -1 padding.
@@ -22,7 +23,7 @@ from transformers import Qwen3ForCausalLM
 
 from vlmlab.config import ModelConfig, load_config
 from vlmlab.errors import ConfigError
-from vlmlab.models.adapters import build_adapter, default_adapter
+from vlmlab.models.adapters import Adapter, AdapterShape, build_adapter, default_adapter
 from vlmlab.models.backbone import BackboneSpec, build_backbone, load_backbone_spec
 from vlmlab.models.fusion import FUSIONS, FusionContext
 from vlmlab.models.fusion.context import attention_masking, positions_from_segments
@@ -63,7 +64,7 @@ class VisionLanguageModel(nn.Module):
         backbone_spec: BackboneSpec,
         lm: Qwen3ForCausalLM,
         image_tokenizer: ImageTokenizer,
-        adapter: nn.Module,
+        adapter: Adapter,
         fusion: nn.Module,
     ) -> None:
         super().__init__()
@@ -90,9 +91,15 @@ class VisionLanguageModel(nn.Module):
 
     # -- what the data pipeline needs to know
     @property
+    def features_per_image(self) -> int:
+        """Vectors one image becomes after the adapter (the connector sets the count, not the tokenizer)."""
+        return self.adapter.num_tokens
+
+    @property
     def tokens_per_image(self) -> int:
-        """Placeholder positions one image takes in `input_ids`."""
-        return self.image_tokenizer.num_tokens if self.fusion.images_in_sequence else 1
+        """Placeholder positions one image takes in `input_ids`: its adapter's tokens in Joint-Decoder and
+        MoT, one marker in Cross-Attention (which reads the adapter's tokens from its image bank)."""
+        return self.features_per_image if self.fusion.images_in_sequence else 1
 
     def parameter_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
         groups: dict[str, list[tuple[str, nn.Parameter]]] = {name: [] for name in PARAMETER_GROUPS}
@@ -108,7 +115,7 @@ class VisionLanguageModel(nn.Module):
 
     # -- forward
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """[N, 3, H, W] -> [N, tokens, D] in the language model's width."""
+        """[N, 3, H, W] -> [N, features_per_image, D] in the language model's width."""
         if self.image_tokenizer.is_discrete:
             with torch.no_grad():
                 tokens = self.image_tokenizer(pixel_values)
@@ -269,10 +276,20 @@ def build_vlm(config: ModelConfig | dict | None = None, **overrides: object) -> 
     adapter_name = config.adapter
     if adapter_name == "auto":
         adapter_name = default_adapter(tokenizer.is_discrete, config.fusion)
-    in_dim = tokenizer.codebook_size if tokenizer.is_discrete else tokenizer.embed_dim
-    adapter = build_adapter(
-        adapter_name, tokenizer.is_discrete, in_dim, backbone_spec.hidden_size, config.adapter_hidden
+    shape = AdapterShape(
+        in_dim=tokenizer.codebook_size if tokenizer.is_discrete else tokenizer.embed_dim,
+        in_tokens=tokenizer.num_tokens,
+        out_dim=backbone_spec.hidden_size,
+        hidden_dim=config.adapter_hidden,
+        tokens=config.adapter_tokens,
+        ratio=config.pixel_shuffle_ratio,
+        heads=backbone_spec.num_attention_heads,
+        kv_heads=backbone_spec.num_key_value_heads,
+        head_dim=backbone_spec.head_dim,
+        norm_eps=backbone_spec.rms_norm_eps,
+        tokenizer=tokenizer_spec.name,
     )
+    adapter = build_adapter(adapter_name, tokenizer.is_discrete, shape)
     fusion = FUSIONS.get(config.fusion)(
         lm,
         cross_attention_every=config.cross_attention_every,

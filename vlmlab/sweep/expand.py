@@ -33,7 +33,15 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from vlmlab.config import FUSIONS, ExperimentConfig, check_keys, load_config, read_yaml_file, to_dict
+from vlmlab.config import (
+    FUSIONS,
+    TOKEN_COUNT_ADAPTERS,
+    ExperimentConfig,
+    check_keys,
+    load_config,
+    read_yaml_file,
+    to_dict,
+)
 from vlmlab.errors import ConfigError
 from vlmlab.files import atomic_write_text
 from vlmlab.recipes import list_recipes, load_recipe
@@ -86,7 +94,8 @@ def identity_view(stage: int, config: dict[str, Any], has_parent: bool) -> dict[
     another fusion are dropped: they cannot change the result, and keeping them would split one run in two.
     Keys added after runs were hashed (`model.cross_attention_layout`, the open-weight and training-method
     keys, the `rl` section outside GRPO runs) are dropped while they hold their defaults, so those runs keep
-    their ids.
+    their ids; the connector settings (`model.adapter_tokens`, `model.pixel_shuffle_ratio`) are dropped
+    unless the adapter uses them.
     """
     view = copy.deepcopy(config)
     drop = list(EXECUTION_KEYS)
@@ -100,6 +109,13 @@ def identity_view(stage: int, config: dict[str, Any], has_parent: bool) -> dict[
         drop.append("model.cross_attention_layout")
     if fusion != "mot":
         drop.append("optim.lr.mot_image")
+    # a connector's settings only where that connector is used: they came after runs were hashed, and an
+    # adapter that ignores them learns the same thing whatever they hold
+    adapter = view["model"].get("adapter", "auto")
+    if adapter not in TOKEN_COUNT_ADAPTERS:
+        drop.append("model.adapter_tokens")
+    if adapter != "pixel_shuffle":
+        drop.append("model.pixel_shuffle_ratio")
     for key, default in _LATER_KEYS.items():
         if _get(view, key) == default:
             drop.append(key)
