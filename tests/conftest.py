@@ -1,4 +1,5 @@
 import os
+import time
 
 import pytest
 import torch
@@ -68,3 +69,16 @@ def tok(tmp_path_factory):
 @pytest.fixture(scope="module")
 def encoder(tok):
     return SampleEncoder(tok, to_tensor, TPI, IMAGE_ID, max_length=256)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    """VLMLAB_TEST_TIMELINE=FILE: one line per test (worker, start, end, test id), to see where workers idle."""
+    path = os.environ.get("VLMLAB_TEST_TIMELINE")
+    started = time.time()
+    result = yield
+    if path:
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        with open(path, "a") as timeline:
+            timeline.write(f"{worker}\t{started:.1f}\t{time.time():.1f}\t{item.nodeid}\n")
+    return result

@@ -195,19 +195,6 @@ def test_the_data_encoder_writes_the_connectors_token_count():
     assert torch.isfinite(logits).all()
 
 
-def test_data_inspect_counts_the_image_tokens_of_the_configs_model(tmp_path):
-    from omegaconf import OmegaConf
-
-    from vlmlab.data.inspect import inspect
-
-    config = tmp_path / "connector.yaml"
-    model = {"tokenizer": "clip-tiny", "random_tokenizer": True, "adapter": "avgpool", "adapter_tokens": 9}
-    train = [{"kind": "synthetic", "task": "spatialmap", "mode": "vqa", "difficulty": {"num_objects": 2}}]
-    OmegaConf.save(OmegaConf.create({"model": model, "data": {"train": train}}), config)
-    assert "1 image(s), 9 image tokens" in inspect(str(config), [], 1, None, None)
-    assert "1 image(s), 2 image tokens" in inspect(str(config), [], 1, 2, None)  # as asked
-
-
 # qwen3-tiny (width 64, 4 heads of 16, 2 key-value heads, decoder 2,686,976 FLOPs per token at context 2048:
 # tests/test_describe.py's 2,752,512 minus its 65,536 head) + clip-tiny (16 patches of width 64; its matmul
 # weights: 2 blocks x (qkv 192 x 64 + out 64 x 64 + MLP 2 x 256 x 64) = 98,304, so 196,608 FLOPs per patch).

@@ -105,8 +105,7 @@ def _sharded_worker(rank: int, fusion: str, port: int, out: str) -> None:
 def test_two_process_fsdp2_follows_one_process_training(tmp_path: Path, fusion: str) -> None:
     out = tmp_path / "sharded.pt"
     port = unused_port()
-    # forked: the ranks start with this worker's imports (a spawned rank imports torch and vlmlab anew)
-    mp.start_processes(_sharded_worker, args=(fusion, port, str(out)), nprocs=2, start_method="fork")
+    mp.spawn(_sharded_worker, args=(fusion, port, str(out)), nprocs=2, join=True)
     sharded = torch.load(out, weights_only=True)
 
     model = tiny_model(fusion)
@@ -189,7 +188,7 @@ def _handoff_worker(rank: int, port: int, out: str) -> None:
 def test_mot_stage_2_from_a_sharded_joint_decoder_stage_1_follows_one_process(tmp_path: Path) -> None:
     out = tmp_path / "handoff.pt"
     port = unused_port()
-    mp.start_processes(_handoff_worker, args=(port, str(out)), nprocs=2, start_method="fork")
+    mp.spawn(_handoff_worker, args=(port, str(out)), nprocs=2, join=True)
     sharded = torch.load(out, weights_only=True)
     losses, state = _jd_then_mot(
         tiny_model,
@@ -212,31 +211,21 @@ def test_mot_stage_2_from_a_sharded_joint_decoder_stage_1_follows_one_process(tm
 
 
 # -- the training engine with train.strategy=fsdp (Lightning's ModelParallelStrategy) against DDP, both ranks
-# started by torchrun, as srun starts them on a cluster (Lightning's own launcher, which starts rank 1 from
-# rank 0 once rank 0 has built its model, is what tests/test_training.py's DDP test and the open-weight FSDP
-# test use)
+# started together by torchrun (tests/test_training.py run_cli)
 TWO_CPUS = ["train.devices=2", "train.accelerator=cpu", "train.deterministic=true"]
 
 
 def _run(tmp: Path, name: str, stage: int, fusion: str, strategy: str, fault: str | None = None, **train):
-    import subprocess
-    import sys
-
     from omegaconf import OmegaConf
-    from test_training import REPO, experiment
+    from test_training import experiment, run_cli
 
     path = tmp / f"{name}.yaml"
     if not path.exists():
         config = experiment(tmp, name, stage, fusion, **train)
         path.write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2"]
-    torchrun += ["--master-addr=127.0.0.1", f"--master-port={unused_port()}"]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    if fault:
-        env["VLMLAB_FAULT"] = fault  # vlmlab/faults.py: each rank SIGKILLs itself there; torchrun gives up
-    command = [*torchrun, "-m", "vlmlab.cli", "train", str(path), f"train.strategy={strategy}", *TWO_CPUS]
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    return done.returncode, done.stderr[-3000:]
+    proc = run_cli(str(path), f"train.strategy={strategy}", *TWO_CPUS, fault=fault, ranks=2)
+    _, error = proc.communicate(timeout=600)  # read while it runs: a full pipe would stall it
+    return proc.returncode, error[-3000:]
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:

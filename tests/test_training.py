@@ -127,12 +127,22 @@ def write_config(tmp: Path, name: str, **train_overrides) -> Path:
     return path
 
 
-def run_cli(*args: str, fault: str | None = None, env: dict | None = None, **kwargs) -> subprocess.Popen:
-    env = {**(env or os.environ), "PYTHONWARNINGS": "ignore", "MASTER_PORT": str(unused_port())}
+def run_cli(
+    *args: str, fault: str | None = None, env: dict | None = None, ranks: int = 1, **kwargs
+) -> subprocess.Popen:
+    """`vlmlab train ARGS` in a new process; `ranks=2`: two processes started together by torchrun, as srun
+    starts a job's tasks (Lightning's own launcher starts rank 1 from rank 0 only once rank 0 has built its
+    model, ten seconds later: tests/test_open_weight.py's FSDP test keeps that path)."""
+    port = unused_port()
+    env = {**(env or os.environ), "PYTHONWARNINGS": "ignore", "MASTER_PORT": str(port)}
     if fault:
         env["VLMLAB_FAULT"] = fault  # vlmlab/faults.py: SIGKILL (or VLMLAB_FAULT_SIGNAL) at that point
+    launcher = [sys.executable]
+    if ranks > 1:
+        launcher += ["-m", "torch.distributed.run", "--nnodes=1", f"--nproc-per-node={ranks}"]
+        launcher += ["--master-addr=127.0.0.1", f"--master-port={port}"]
     return subprocess.Popen(
-        [sys.executable, "-m", "vlmlab.cli", "train", *args],
+        [*launcher, "-m", "vlmlab.cli", "train", *args],
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -188,18 +198,18 @@ def test_two_process_ddp_resumes_every_rank_exactly(tmp_path):
     killed after step 2 and resumed ends with the weights of an uninterrupted 4-step run."""
     ddp = ["train.strategy=ddp", "train.devices=2", "train.accelerator=cpu", "data.num_workers=1"]
     common = dict(checkpoint_every_n_steps=2, deterministic=True, schedule_steps=4)
-    straight = run_cli(str(write_config(tmp_path, "straight", max_steps=4, **common)), *ddp)
-    assert straight.wait(timeout=300) == 0, straight.stderr.read()[-3000:]
+    straight = run_cli(str(write_config(tmp_path, "straight", max_steps=4, **common)), *ddp, ranks=2)
+    assert run_to_end(straight) == 0, straight.stderr_text[-3000:]
     assert json.loads((tmp_path / "straight" / "result.json").read_text())["timings"]["steps"] == 4
     split = write_config(tmp_path, "split", max_steps=4, **common)
-    first = run_cli(str(split), *ddp, fault="checkpoint:2")  # both ranks killed once step 2 is saved
-    assert first.wait(timeout=300) != 0
+    first = run_cli(str(split), *ddp, fault="checkpoint:2", ranks=2)  # both killed once step 2 is saved
+    assert run_to_end(first) != 0
     assert [p.name for p in (tmp_path / "split" / "checkpoints" / "data_state").iterdir()] == [
         "step000000002-rank1.pt"
     ]
     assert not (tmp_path / "split" / "result.json").exists()
-    second = run_cli(str(split), *ddp)
-    assert second.wait(timeout=300) == 0, second.stderr.read()[-3000:]
+    second = run_cli(str(split), *ddp, ranks=2)
+    assert run_to_end(second) == 0, second.stderr_text[-3000:]
     a = load_file(str(tmp_path / "straight" / "final" / "weights.safetensors"))
     b = load_file(str(tmp_path / "split" / "final" / "weights.safetensors"))
     for name in a:
@@ -236,9 +246,10 @@ def test_bf16_mixed_precision_trains(tmp_path):
 
 
 def run_to_end(proc: subprocess.Popen) -> int:
-    code = proc.wait(timeout=300)
-    proc.stderr.close()
-    return code
+    """Its exit code; its stderr is read while it runs (a full pipe would stall it) and kept as
+    `proc.stderr_text`."""
+    proc.stderr_text = proc.communicate(timeout=300)[1]
+    return proc.returncode
 
 
 @pytest.mark.slow(seconds=70)

@@ -148,7 +148,7 @@ def test_two_ranks_score_like_one(tmp_path) -> None:
     torch.save((model, tok, items), tmp_path / "items.pt")
     port = unused_port()
     args = (port, str(tmp_path / "items.pt"), str(tmp_path / "two.json"))
-    mp.start_processes(_two_rank_worker, args=args, nprocs=2, start_method="fork")  # ranks keep the imports
+    mp.spawn(_two_rank_worker, args=args, nprocs=2, join=True)
     two = json.loads((tmp_path / "two.json").read_text())
     assert two == pytest.approx(one) and one["n"] == 5 and "chance" in one
 

@@ -9,11 +9,6 @@ from vlmlab.errors import ConfigError
 
 TASK_NAMES = ("spatialmap", "grid", "ring")  # for help text; the registry is the source of truth
 SPLIT_NAMES = ("train", "test", "ood")
-# the connector (model.adapter) decides what an image costs, so a config's own model gives the default
-TOKENS_PER_IMAGE_HELP = (
-    "placeholder tokens per image (default: what the config YAML's model makes of an image after its "
-    "adapter; 16 for a source path)"
-)
 
 
 def _objects(value: str) -> int | tuple[int, int]:
@@ -72,7 +67,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     inspect.add_argument("overrides", nargs="*", help="key=value config overrides (with a config YAML)")
     inspect.add_argument("-n", type=int, default=8, help="samples per source")
-    inspect.add_argument("--tokens-per-image", type=int, default=None, help=TOKENS_PER_IMAGE_HELP)
+    inspect.add_argument("--tokens-per-image", type=int, default=16, help="placeholder tokens per image")
     inspect.add_argument("--sheet", default="inspect.png", help="contact sheet PNG ('' for none)")
     inspect.set_defaults(func=_inspect)
 
@@ -84,7 +79,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     stats.add_argument("overrides", nargs="*", help="key=value config overrides (with a config YAML)")
     stats.add_argument("-n", type=int, default=1000, help="samples read per source")
-    stats.add_argument("--tokens-per-image", type=int, default=None, help=TOKENS_PER_IMAGE_HELP)
+    stats.add_argument("--tokens-per-image", type=int, default=16, help="placeholder tokens per image")
     stats.set_defaults(func=_stats)
 
 

@@ -27,7 +27,6 @@ from vlmlab.errors import ConfigError
 from vlmlab.files import atomic_open
 
 IMAGE_MARK = "<image>"
-DEFAULT_TOKENS_PER_IMAGE = 16  # a bare source path has no model: the tiny CLIP's 4 x 4 patches
 
 
 def source_from_path(path: str, **fields: Any) -> DataSourceConfig:
@@ -56,20 +55,9 @@ def sources_of(
     return [source_from_path(target)], DataConfig(), None
 
 
-def model_tokens_per_image(model: ModelConfig | None) -> int:
-    """The placeholder positions an image takes in the config's model (its connector's count), from the model
-    assembled on the meta device (shapes only, no weights read); DEFAULT_TOKENS_PER_IMAGE without a model."""
-    if model is None:
-        return DEFAULT_TOKENS_PER_IMAGE
-    from vlmlab.models.describe import build_on_meta
-
-    return build_on_meta(model).tokens_per_image
-
-
-def _encoder(data: DataConfig, tokens_per_image: int | None, model: ModelConfig | None = None) -> Encoder:
+def _encoder(data: DataConfig, tokens_per_image: int, model: ModelConfig | None = None) -> Encoder:
     """An encoder for token counts only (no image transform): the config's text tokenizer, or the
-    open-weight model's own processor and chat template (vlmlab/data/chat_encode.py). `tokens_per_image`
-    None: the config's model decides."""
+    open-weight model's own processor and chat template (vlmlab/data/chat_encode.py)."""
     if model is not None and model.open_weight:
         from transformers import AutoProcessor
 
@@ -89,8 +77,6 @@ def _encoder(data: DataConfig, tokens_per_image: int | None, model: ModelConfig 
     image_id = tokenizer.get_vocab().get("<|image_pad|>")
     if image_id is None:
         raise ConfigError(f"text tokenizer {data.text_tokenizer!r} has no <|image_pad|> token.")
-    if tokens_per_image is None:
-        tokens_per_image = model_tokens_per_image(model)
     return SampleEncoder(tokenizer, None, tokens_per_image, image_id, data.max_length)
 
 
@@ -175,9 +161,7 @@ def contact_sheet(entries: list[tuple[str, list[Image.Image], str]], path: Path,
     return path
 
 
-def inspect(
-    target: str, overrides: list[str], limit: int, tokens_per_image: int | None, sheet: Path | None
-) -> str:
+def inspect(target: str, overrides: list[str], limit: int, tokens_per_image: int, sheet: Path | None) -> str:
     """The report `vlmlab data inspect` prints; writes the contact sheet when `sheet` is given."""
     configs, data, model = sources_of(target, overrides)
     encoder = _encoder(data, tokens_per_image, model)
@@ -207,7 +191,7 @@ def inspect(
     return "\n".join(lines)
 
 
-def stats(target: str, overrides: list[str], limit: int, tokens_per_image: int | None) -> str:
+def stats(target: str, overrides: list[str], limit: int, tokens_per_image: int) -> str:
     """Samples, tokens, images per sample and a length histogram over the first `limit` samples per source."""
     configs, data, model = sources_of(target, overrides)
     encoder = _encoder(data, tokens_per_image, model)
