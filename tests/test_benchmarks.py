@@ -449,27 +449,20 @@ def test_timing_counts_a_child_ended_inside_the_block_once() -> None:
 
 
 def _run_benchmark(script: str, *args: str) -> str:
+    """`python benchmarks/SCRIPT ARGS` in a new process, forked from one that has imported torch and vlmlab
+    (tests/processes.py): the scripts' size flags keep their work small, and the imports are paid once."""
     import os
-    import subprocess
-    import sys
+
+    from processes import run_script
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run(
-        [sys.executable, str(BENCHMARKS_DIR / script), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=BENCHMARKS_DIR.parent,
-        timeout=600,
-    )
+    done = run_script(BENCHMARKS_DIR / script, *args, env=env, cwd=BENCHMARKS_DIR.parent)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 
 
-# Each smoke run is a few seconds, most of it Python importing torch and vlmlab: the scripts' size flags keep the
-# work itself small. bench_eval.py has no such run: it trains a run (Lightning) and then starts one fresh
-# `vlmlab eval` process per size, each importing the whole stack (~10-15 s apiece here), so only its report is
-# tested (below).
+# bench_eval.py has no smoke run: it trains a run (Lightning) and then starts one fresh `vlmlab eval` process
+# per size, each importing the whole stack (~10-15 s apiece here), so only its report is tested (below).
 
 
 def test_bench_lomo_prints_wall_and_cpu_rates_and_both_verdicts() -> None:

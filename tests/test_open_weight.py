@@ -523,11 +523,14 @@ def test_results_print_the_tables_from_real_runs(finished, tmp_path: Path, capsy
 def test_fsdp_training_of_an_open_weight_model_equals_ddp(tmp_path: Path) -> None:
     """train.strategy: fsdp cuts the model at its `_no_split_modules` (decoder layers, vision blocks): two
     sharded processes train the same weights as two DDP processes, and validate and evaluate on the
-    sharded model (generation in lockstep)."""
+    sharded model (generation in lockstep). The FSDP run is started as a user starts it, one command that
+    Lightning's launcher turns into two processes; the DDP reference's two ranks are started together
+    (tests/test_training.py run_cli)."""
     import subprocess
     import sys
 
     from omegaconf import OmegaConf
+    from test_training import run_cli
 
     base = save_tiny("qwen2_5_vl", tmp_path / "base")
     results = {}
@@ -537,11 +540,16 @@ def test_fsdp_training_of_an_open_weight_model_equals_ddp(tmp_path: Path) -> Non
         config.train.max_steps = 3
         path = tmp_path / f"{strategy}.yaml"
         path.write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
-        command = [sys.executable, "-m", "vlmlab.cli", "train", str(path), f"train.strategy={strategy}"]
-        command += ["train.devices=2", "train.accelerator=cpu", "train.deterministic=true"]
-        env = {**os.environ, "MASTER_PORT": str(unused_port())}
-        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-3000:]
+        options = [f"train.strategy={strategy}", "train.devices=2", "train.accelerator=cpu"]
+        options.append("train.deterministic=true")
+        if strategy == "ddp":
+            ranks = run_cli(str(path), *options, ranks=2)
+            assert ranks.wait(timeout=600) == 0, ranks.stderr_text()[-3000:]
+        else:
+            command = [sys.executable, "-m", "vlmlab.cli", "train", str(path), *options]
+            env = {**os.environ, "MASTER_PORT": str(unused_port())}
+            done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+            assert done.returncode == 0, done.stderr[-3000:]
         results[strategy] = json.loads((tmp_path / strategy / "eval.json").read_text())["metrics"]
     ddp = dict(
         load_open_weight(ModelConfig(open_weight=str(tmp_path / "ddp" / "final"))).hf.named_parameters()

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from ports import unused_port
+from processes import spawn
 
 from vlmlab.models.fusion import FUSIONS as FUSION_REGISTRY
 from vlmlab.models.generation import greedy_generate
@@ -105,7 +105,7 @@ def _sharded_worker(rank: int, fusion: str, port: int, out: str) -> None:
 def test_two_process_fsdp2_follows_one_process_training(tmp_path: Path, fusion: str) -> None:
     out = tmp_path / "sharded.pt"
     port = unused_port()
-    mp.spawn(_sharded_worker, args=(fusion, port, str(out)), nprocs=2, join=True)
+    spawn(_sharded_worker, (fusion, port, str(out)))
     sharded = torch.load(out, weights_only=True)
 
     model = tiny_model(fusion)
@@ -188,7 +188,7 @@ def _handoff_worker(rank: int, port: int, out: str) -> None:
 def test_mot_stage_2_from_a_sharded_joint_decoder_stage_1_follows_one_process(tmp_path: Path) -> None:
     out = tmp_path / "handoff.pt"
     port = unused_port()
-    mp.spawn(_handoff_worker, args=(port, str(out)), nprocs=2, join=True)
+    spawn(_handoff_worker, (port, str(out)))
     sharded = torch.load(out, weights_only=True)
     losses, state = _jd_then_mot(
         tiny_model,
@@ -211,7 +211,7 @@ def test_mot_stage_2_from_a_sharded_joint_decoder_stage_1_follows_one_process(tm
 
 
 # -- the training engine with train.strategy=fsdp (Lightning's ModelParallelStrategy) against DDP, both ranks
-# started together by torchrun (tests/test_training.py run_cli)
+# started together with torchrun's environment (tests/test_training.py run_cli)
 TWO_CPUS = ["train.devices=2", "train.accelerator=cpu", "train.deterministic=true"]
 
 
@@ -224,7 +224,7 @@ def _run(tmp: Path, name: str, stage: int, fusion: str, strategy: str, fault: st
         config = experiment(tmp, name, stage, fusion, **train)
         path.write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
     proc = run_cli(str(path), f"train.strategy={strategy}", *TWO_CPUS, fault=fault, ranks=2)
-    _, error = proc.communicate(timeout=600)  # read while it runs: a full pipe would stall it
+    _, error = proc.communicate(timeout=600)
     return proc.returncode, error[-3000:]
 
 

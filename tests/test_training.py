@@ -4,6 +4,7 @@ import contextlib
 import io
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from ports import unused_port
+from processes import TrainRun, start_train
 from safetensors.torch import load_file
 
 from vlmlab.cli import main as vlmlab_main
@@ -109,7 +111,14 @@ def test_three_stages_with_joint_decoder_to_mot_hand_off(tmp_path):
 
 def test_rerunning_a_finished_run_does_nothing(tmp_path):
     config = experiment(tmp_path, "done", 1, "cross_attention", max_steps=2)
+    config.data.num_workers = 1
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGUSR1)}
     first = train(config)
+    # a run inside a process that goes on (a notebook, a sweep driver) leaves it as it found it: the signal
+    # handlers of before (the run's would keep it alive and checkpoint it on the next signal) and no
+    # data-loader worker still running
+    assert {signum: signal.getsignal(signum) for signum in handlers} == handlers
+    assert multiprocessing.active_children() == []
     stamp = (tmp_path / "done" / "result.json").stat().st_mtime_ns
     assert train(config) == first
     assert (tmp_path / "done" / "result.json").stat().st_mtime_ns == stamp
@@ -127,29 +136,15 @@ def write_config(tmp: Path, name: str, **train_overrides) -> Path:
     return path
 
 
-def run_cli(
-    *args: str, fault: str | None = None, env: dict | None = None, ranks: int = 1, **kwargs
-) -> subprocess.Popen:
-    """`vlmlab train ARGS` in a new process; `ranks=2`: two processes started together by torchrun, as srun
-    starts a job's tasks (Lightning's own launcher starts rank 1 from rank 0 only once rank 0 has built its
-    model, ten seconds later: tests/test_open_weight.py's FSDP test keeps that path)."""
-    port = unused_port()
-    env = {**(env or os.environ), "PYTHONWARNINGS": "ignore", "MASTER_PORT": str(port)}
+def run_cli(*args: str, fault: str | None = None, env: dict | None = None, ranks: int = 1) -> TrainRun:
+    """`vlmlab train ARGS` in a new process; `ranks=2`: two processes started together with torchrun's
+    environment, as srun starts a job's tasks (Lightning's own launcher starts rank 1 from rank 0 only once
+    rank 0 has built its model, ten seconds later: tests/test_open_weight.py's FSDP test keeps that path).
+    The processes fork from one that has imported the training stack already (tests/processes.py)."""
+    env = {**(env or os.environ), "PYTHONWARNINGS": "ignore", "MASTER_PORT": str(unused_port())}
     if fault:
         env["VLMLAB_FAULT"] = fault  # vlmlab/faults.py: SIGKILL (or VLMLAB_FAULT_SIGNAL) at that point
-    launcher = [sys.executable]
-    if ranks > 1:
-        launcher += ["-m", "torch.distributed.run", "--nnodes=1", f"--nproc-per-node={ranks}"]
-        launcher += ["--master-addr=127.0.0.1", f"--master-port={port}"]
-    return subprocess.Popen(
-        [*launcher, "-m", "vlmlab.cli", "train", *args],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        **kwargs,
-    )
+    return start_train(list(args), env, cwd=REPO, ranks=ranks)
 
 
 def cli(*args: str) -> tuple[int, str]:
@@ -199,7 +194,7 @@ def test_two_process_ddp_resumes_every_rank_exactly(tmp_path):
     ddp = ["train.strategy=ddp", "train.devices=2", "train.accelerator=cpu", "data.num_workers=1"]
     common = dict(checkpoint_every_n_steps=2, deterministic=True, schedule_steps=4)
     straight = run_cli(str(write_config(tmp_path, "straight", max_steps=4, **common)), *ddp, ranks=2)
-    assert run_to_end(straight) == 0, straight.stderr_text[-3000:]
+    assert run_to_end(straight) == 0, straight.stderr_text()[-3000:]
     assert json.loads((tmp_path / "straight" / "result.json").read_text())["timings"]["steps"] == 4
     split = write_config(tmp_path, "split", max_steps=4, **common)
     first = run_cli(str(split), *ddp, fault="checkpoint:2", ranks=2)  # both killed once step 2 is saved
@@ -209,7 +204,7 @@ def test_two_process_ddp_resumes_every_rank_exactly(tmp_path):
     ]
     assert not (tmp_path / "split" / "result.json").exists()
     second = run_cli(str(split), *ddp, ranks=2)
-    assert run_to_end(second) == 0, second.stderr_text[-3000:]
+    assert run_to_end(second) == 0, second.stderr_text()[-3000:]
     a = load_file(str(tmp_path / "straight" / "final" / "weights.safetensors"))
     b = load_file(str(tmp_path / "split" / "final" / "weights.safetensors"))
     for name in a:
@@ -231,10 +226,17 @@ def test_non_finite_values_stop_the_run_naming_step_and_groups():
         module.training_step(batch, 0)
 
 
-def test_cli_rejects_config_typos(tmp_path):
-    run = run_cli("train.max_stpes=3")
-    assert run.wait(timeout=120) == 2
-    assert "Did you mean 'train.max_steps'" in run.stderr.read()
+def test_cli_rejects_config_typos():
+    """In a fresh process, answered before torch is imported (vlmlab/train/cli.py)."""
+    run = subprocess.run(
+        [sys.executable, "-m", "vlmlab.cli", "train", "train.max_stpes=3"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2
+    assert "Did you mean 'train.max_steps'" in run.stderr and "Traceback" not in run.stderr
 
 
 def test_bf16_mixed_precision_trains(tmp_path):
@@ -245,11 +247,9 @@ def test_bf16_mixed_precision_trains(tmp_path):
     assert all(w.dtype == torch.float32 and torch.isfinite(w).all() for w in weights.values())
 
 
-def run_to_end(proc: subprocess.Popen) -> int:
-    """Its exit code; its stderr is read while it runs (a full pipe would stall it) and kept as
-    `proc.stderr_text`."""
-    proc.stderr_text = proc.communicate(timeout=300)[1]
-    return proc.returncode
+def run_to_end(proc: TrainRun) -> int:
+    """Its exit code, once every rank has ended."""
+    return proc.wait(timeout=300)
 
 
 @pytest.mark.slow(seconds=70)
@@ -361,7 +361,7 @@ def test_a_signal_before_the_first_checkpoint_saves_the_next_step_and_resumes_ex
     env = {**os.environ, "VLMLAB_FAULT_SIGNAL": signal.Signals(signum).name}
     victim = run_cli(str(victim_config), fault="step:4", env=env)
     assert victim.wait(timeout=300) == 1
-    stderr = victim.stderr.read()
+    stderr = victim.stderr_text()
     assert f"vlmlab: stopped: {signal.Signals(signum).name} received: stopped after step" in stderr
     assert "Traceback" not in stderr and not (tmp_path / "victim" / "result.json").exists()
     last = tmp_path / "victim" / "checkpoints" / "last.ckpt"

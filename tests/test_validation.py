@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from ports import unused_port
+from processes import spawn
 from test_sources import save, write_json
 from test_training import experiment
 
@@ -148,7 +148,7 @@ def test_two_ranks_score_like_one(tmp_path) -> None:
     torch.save((model, tok, items), tmp_path / "items.pt")
     port = unused_port()
     args = (port, str(tmp_path / "items.pt"), str(tmp_path / "two.json"))
-    mp.spawn(_two_rank_worker, args=args, nprocs=2, join=True)
+    spawn(_two_rank_worker, args)
     two = json.loads((tmp_path / "two.json").read_text())
     assert two == pytest.approx(one) and one["n"] == 5 and "chance" in one
 

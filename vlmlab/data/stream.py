@@ -425,6 +425,16 @@ class ResumableLoader:
             self._states.append((self.batches, self.loader.state_dict()))
             yield batch
 
+    def close(self) -> None:
+        """Stop the worker processes now. Left to the garbage collector, the loader's iterator sits in a
+        reference cycle with its queues, whose finalizers stop the queue threads before the iterator's own
+        shutdown can tell the workers to exit: each worker then idles for torchdata's five-second join
+        timeout and is terminated. (Lightning does the same for torch's DataLoader at the end of fit.)"""
+        iterator = getattr(self.loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+        self.loader._iterator = None
+
     def state_after(self, batches: int) -> dict[str, Any]:
         """The resumable state after exactly `batches` batches (one of the last `keep` yielded)."""
         for count, state in self._states:

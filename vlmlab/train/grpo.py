@@ -30,7 +30,6 @@ import json
 import logging
 import math
 import shutil
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -50,7 +49,7 @@ from vlmlab.scoring.accuracy import score_item
 from vlmlab.scoring.transfer import evaluate_transfer_after
 from vlmlab.train.data import TrainData
 from vlmlab.train.freezing import apply_freezing
-from vlmlab.train.preemption import SIGNALS, requeue, slurm_job_id
+from vlmlab.train.preemption import SignalFlag, requeue, slurm_job_id
 
 log = logging.getLogger("vlmlab.train")
 
@@ -208,20 +207,14 @@ def _best_checkpoint_callback(
 def _preemption_callback():
     from transformers import TrainerCallback
 
-    class Preemption(TrainerCallback):
+    class Preemption(SignalFlag, TrainerCallback):
         """SIGUSR1 / SIGTERM (Slurm's time-limit signal, pre-emption): save the HF Trainer checkpoint at the
         end of the current optimizer step and stop; the run folder resumes from it (vlmlab/train/preemption.py
         does the same for Lightning runs)."""
 
         def __init__(self) -> None:
-            self.received: int | None = None
+            super().__init__()
             self.stopped_at: int | None = None
-            for signum in SIGNALS:
-                signal.signal(signum, self._on_signal)
-
-        def _on_signal(self, signum: int, frame: Any) -> None:  # async: only record it
-            if self.received is None:
-                self.received = signum
 
         def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001 (the HF callback signature)
             if self.received is not None and self.stopped_at is None:
@@ -252,31 +245,32 @@ def train_grpo(config: ExperimentConfig, out: Path, resolved: dict[str, Any]) ->
     every = config.rl.eval_every_n_steps or steps_per_epoch
     data = TrainData(config, model)
     preemption = _preemption_callback()
-    stopping = lambda: preemption.received is not None  # noqa: E731
-    best = _best_checkpoint_callback(model, data, out, resolved, every, stopping)
-    trainer = GRPOTrainer(
-        model=model.hf,
-        reward_funcs=[final_answer_reward],
-        args=args,
-        train_dataset=prompts,
-        processing_class=model.processor,
-        callbacks=[best, preemption],
-    )
-    resume = get_last_checkpoint(str(out / "checkpoints")) if (out / "checkpoints").exists() else None
-    if resume:
-        log.info("resuming GRPO from %s", resume)
-    log.info(
-        "GRPO: %d prompts, %d per step x %d samples, %d steps per epoch, validation every %d steps",
-        len(prompts),
-        config.rl.prompts_per_step,
-        config.rl.num_generations,
-        steps_per_epoch,
-        every,
-    )
-    trainer.train(resume_from_checkpoint=resume)
+    with preemption:  # a signal while the trainer is built stops the run after its first step
+        stopping = lambda: preemption.received is not None  # noqa: E731
+        best = _best_checkpoint_callback(model, data, out, resolved, every, stopping)
+        trainer = GRPOTrainer(
+            model=model.hf,
+            reward_funcs=[final_answer_reward],
+            args=args,
+            train_dataset=prompts,
+            processing_class=model.processor,
+            callbacks=[best, preemption],
+        )
+        resume = get_last_checkpoint(str(out / "checkpoints")) if (out / "checkpoints").exists() else None
+        if resume:
+            log.info("resuming GRPO from %s", resume)
+        log.info(
+            "GRPO: %d prompts, %d per step x %d samples, %d steps per epoch, validation every %d steps",
+            len(prompts),
+            config.rl.prompts_per_step,
+            config.rl.num_generations,
+            steps_per_epoch,
+            every,
+        )
+        trainer.train(resume_from_checkpoint=resume)
     is_zero = trainer.is_world_process_zero()
     if preemption.stopped_at is not None:
-        name = signal.Signals(preemption.received).name
+        name = preemption.signal_name
         if is_zero:
             requeue(preemption.stopped_at)
         where = "requeued" if slurm_job_id() else "run the same command again to resume"

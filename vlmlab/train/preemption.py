@@ -32,19 +32,31 @@ def slurm_job_id() -> str | None:
     return os.environ.get("SLURM_JOB_ID")
 
 
-class Preemption(L.Callback):
-    """Checkpoint at the next optimizer step after SIGUSR1 / SIGTERM, requeue inside Slurm, stop."""
+class SignalFlag:
+    """While installed, SIGUSR1 / SIGTERM only record themselves (the first one wins); uninstalling puts back
+    the handlers from before, so a process that trains again (a notebook, a sweep driver) neither keeps a
+    finished run alive through them nor checkpoints it on the next signal."""
 
-    def __init__(self, checkpoint: Any) -> None:
-        self.checkpoint = checkpoint  # the AtomicLastCheckpoint callback (its save() is once per step)
+    def __init__(self) -> None:
         self.received: int | None = None
-        self.stopped_at: int | None = None
-        self.training = False
-        self._seen_step = -1
+        self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
         for signum in SIGNALS:
-            signal.signal(signum, self._on_signal)
+            previous = signal.signal(signum, self._on_signal)
+            self._previous.setdefault(signum, previous)  # installed again over Lightning's: keep the first
+
+    def uninstall(self) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
+
+    def __enter__(self) -> SignalFlag:
+        self.install()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.uninstall()
 
     def _on_signal(self, signum: int, frame: Any) -> None:  # async: only record it
         if self.received is None:
@@ -53,6 +65,17 @@ class Preemption(L.Callback):
     @property
     def signal_name(self) -> str:
         return signal.Signals(self.received).name if self.received is not None else "no signal"
+
+
+class Preemption(SignalFlag, L.Callback):
+    """Checkpoint at the next optimizer step after SIGUSR1 / SIGTERM, requeue inside Slurm, stop."""
+
+    def __init__(self, checkpoint: Any) -> None:
+        super().__init__()
+        self.checkpoint = checkpoint  # the AtomicLastCheckpoint callback (its save() is once per step)
+        self.stopped_at: int | None = None
+        self.training = False
+        self._seen_step = -1
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self.install()  # over Lightning's handlers, which it registered when fit began
@@ -96,4 +119,4 @@ def requeue(step: int) -> None:
         log.warning("scontrol requeue %s failed: %s", job, result.stderr.strip())
 
 
-__all__ = ["Preemption", "SIGNALS", "requeue", "slurm_job_id"]
+__all__ = ["Preemption", "SIGNALS", "SignalFlag", "requeue", "slurm_job_id"]

@@ -187,11 +187,18 @@ def _evaluate_only(config: ExperimentConfig, out: Path, resolved: dict[str, Any]
 
 
 def _train(config: ExperimentConfig, out: Path, resolved: dict[str, Any], accumulate: int) -> dict[str, Any]:
-    result_path = out / "result.json"
     last_ckpt = out / "checkpoints" / "last.ckpt"
     checkpointer = AtomicLastCheckpoint(last_ckpt, config.train.checkpoint_every_n_steps)
-    preemption = Preemption(checkpointer)
-    preemption.install()  # from here on, SIGUSR1 / SIGTERM mean "checkpoint at the next step, requeue"
+    with Preemption(checkpointer) as preemption:  # SIGUSR1 / SIGTERM: "checkpoint at the next step, requeue"
+        return _fit_and_export(config, out, resolved, accumulate, preemption)
+
+
+def _fit_and_export(
+    config: ExperimentConfig, out: Path, resolved: dict[str, Any], accumulate: int, preemption: Preemption
+) -> dict[str, Any]:
+    result_path = out / "result.json"
+    checkpointer = preemption.checkpoint
+    last_ckpt = checkpointer.path
     for source in [*config.data.train, *config.data.val]:  # seconds, before anything heavy is built
         first_sample(source, seed=config.train.seed)
     resume_from, done_steps = latest_checkpoint(last_ckpt.parent)
@@ -286,7 +293,11 @@ def _train(config: ExperimentConfig, out: Path, resolved: dict[str, Any], accumu
     )
     if resume_from:
         log.info("resuming from %s (step %d)", resume_from, done_steps)
-    trainer.fit(module, ckpt_path=str(resume_from) if resume_from else None, weights_only=True)
+    try:
+        trainer.fit(module, ckpt_path=str(resume_from) if resume_from else None, weights_only=True)
+    finally:
+        if module._loader is not None:
+            module._loader.close()
     if preemption.stopped_at is not None:
         where = "requeued" if slurm_job_id() else "run the same command again to resume"
         raise TrainingStopped(
