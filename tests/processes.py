@@ -41,6 +41,15 @@ PRELOAD = [
 ]
 _FORKSERVER = multiprocessing.get_context("forkserver")
 _FORKSERVER.set_forkserver_preload(PRELOAD)
+_SCRATCH: list[tempfile.TemporaryDirectory] = []
+
+
+def _output_folder(prefix: str) -> Path:
+    """A new folder for one launch's stdout / stderr files, inside one that is removed when this pytest
+    worker exits (made on first use: the forked processes import this module too)."""
+    if not _SCRATCH:
+        _SCRATCH.append(tempfile.TemporaryDirectory(prefix="vlmlab-test-processes-"))
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=_SCRATCH[0].name))
 
 
 def spawn(fn: Callable[..., None], args: tuple, nprocs: int = 2) -> None:
@@ -90,7 +99,7 @@ def run_script(
     script: str | Path, *args: str, env: dict[str, str], cwd: str | Path, timeout: float = 600
 ) -> subprocess.CompletedProcess:
     """`python SCRIPT ARGS` (its exit code, stdout and stderr) in a process forked from the preloaded one."""
-    folder = Path(tempfile.mkdtemp(prefix="vlmlab-script-"))
+    folder = _output_folder("script-")
     out, err = folder / "stdout", folder / "stderr"
     process = _FORKSERVER.Process(
         target=_script_main, args=(str(script), list(args), env, str(cwd), str(out), str(err))
@@ -171,7 +180,7 @@ class TrainRun:
 
 def start_train(argv: list[str], env: dict[str, str], cwd: str | Path, ranks: int = 1) -> TrainRun:
     """`vlmlab train ARGV` in `ranks` new processes (`env["MASTER_PORT"]` their rendezvous port)."""
-    folder = Path(tempfile.mkdtemp(prefix="vlmlab-run-"))
+    folder = _output_folder("run-")
     processes, paths = [], []
     run_id = uuid.uuid4().hex[:8]
     for rank in range(ranks):
