@@ -153,3 +153,125 @@ def test_tiling_keys_load():
         config.tiling == "anyres" and config.tile_grids == [[1, 2], [3, 1]] and config.max_image_tokens == 40
     )
     assert load_config(ModelConfig, [{}]).tile_grids == [list(grid) for grid in DEFAULT_TILE_GRIDS]
+
+
+# -- step 2: the data layer ---------------------------------------------------------------------------------
+def unit(tiles: torch.Tensor) -> torch.Tensor:
+    """A picklable stand-in for a tokenizer's normalisation."""
+    return tiles.float() / 255
+
+
+def tiled_encoder(tok, tile=32, tokens_per_tile=4, budget=None, max_length=512):
+    from data_helpers import IMAGE_ID
+
+    from vlmlab.data.encode import SampleEncoder
+    from vlmlab.data.tiling import ImageTiler
+
+    plan = TilingPlan(DEFAULT_TILE_GRIDS, tile, tokens_per_tile, budget)
+    return SampleEncoder(tok, None, tokens_per_tile, IMAGE_ID, max_length, tiler=ImageTiler(plan, unit))
+
+
+def two_image_sample(wide=(96, 32), tall=(20, 70)):
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in (wide, tall)]
+    return {
+        "id": "two",
+        "segments": [
+            {"type": "text", "text": "left"},
+            {"type": "image", "image": images[0]},
+            {"type": "text", "text": "right"},
+            {"type": "image", "image": images[1]},
+        ],
+        "response": "ok",
+    }
+
+
+def test_a_tiled_sample_has_hand_computed_placeholders_separators_and_tiles(tok):
+    from data_helpers import IMAGE_ID
+
+    encoder = tiled_encoder(tok)
+    newline = tok.encode("\n", add_special_tokens=False)
+    assert len(newline) == 1
+    sample = two_image_sample()
+    encoded = encoder.encode(sample)
+    # wide 96 x 32 on 32 px tiles -> 1x3 (4 tiles x 4 = 16 placeholders, 2 newlines);
+    # tall 20 x 70 -> 3x1 (4 x 4 = 16 placeholders, 4 newlines)
+    assert encoded["image_tiles"].tolist() == [4, 4]
+    assert encoded["pixel_values"].shape == (8, 3, 32, 32)
+    ids = encoded["input_ids"].tolist()
+    assert ids.count(IMAGE_ID) == 32
+    # the first image's span, token by token: thumbnail, \n, one row of three tiles, \n
+    start = ids.index(IMAGE_ID)
+    expected = [IMAGE_ID] * 4 + newline + [IMAGE_ID] * 12 + newline
+    assert ids[start : start + len(expected)] == expected
+    second = ids.index(IMAGE_ID, start + len(expected))
+    expected = [IMAGE_ID] * 4 + newline + ([IMAGE_ID] * 4 + newline) * 3
+    assert ids[second : second + len(expected)] == expected
+    # no image position or separator is scored
+    labels = encoded["labels"].tolist()
+    assert all(label == -100 for label in labels[start : second + len(expected)])
+    # the pixels are the thumbnail and tiles of each image, in placeholder order
+    first = tile_pixels(sample["segments"][1]["image"], (1, 3), 32)
+    assert torch.equal(encoded["pixel_values"][:4], first.float() / 255)
+    # planned without pixels: each image at the costliest grid (2x2: 5 x 4 + 3 = 23), an upper bound
+    text_only = {
+        **sample,
+        "segments": [{**s, "image": None} if s["type"] == "image" else s for s in sample["segments"]],
+    }
+    assert not encoder.exact_length
+    assert encoder.length(text_only) == len(ids) - (18 + 20) + 2 * 23
+
+
+def test_the_budget_gives_fewer_tiles_then_drops_the_sample(tok):
+    sample = two_image_sample()
+    # 2 images, budget 40: share 20 fits 1x3 (4 x 4 + 2 = 18) and 3x1 (20) only
+    encoded = tiled_encoder(tok, budget=40).encode(sample)
+    assert encoded["image_tiles"].tolist() == [4, 4]
+    # budget 30: share 15 fits 1x2 (3 x 4 + 2 = 14) and 2x1 (15): the wide image takes 1x2, the tall one 2x1
+    encoded = tiled_encoder(tok, budget=30).encode(sample)
+    assert encoded["image_tiles"].tolist() == [3, 3]
+    assert int((encoded["input_ids"] == 511).sum()) == 2 * 3 * 4  # IMAGE_ID: 3 tiles of 4 per image
+    # budget 20: share 10 fits no grid -> both thumbnails (4 + 1 each)
+    encoded = tiled_encoder(tok, budget=20).encode(sample)
+    assert encoded["image_tiles"].tolist() == [1, 1] and encoded["pixel_values"].shape[0] == 2
+    # budget 9: two thumbnails need 10 -> dropped and counted
+    encoder = tiled_encoder(tok, budget=9)
+    assert encoder.encode(sample) is None and encoder.num_dropped == 1
+
+
+def test_collation_carries_a_variable_number_of_tiles(tok):
+    from vlmlab.data.collate import collate_packed, collate_padded
+
+    encoder = tiled_encoder(tok)
+    one = encoder.encode(two_image_sample())
+    other = encoder.encode(two_image_sample(wide=(64, 64), tall=(40, 10)))
+    # 64 x 64 keeps all 4096 pixels only on the 2x2 canvas (64 x 64): 5; 40 x 10 keeps its 400 pixels on every
+    # canvas but 2x1 (256), and 1x2 (32 x 64) wastes the least: 3
+    assert other["image_tiles"].tolist() == [5, 3]
+    for batch in (collate_padded([one, other], 0), collate_packed([[one, other]], 512, 0)):
+        assert batch["image_tiles"].tolist() == [4, 4, 5, 3]
+        assert batch["pixel_values"].shape[0] == 16
+        assert torch.equal(batch["pixel_values"], torch.cat([one["pixel_values"], other["pixel_values"]]))
+
+
+def test_a_packed_tiled_stream_resumes_exactly(tok):
+    from data_helpers import IMAGE_ID, assert_batches_equal, mix
+
+    from vlmlab.data.stream import TrainStream, train_loader
+
+    encoder = tiled_encoder(tok, budget=60)
+
+    def stream():
+        return TrainStream(mix(), encoder, seed=5, micro_batch_size=2, packing=True)
+
+    loader = train_loader(stream(), keep=10)
+    straight = list(itertools.islice(loader, 6))
+    for batch in straight:
+        tiles = batch["image_tiles"]
+        assert batch["pixel_values"].shape[0] == int(tiles.sum())
+        # each image: (1 + tiles) x 4 placeholders
+        assert int((batch["input_ids"] == IMAGE_ID).sum()) == 4 * int(tiles.sum())
+    resumed_loader = train_loader(stream())
+    resumed_loader.restore(loader.state_after(3))
+    for a, b in zip(straight[3:], itertools.islice(resumed_loader, 3)):
+        assert_batches_equal(a, b)
