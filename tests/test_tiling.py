@@ -75,10 +75,6 @@ def test_thumbnail_only_is_one_tile():
     assert tile_pixels(image, THUMBNAIL_ONLY, 16).shape == (1, 3, 16, 16)
 
 
-# tokens per tile of each connector on clip-tiny (64 px, 16 px patches: a 4 x 4 grid), by hand:
-# mlp / linear keep 16, pixel_shuffle by 2 -> 16 / 4 = 4, perceiver / avgpool -> adapter_tokens,
-# and Cross-Attention puts one marker per tile in the sequence
-HAND_TOKENS_PER_TILE = {"mlp": 16, "linear": 16, "pixel_shuffle": 4, "perceiver": 8, "avgpool": 4, "xattn": 1}
 # (grid, tokens per tile) -> positions: (1 + rows * cols) * t + rows + 1, written out
 HAND_POSITIONS = {
     ((1, 2), 16): 3 * 16 + 2,  # 50
@@ -275,3 +271,119 @@ def test_a_packed_tiled_stream_resumes_exactly(tok):
     resumed_loader.restore(loader.state_after(3))
     for a, b in zip(straight[3:], itertools.islice(resumed_loader, 3)):
         assert_batches_equal(a, b)
+
+
+# -- step 3: the model --------------------------------------------------------------------------------------
+# every connector's positions per image on the 2x2 grid and thumbnail only, by hand: t per tile on clip-tiny
+# (64 px, 16 px patches: 4 x 4), (1 + 4) * t + 2 + 1 on 2x2, t + 1 alone
+HAND_TILED = {
+    "mlp": ({}, 16, 83, 17),
+    "linear": ({}, 16, 83, 17),
+    "embedding": ({"tokenizer": "titok-tiny"}, 16, 83, 17),  # titok-tiny's 16 token ids
+    "pixel_shuffle": ({"pixel_shuffle_ratio": 2}, 4, 23, 5),  # (4 / 2)^2
+    "perceiver": ({"adapter_tokens": 8}, 8, 43, 9),
+    "avgpool": ({"adapter_tokens": 4}, 4, 23, 5),
+}
+
+
+def test_every_registered_adapter_has_hand_computed_tiled_counts():
+    from vlmlab.models.adapters import ADAPTERS
+
+    assert set(HAND_TILED) == set(ADAPTERS.names())
+
+
+@pytest.mark.parametrize("fusion", ["joint_decoder", "cross_attention"])
+@pytest.mark.parametrize("adapter", list(HAND_TILED))
+def test_describe_reports_positions_per_image_by_hand(adapter, fusion):
+    from vlmlab.models.describe import build_on_meta, describe
+
+    settings, per_tile, two_by_two, thumbnail = HAND_TILED[adapter]
+    if fusion == "cross_attention":  # one marker per tile: 5 + 3 on 2x2, 1 + 1 alone
+        per_tile, two_by_two, thumbnail = 1, 8, 2
+    config = ModelConfig(adapter=adapter, fusion=fusion, tiling="anyres", max_image_tokens=200, **settings)
+    tiling = describe(build_on_meta(config))["tiling"]
+    assert tiling["positions_per_tile"] == per_tile
+    assert tiling["positions_per_image"]["2x2"] == two_by_two and tiling["thumbnail_only"] == thumbnail
+    assert tiling["max_image_tokens"] == 200
+
+
+def test_vlmlab_describe_prints_the_tiling(capsys):
+    from vlmlab.cli import main
+
+    assert main(["describe", "model/tiny", "model.tiling=anyres", "model.max_image_tokens=100"]) == 0
+    out = capsys.readouterr().out
+    assert "tiling anyres (64 px tiles)" in out
+    assert "2x2 tiles (canvas 128 wide x 128 high): 83 positions per image" in out
+    assert "thumbnail only: 17 positions; budget: 100 positions per sample" in out
+
+
+def test_a_budget_below_the_connectors_thumbnail_stops_the_build():
+    from vlmlab.models.describe import build_on_meta
+
+    with pytest.raises(ConfigError, match=r"max_image_tokens=10 cannot hold .*16 tokens \+ 1 separator = 17"):
+        build_on_meta(ModelConfig(tiling="anyres", max_image_tokens=10))
+
+
+def tiled_model(fusion, **model):
+    from vlmlab.config import ExperimentConfig
+    from vlmlab.models.vlm import build_vlm
+    from vlmlab.runs.load import text_side
+
+    config = load_config(
+        ExperimentConfig,
+        [{"model": {"random_tokenizer": True, "fusion": fusion, "tiling": "anyres", **model}}],
+    )
+    torch.manual_seed(0)
+    vlm = build_vlm(config.model)
+    if fusion == "cross_attention":  # its gates start closed (no gradient reaches the images): open them
+        for layer in vlm.fusion.cross_attn_layers:
+            layer.attn_gate.data.fill_(0.5)
+            layer.mlp_gate.data.fill_(0.5)
+    return vlm, text_side(config, vlm)[1]
+
+
+@pytest.mark.parametrize("fusion", ["joint_decoder", "mot", "cross_attention"])
+def test_tiled_samples_train_with_every_fusion(fusion):
+    """A packed row of two samples, three images on three different grids, through the run's own encoder."""
+    from vlmlab.data.collate import collate_packed
+
+    vlm, encoder = tiled_model(fusion, adapter="pixel_shuffle")
+    one = encoder.encode(two_image_sample(wide=(192, 64), tall=(60, 200)))  # 1x3, 3x1: 4 + 4 tiles
+    rng = np.random.default_rng(1)
+    square = Image.fromarray(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8))  # 2x2: 5 tiles
+    other = encoder.encode({"id": "sq", "segments": [{"type": "image", "image": square}], "response": "sq"})
+    batch = collate_packed([[one, other]], encoder.max_length, encoder.pad_id)
+    assert batch["image_tiles"].tolist() == [4, 4, 5]
+    assert batch["pixel_values"].shape == (13, 3, 64, 64)
+    per_tile = 1 if fusion == "cross_attention" else 4  # pixel shuffle by 2 on a 4 x 4 grid
+    assert int((batch["input_ids"] == vlm.image_token_id).sum()) == 13 * per_tile
+    vlm.train()
+    optimizer = torch.optim.AdamW([p for p in vlm.parameters() if p.requires_grad], lr=1e-3, weight_decay=0)
+    losses = []
+    for step in range(2):
+        optimizer.zero_grad()
+        keys = ("input_ids", "labels", "segment_ids", "position_ids", "pixel_values")
+        loss = vlm(**{k: batch[k] for k in keys}).loss
+        loss.backward()
+        if step == 0:  # the tiles reach the connector
+            assert all(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in vlm.adapter.parameters())
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0], losses
+
+
+@pytest.mark.parametrize("fusion", ["joint_decoder", "mot", "cross_attention"])
+def test_tiled_prompts_generate_the_same_with_and_without_the_cache(fusion):
+    from vlmlab.data.validation import collate_prompts
+    from vlmlab.models.generation import greedy_generate
+
+    vlm, encoder = tiled_model(fusion)
+    prompts = [
+        encoder.encode_prompt(two_image_sample(wide=(192, 64), tall=(60, 200))),  # 1x3, 3x1 on 64 px tiles
+        encoder.encode_prompt(two_image_sample(wide=(128, 128), tall=(60, 200))),  # 2x2, 3x1
+    ]
+    batch = collate_prompts(prompts, encoder.pad_id)
+    assert batch["image_tiles"].tolist() == [4, 4, 5, 4]
+    args = (vlm.eval(), batch["input_ids"], batch["segment_ids"], batch["pixel_values"], 4, [encoder.im_end])
+    with torch.no_grad():
+        assert greedy_generate(*args, use_cache=True) == greedy_generate(*args, use_cache=False)

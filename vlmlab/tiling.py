@@ -146,7 +146,7 @@ class TilingPlan:
     def describe(self) -> list[str]:
         """One line per grid: its canvas and its cost (for `vlmlab describe`)."""
         lines = [
-            f"{rows}x{cols} tiles ({rows * self.tile_size}x{cols * self.tile_size} px): "
+            f"{rows}x{cols} tiles (canvas {cols * self.tile_size} wide x {rows * self.tile_size} high): "
             f"{self.cost((rows, cols))} positions per image"
             for rows, cols in self.grids
         ]
