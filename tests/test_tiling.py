@@ -387,3 +387,128 @@ def test_tiled_prompts_generate_the_same_with_and_without_the_cache(fusion):
     args = (vlm.eval(), batch["input_ids"], batch["segment_ids"], batch["pixel_values"], 4, [encoder.im_end])
     with torch.no_grad():
         assert greedy_generate(*args, use_cache=True) == greedy_generate(*args, use_cache=False)
+
+
+# -- step 4: export, exact resume, FSDP ----------------------------------------------------------------------
+@pytest.mark.parametrize("fmt", ["llava", "remote-code", "auto"])
+def test_export_refuses_tiling_in_one_line(tmp_path, capsys, fmt):
+    from test_export import checkpoint
+
+    from vlmlab.cli import main
+
+    source = checkpoint(tmp_path, "ckpt", tiling="anyres")
+    assert main(["export", str(source), "--out", str(tmp_path / "out"), "--format", fmt]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "model.tiling=anyres" in err and f"--format {fmt}" in err and "no export format" in err
+    assert not (tmp_path / "out").exists()
+
+
+TILED_RUN = {
+    "model.tiling": "anyres",
+    "model.adapter": "pixel_shuffle",  # 4 tokens per tile: a 2x2 image in 23 positions fits max_length 96
+    "model.max_image_tokens": 40,
+}
+
+
+@pytest.mark.slow(seconds=30)
+def test_a_tiled_run_resumes_exactly_after_a_kill(tmp_path):
+    """SIGKILL after step 3 (checkpoint at 2): the resumed run's weights equal an uninterrupted run's."""
+    import signal
+
+    from safetensors.torch import load_file
+    from test_training import cli, run_cli, write_config
+
+    steps = dict(
+        max_steps=4,
+        checkpoint_every_n_steps=2,
+        deterministic=True,
+        val_every_n_steps=None,
+        global_batch_size=4,
+    )
+    overrides = [*(f"{key}={value}" for key, value in TILED_RUN.items()), "data.val_samples=1"]
+    code, error = cli(str(write_config(tmp_path, "straight", **steps)), *overrides)
+    assert code == 0, error
+    victim_config = write_config(tmp_path, "victim", **steps)
+    victim = run_cli(str(victim_config), *overrides, fault="step:3")
+    assert victim.wait(timeout=300) == -signal.SIGKILL
+    killed = torch.load(
+        tmp_path / "victim" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+    )
+    assert killed["global_step"] == 2
+    code, error = cli(str(victim_config), *overrides)
+    assert code == 0, error
+    a = load_file(str(tmp_path / "straight" / "final" / "weights.safetensors"))
+    b = load_file(str(tmp_path / "victim" / "final" / "weights.safetensors"))
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def tiled_rows(encoder) -> list[dict]:
+    """Two samples with the same text (so each holds the same number of scored tokens) and images on
+    different grids: one row per rank."""
+    return [
+        encoder.encode(two_image_sample(wide=(192, 64), tall=(60, 200))),  # 4 + 4 tiles
+        encoder.encode(two_image_sample(wide=(128, 128), tall=(70, 20))),  # 5 + 3 tiles
+    ]
+
+
+def fsdp_steps(vlm, batch, steps=2) -> list[float]:
+    keys = ("input_ids", "labels", "segment_ids", "position_ids", "pixel_values")
+    params = [p for p in vlm.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.1, foreach=False)
+    losses = []
+    for _ in range(steps):
+        loss = vlm(**{k: batch[k] for k in keys}, return_logits=False).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def _fsdp_worker(rank: int, port: int, out: str) -> None:
+    import os
+
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from vlmlab.data.collate import collate_padded
+    from vlmlab.train.sharding import shard_model
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    vlm, encoder = tiled_model("joint_decoder", adapter="pixel_shuffle")
+    shard_model(vlm, init_device_mesh("cpu", (2,)))
+    rows = tiled_rows(encoder)  # each rank its own row: a different number of tiles per rank
+    losses = torch.tensor(fsdp_steps(vlm.train(), collate_padded([rows[rank]], encoder.pad_id)))
+    dist.all_reduce(losses)
+    state = get_model_state_dict(vlm, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if rank == 0:
+        torch.save({"losses": (losses / 2).tolist(), "state": state}, out)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_tiled_rows_shard_under_fsdp_like_one_process(tmp_path):
+    from ports import unused_port
+    from processes import spawn
+
+    from vlmlab.data.collate import collate_padded
+
+    out = tmp_path / "sharded.pt"
+    spawn(_fsdp_worker, (unused_port(), str(out)))
+    sharded = torch.load(out, weights_only=True)
+    vlm, encoder = tiled_model("joint_decoder", adapter="pixel_shuffle")
+    rows = tiled_rows(encoder)
+    assert [row["image_tiles"].tolist() for row in rows] == [[4, 4], [5, 3]]
+    assert int((rows[0]["labels"] != -100).sum()) == int((rows[1]["labels"] != -100).sum())
+    losses = fsdp_steps(vlm.train(), collate_padded(rows, encoder.pad_id))
+    assert sharded["losses"] == pytest.approx(losses, rel=1e-4, abs=1e-5)
+    reference = vlm.state_dict()
+    assert sharded["state"].keys() == reference.keys()
+    for name, value in reference.items():
+        torch.testing.assert_close(sharded["state"][name], value, rtol=1e-4, atol=1e-4, msg=name)
