@@ -512,3 +512,22 @@ def test_tiled_rows_shard_under_fsdp_like_one_process(tmp_path):
     assert sharded["state"].keys() == reference.keys()
     for name, value in reference.items():
         torch.testing.assert_close(sharded["state"][name], value, rtol=1e-4, atol=1e-4, msg=name)
+
+
+def test_tiling_settings_change_run_ids_only_when_images_are_tiled():
+    from vlmlab.config import ExperimentConfig, to_dict
+    from vlmlab.sweep.expand import run_id
+
+    def ids(**model) -> str:
+        config = to_dict(ExperimentConfig())
+        config["model"].update(model)
+        return run_id(1, config, [], {})
+
+    before = to_dict(ExperimentConfig())  # a config resolved before the tiling keys existed
+    for key in ("tiling", "tile_grids", "max_image_tokens"):
+        del before["model"][key]
+    assert run_id(1, before, [], {}) == ids()
+    assert ids(tile_grids=[[2, 2]], max_image_tokens=100) == ids()  # untiled: neither is used
+    assert ids(tiling="anyres") != ids()
+    assert ids(tiling="anyres", tile_grids=[[2, 2]]) != ids(tiling="anyres")
+    assert ids(tiling="anyres", max_image_tokens=100) != ids(tiling="anyres")
