@@ -343,8 +343,9 @@ def tiled_model(fusion, **model):
 
 
 @pytest.mark.parametrize("fusion", ["joint_decoder", "mot", "cross_attention"])
-def test_tiled_samples_train_with_every_fusion(fusion):
-    """A packed row of two samples, three images on three different grids, through the run's own encoder."""
+def test_tiled_samples_train_and_generate_with_every_fusion(fusion):
+    """A packed row of two samples, three images on three different grids, through the run's own encoder;
+    then tiled prompts generate."""
     from vlmlab.data.collate import collate_packed
 
     vlm, encoder = tiled_model(fusion, adapter="pixel_shuffle")
@@ -370,21 +371,21 @@ def test_tiled_samples_train_with_every_fusion(fusion):
         optimizer.step()
         losses.append(loss.item())
     assert all(np.isfinite(losses)) and losses[-1] < losses[0], losses
-
-
-@pytest.mark.parametrize("fusion", ["joint_decoder", "mot", "cross_attention"])
-def test_tiled_prompts_generate_the_same_with_and_without_the_cache(fusion):
+    # generation (validation's path): left-padded tiled prompts, the same with and without the KV cache
     from vlmlab.data.validation import collate_prompts
     from vlmlab.models.generation import greedy_generate
 
-    vlm, encoder = tiled_model(fusion)
-    prompts = [
-        encoder.encode_prompt(two_image_sample(wide=(192, 64), tall=(60, 200))),  # 1x3, 3x1 on 64 px tiles
-        encoder.encode_prompt(two_image_sample(wide=(128, 128), tall=(60, 200))),  # 2x2, 3x1
-    ]
-    batch = collate_prompts(prompts, encoder.pad_id)
-    assert batch["image_tiles"].tolist() == [4, 4, 5, 4]
-    args = (vlm.eval(), batch["input_ids"], batch["segment_ids"], batch["pixel_values"], 4, [encoder.im_end])
+    prompts = [two_image_sample(wide=(128, 128)), two_image_sample(wide=(192, 64), tall=(60, 200))]
+    prompts = collate_prompts([encoder.encode_prompt(sample) for sample in prompts], encoder.pad_id)
+    assert prompts["image_tiles"].tolist() == [5, 3, 4, 4]  # 128 x 128: 2x2; 20 x 70: 2x1 on 64 px tiles
+    args = (
+        vlm.eval(),
+        prompts["input_ids"],
+        prompts["segment_ids"],
+        prompts["pixel_values"],
+        4,
+        [encoder.im_end],
+    )
     with torch.no_grad():
         assert greedy_generate(*args, use_cache=True) == greedy_generate(*args, use_cache=False)
 
