@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vlmlab import presets
 from vlmlab.errors import ConfigError, closest, unknown_choice
+from vlmlab.tiling import DEFAULT_TILE_GRIDS, TILING_MODES, check_grids
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,13 @@ class ModelConfig:
     # pixel_shuffle: each ratio x ratio block of patches becomes one token ratio^2 times wider, so an image
     # costs ratio^2 times fewer tokens (the patch grid's side must divide by it); not used by the others
     pixel_shuffle_ratio: int = 2
+    # AnyRes tiling (LLaVA-NeXT; vlmlab/tiling.py): none | anyres. anyres: each image becomes a thumbnail and
+    # the tiles of the grid among `tile_grids` ([rows, cols], tiles of the tokenizer's input size) that keeps
+    # the most of its pixels, separated by newline tokens; `max_image_tokens` caps the sequence positions a
+    # sample's images take (split evenly among them; fewer tiles, else thumbnails only; null = no cap)
+    tiling: str = "none"
+    tile_grids: list[list[int]] = field(default_factory=lambda: [list(grid) for grid in DEFAULT_TILE_GRIDS])
+    max_image_tokens: int | None = None
     attn_implementation: str = "sdpa"  # eager | sdpa | flash_attention_2
     gradient_checkpointing: bool = False
     # An open-weight VLM (Hugging Face image-text-to-text model: local folder or hub id) trained and evaluated
@@ -98,6 +106,24 @@ class ModelConfig:
                 CROSS_ATTENTION_LAYOUTS,
             )
         self._check_adapter()
+        self._check_tiling()
+
+    def _check_tiling(self) -> None:
+        """The tiling settings; the budget against the tokenizer's real token count is checked again when
+        the model is built (vlmlab.models.vlm), this is what the config alone tells."""
+        if self.tiling not in TILING_MODES:
+            raise unknown_choice("tiling (model.tiling)", self.tiling, TILING_MODES)
+        check_grids(self.tile_grids)
+        if self.max_image_tokens is None:
+            return
+        # a thumbnail costs its tile's tokens and a separator: at least 2, or adapter_tokens + 1 where the
+        # connector sets the count
+        least = (self.adapter_tokens if self.adapter in TOKEN_COUNT_ADAPTERS else 1) + 1
+        if self.max_image_tokens < least:
+            raise ConfigError(
+                f"model.max_image_tokens={self.max_image_tokens} cannot hold even one image's thumbnail "
+                f"(at least {least} positions); valid: {least} or more, or null for no budget."
+            )
 
     def _check_adapter(self) -> None:
         """The connector's settings; what depends on the tokenizer's patch grid is checked when the model is

@@ -45,10 +45,23 @@ def _positions(segment_ids: torch.Tensor) -> torch.Tensor:
     return index - start_index
 
 
+def image_tiles(encoded: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """`{"image_tiles": [N images]}` (each image's thumbnail + tiles, in pixel order) when the samples are
+    tiled, else nothing."""
+    if not encoded or "image_tiles" not in encoded[0]:
+        return {}
+    return {"image_tiles": torch.cat([e["image_tiles"] for e in encoded])}
+
+
 def _batch(
-    input_ids: torch.Tensor, labels: torch.Tensor, segment_ids: torch.Tensor, pixels: torch.Tensor
+    input_ids: torch.Tensor,
+    labels: torch.Tensor,
+    segment_ids: torch.Tensor,
+    pixels: torch.Tensor,
+    tiles: dict[str, torch.Tensor] | None = None,
 ) -> dict:
     return {
+        **(tiles or {}),
         "input_ids": input_ids,
         "labels": labels,
         "segment_ids": segment_ids,
@@ -72,7 +85,7 @@ def collate_padded(encoded: Sequence[dict[str, Any]], pad_id: int) -> dict[str, 
         labels[row, :n] = sample["labels"]
         labels[row, 0] = IGNORE_INDEX
         segment_ids[row, :n] = 0
-    return _batch(input_ids, labels, segment_ids, _pixels(encoded))
+    return _batch(input_ids, labels, segment_ids, _pixels(encoded), image_tiles(encoded))
 
 
 class RowPacker(Generic[T]):
@@ -187,7 +200,8 @@ def collate_packed(rows: Sequence[Sequence[dict[str, Any]]], max_length: int, pa
             labels[row, start] = IGNORE_INDEX  # nothing is predicted across a sample boundary
             segment_ids[row, start : start + n] = segment
             start += n
-    return _batch(input_ids, labels, segment_ids, _pixels([s for samples in rows for s in samples]))
+    flat = [s for samples in rows for s in samples]
+    return _batch(input_ids, labels, segment_ids, _pixels(flat), image_tiles(flat))
 
 
 def real_token_fraction(batch: dict[str, Any]) -> float:

@@ -12,6 +12,15 @@ place, separately from the fixed role headers, so every answer's token span is k
 being recovered from character offsets. Labels equal the input ids on every assistant turn and its closing
 `<|im_end|>` (the model must learn to stop) and are -100 everywhere else.
 
+With AnyRes tiling (an `ImageTiler`, vlmlab/data/tiling.py; the rule: vlmlab/tiling.py) an image segment
+becomes its thumbnail's and tiles' placeholders, `tokens_per_image` per tile (the connector's count, one
+marker in Cross-Attention), with the text tokenizer's newline token after the thumbnail and after each row of
+tiles (so the vocabulary is unchanged), and its thumbnail + tiles go to `pixel_values` as separate
+tokenizer inputs; `image_tiles` [n_images] holds each image's count (1 + rows * cols). The grid depends on
+the image's size: a sample tokenized without its pixels is planned with the costliest grid its budget
+allows (`exact_length` is False: the encoded sample is at most that long), and a sample whose images
+cannot fit the budget even as thumbnails is dropped and counted in `num_dropped`.
+
 Too-long samples lose user / system *text* from the left (the oldest context goes first; images and
 answers are never cut); when even that cannot fit the sample is dropped and counted in
 `num_dropped`, because a truncated answer would teach the model wrong text.
@@ -27,7 +36,9 @@ from PIL import Image
 
 from vlmlab.data.samples import turns_of
 from vlmlab.data.text_tokenizer import IM_END, IM_START
+from vlmlab.data.tiling import ImageTiler
 from vlmlab.errors import ConfigError
+from vlmlab.tiling import THUMBNAIL_ONLY
 
 IGNORE_INDEX = -100
 ImageTransform = Callable[[Image.Image], torch.Tensor]
@@ -36,6 +47,9 @@ ImageTransform = Callable[[Image.Image], torch.Tensor]
 class Encoder:
     """What the stream, validation and evaluation use of an encoder, in terms of the two methods every
     encoder implements: `tokenize` (token level, images may be None) and `finish` (tensors)."""
+
+    # whether `length()` (no pixels) is exactly the encoded length; False: an upper bound (tiled images)
+    exact_length = True
 
     def tokenize(
         self, sample: dict[str, Any], *, with_response: bool = True, max_length: int | None = None
@@ -85,7 +99,9 @@ class SampleEncoder(Encoder):
         tokens_per_image: int,
         image_token_id: int,
         max_length: int,
+        tiler: ImageTiler | None = None,
     ) -> None:
+        """`tokens_per_image`: placeholders per image, or per tile when `tiler` tiles the images."""
         if tokens_per_image < 1:
             raise ConfigError(f"tokens_per_image must be >= 1, got {tokens_per_image}.")
         if max_length < 8:
@@ -105,6 +121,16 @@ class SampleEncoder(Encoder):
                 )
         self.im_start, self.im_end = vocab[IM_START], vocab[IM_END]
         self._roles: dict[str, list[int]] = {}
+        self.tiler = tiler
+        self.exact_length = tiler is None
+        if tiler is not None:
+            newline = self.text_ids("\n")
+            if len(newline) != 1:
+                raise ConfigError(
+                    f"The text tokenizer splits a newline into {len(newline)} tokens; AnyRes "
+                    "tiling separates tile rows with one newline token."
+                )
+            self.separator_id = newline[0]
 
     @property
     def pad_id(self) -> int:
@@ -138,6 +164,11 @@ class SampleEncoder(Encoder):
         # "image" (never cut), "answer" (an assistant turn: scored, never cut)
         blocks: list[tuple[list[int], str]] = []
         images: list[Image.Image | None] = []
+        grids: list[tuple[int, int] | None] = []  # tiled: each image's grid (None: planned without pixels)
+        num_images = sum(segment["type"] == "image" for _, segments in turns for segment in segments)
+        if self.tiler is not None and not self.tiler.plan.fits(num_images):
+            self.num_dropped += 1  # even thumbnails exceed model.max_image_tokens
+            return None
         for number, (role, segments) in enumerate(turns):
             if number:  # close the previous turn (an answer block already holds its own <|im_end|>)
                 closing = [] if turns[number - 1][0] == "assistant" else [self.im_end]
@@ -155,8 +186,14 @@ class SampleEncoder(Encoder):
                 if pending_text:
                     blocks.append((self.text_ids(pending_text), "text"))
                     pending_text = ""
-                blocks.append(([self.image_token_id] * self.tokens_per_image, "image"))
-                images.append(segment.get("image"))
+                image = segment.get("image")
+                if self.tiler is None:
+                    blocks.append(([self.image_token_id] * self.tokens_per_image, "image"))
+                else:
+                    grid = None if image is None else self.tiler.plan.grid_for(*image.size, num_images)
+                    grids.append(grid)
+                    blocks.append((self._tiled_ids(grid, num_images), "image"))
+                images.append(image)
             if pending_text:
                 blocks.append((self.text_ids(pending_text), "text"))
         if not with_response:
@@ -178,7 +215,23 @@ class SampleEncoder(Encoder):
             return None
         input_ids = [token for ids, _ in blocks for token in ids]
         labels = [t if kind == "answer" else IGNORE_INDEX for ids, kind in blocks for t in ids]
-        return {"input_ids": input_ids, "labels": labels, "images": images}
+        tokens = {"input_ids": input_ids, "labels": labels, "images": images}
+        if self.tiler is not None:
+            tokens["grids"] = grids
+        return tokens
+
+    def _tiled_ids(self, grid: tuple[int, int] | None, num_images: int) -> list[int]:
+        """Thumbnail, newline, then each row of tiles and a newline; an unknown grid (no pixels yet) is
+        planned as the costliest one the budget allows, the most the image can take."""
+        plan = self.tiler.plan
+        if grid is None:
+            grid = max(plan.allowed_grids(num_images), key=plan.cost, default=THUMBNAIL_ONLY)
+        rows, cols = grid
+        tile = [self.image_token_id] * self.tokens_per_image
+        ids = [*tile, self.separator_id]
+        for _ in range(rows):
+            ids += [*(tile * cols), self.separator_id]
+        return ids
 
     def _role_ids(self, role: str) -> list[int]:
         if role not in self._roles:
@@ -204,6 +257,8 @@ class SampleEncoder(Encoder):
         return torch.stack(tensors)
 
     def _empty_shape(self) -> tuple[int, ...]:
+        if self.tiler is not None:
+            return (3, self.tiler.plan.tile_size, self.tiler.plan.tile_size)
         if self._image_shape is None:
             if self.image_transform is None:
                 return (3, 0, 0)
@@ -217,10 +272,30 @@ class SampleEncoder(Encoder):
         images = tokens["images"] if images is None else images
         if len(images) != len(tokens["images"]):
             raise ConfigError(f"expected {len(tokens['images'])} images for this sample, got {len(images)}.")
+        if self.tiler is not None:
+            return self._finish_tiled(tokens, images)
         return {
             "input_ids": torch.tensor(tokens["input_ids"], dtype=torch.long),
             "labels": torch.tensor(tokens["labels"], dtype=torch.long),
             "pixel_values": self.pixels(images),
+        }
+
+    def _finish_tiled(self, tokens: dict[str, Any], images: list[Image.Image]) -> dict[str, torch.Tensor]:
+        tiles = []
+        for image, grid in zip(images, tokens["grids"], strict=True):
+            if image is None or grid is None:
+                # the token layout was planned for the costliest grid: tokenize again with the pixels loaded
+                raise ConfigError(
+                    "A tiled image needs its pixels when the sample is tokenized, not only after."
+                )
+            tiles.append(self.tiler.pixels(image, grid))
+        return {
+            "input_ids": torch.tensor(tokens["input_ids"], dtype=torch.long),
+            "labels": torch.tensor(tokens["labels"], dtype=torch.long),
+            "pixel_values": torch.cat(tiles) if tiles else torch.zeros((0, *self._empty_shape())),
+            "image_tiles": torch.tensor(
+                [1 + rows * cols for rows, cols in tokens["grids"]], dtype=torch.long
+            ),
         }
 
 

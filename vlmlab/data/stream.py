@@ -282,7 +282,14 @@ class _Reader:
             if self.drops[choice] >= _MAX_CONSECUTIVE_DROPS:
                 raise ConfigError(
                     f"Source {source.name!r}: {self.drops[choice]} samples in a row are longer than "
-                    f"max_length={self.stream.encoder.max_length} even after truncating their prompt text."
+                    f"max_length={self.stream.encoder.max_length} even after truncating their prompt text"
+                    + (
+                        ""
+                        if self.stream.encoder.exact_length
+                        else ", or hold more images than the tiling "
+                        "budget (model.max_image_tokens) fits as thumbnails"
+                    )
+                    + "."
                 )
             return None
         self.drops[choice] = 0
@@ -325,7 +332,11 @@ class _Reader:
                     if tokens is None:
                         self.health.drop(source.name)
                         continue
-                elif tokens is None or len(tokens["input_ids"]) != length:
+                elif tokens is None or (
+                    len(tokens["input_ids"]) != length
+                    if encoder.exact_length
+                    else len(tokens["input_ids"]) > length  # tiled images: planned at their costliest grid
+                ):
                     raise RuntimeError(
                         f"source {source.name!r} sample {source.key(record)!r} encodes differently with and "
                         "without its images; the stream would not be reproducible."

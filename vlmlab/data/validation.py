@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from vlmlab.config import DataSourceConfig
+from vlmlab.data.collate import image_tiles
 from vlmlab.data.encode import SampleEncoder
 from vlmlab.data.samples import synthetic_to_sample
 from vlmlab.data.sources import open_source, source_name
@@ -109,6 +110,7 @@ def collate_prompts(items: Sequence[dict[str, Any]], pad_id: int) -> dict[str, t
         "segment_ids": segment_ids,
         "position_ids": position_ids,
         "pixel_values": pixel_values,
+        **image_tiles(items),  # tiled prompts: each image's thumbnail + tiles
     }
 
 

@@ -726,6 +726,14 @@ def export_run(
     from vlmlab.runs.load import text_side
 
     config, model, checkpoint, chain = load_for_export(run_or_checkpoint)
+    if model.config.tiling != "none":
+        # LLaVA-NeXT's processor and model carry their own tiling (unpadded feature map, a learned
+        # image_newline), not vlmlab's (whole tiles, newline text tokens), and the remote-code processor
+        # gives one tokenizer input per image
+        raise ConfigError(
+            f"{str(run_or_checkpoint)!r} tiles its images (model.tiling={model.config.tiling}); no export "
+            f"format expresses vlmlab's tiling yet (requested --format {format}): evaluate it in vlmlab."
+        )
     tokenizer, _ = text_side(config, model)
     plan, why = _choose(model, format, Path(run_or_checkpoint))
     record: dict[str, Any] = {

@@ -68,6 +68,22 @@ def describe(model: VisionLanguageModel, context_length: int = 2048) -> dict[str
         "adapter_flops_per_image_token": int(adapter_per_image / tokens),
         "forward_flops_per_text_token": int(text),
         "forward_flops_per_image_token": int(image),
+        "tiling": _tiling(model),
+    }
+
+
+def _tiling(model: VisionLanguageModel) -> dict[str, Any] | None:
+    """Sequence positions one image takes on each AnyRes grid (thumbnail, tiles, newline separators)."""
+    plan = model.tiling_plan
+    if plan is None:
+        return None
+    return {
+        "tile_size": plan.tile_size,
+        "positions_per_tile": plan.tokens_per_tile,
+        "positions_per_image": {f"{rows}x{cols}": plan.cost((rows, cols)) for rows, cols in plan.grids},
+        "thumbnail_only": plan.thumbnail_positions,
+        "max_image_tokens": plan.max_image_tokens,
+        "lines": plan.describe(),
     }
 
 
@@ -86,4 +102,8 @@ def format_description(info: dict[str, Any]) -> str:
         f"{info['forward_flops_per_text_token'] / 1e9:.3f} GFLOP",
         f"forward FLOPs per image token: {info['forward_flops_per_image_token'] / 1e9:.3f} GFLOP",
     ]
+    tiling = info.get("tiling")
+    if tiling:
+        lines += ["", f"tiling anyres ({tiling['tile_size']} px tiles), sequence positions per image:"]
+        lines += [f"  {line}" for line in tiling["lines"]]
     return "\n".join(lines)

@@ -29,6 +29,7 @@ from vlmlab.models.fusion import FUSIONS, FusionContext
 from vlmlab.models.fusion.context import attention_masking, positions_from_segments
 from vlmlab.models.fusion.cross_attention import image_bank_and_mask
 from vlmlab.models.tokenizers import ImageTokenizer, build_tokenizer, load_tokenizer_spec
+from vlmlab.tiling import TilingPlan
 
 # Named parameter groups: what training freezes and gives learning rates to (paper, Appendix D).
 PARAMETER_GROUPS = ("image_tokenizer", "adapter", "language_model", "cross_attention", "mot_image")
@@ -100,6 +101,19 @@ class VisionLanguageModel(nn.Module):
         """Placeholder positions one image takes in `input_ids`: its adapter's tokens in Joint-Decoder and
         MoT, one marker in Cross-Attention (which reads the adapter's tokens from its image bank)."""
         return self.features_per_image if self.fusion.images_in_sequence else 1
+
+    @property
+    def tiling_plan(self) -> TilingPlan | None:
+        """AnyRes tiling (model.tiling; None: one tokenizer input per image): tiles of the tokenizer's input
+        size, each taking `tokens_per_image` placeholder positions (the connector's count, or one marker)."""
+        if self.config.tiling == "none":
+            return None
+        return TilingPlan(
+            tuple(tuple(grid) for grid in self.config.tile_grids),
+            self.image_tokenizer.spec.image_size,
+            self.tokens_per_image,
+            self.config.max_image_tokens,
+        )
 
     def parameter_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
         groups: dict[str, list[tuple[str, nn.Parameter]]] = {name: [] for name in PARAMETER_GROUPS}
@@ -295,4 +309,6 @@ def build_vlm(config: ModelConfig | dict | None = None, **overrides: object) -> 
         cross_attention_every=config.cross_attention_every,
         cross_attention_layout=config.cross_attention_layout,
     )
-    return VisionLanguageModel(config, backbone_spec, lm, tokenizer, adapter, fusion)
+    model = VisionLanguageModel(config, backbone_spec, lm, tokenizer, adapter, fusion)
+    model.tiling_plan  # noqa: B018 -- the budget against the connector's real count: one line, before training
+    return model

@@ -12,10 +12,12 @@ from vlmlab.data.chat_encode import ChatEncoder
 from vlmlab.data.encode import SampleEncoder
 from vlmlab.data.synthetic.generate import DEFAULT_IMAGE_SIZE
 from vlmlab.data.text_tokenizer import load_text_tokenizer
+from vlmlab.data.tiling import ImageTiler
 from vlmlab.errors import ConfigError
 from vlmlab.models.checkpoint import load_stage_checkpoint
 from vlmlab.models.open_weight import OpenWeightVLM, load_open_weight
 from vlmlab.models.tokenizers import build_image_transform
+from vlmlab.models.tokenizers.preprocess import build_tile_transform
 from vlmlab.models.vlm import VisionLanguageModel, build_vlm
 
 
@@ -39,12 +41,16 @@ def text_side(
         return model.tokenizer, encoder
     spec = model.backbone_spec
     tokenizer = load_text_tokenizer(config.data.text_tokenizer, spec.vocab_size, spec.image_token_id)
+    plan, image_spec = model.tiling_plan, model.image_tokenizer.spec
+    # tiled: tokens_per_image counts one tile's placeholders, and the tiler cuts and normalises the tiles
+    tiler = None if plan is None else ImageTiler(plan, build_tile_transform(image_spec), image_spec.interpolation)
     encoder = SampleEncoder(
         tokenizer,
         build_image_transform(model.image_tokenizer.spec),
         tokens_per_image=model.tokens_per_image,
         image_token_id=spec.image_token_id,
         max_length=max_length or config.data.max_length,
+        tiler=tiler,
     )
     return tokenizer, encoder
 

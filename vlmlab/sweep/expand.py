@@ -95,7 +95,7 @@ def identity_view(stage: int, config: dict[str, Any], has_parent: bool) -> dict[
     Keys added after runs were hashed (`model.cross_attention_layout`, the open-weight and training-method
     keys, the `rl` section outside GRPO runs) are dropped while they hold their defaults, so those runs keep
     their ids; the connector settings (`model.adapter_tokens`, `model.pixel_shuffle_ratio`) are dropped
-    unless the adapter uses them.
+    unless the adapter uses them; the tiling keys unless images are tiled.
     """
     view = copy.deepcopy(config)
     drop = list(EXECUTION_KEYS)
@@ -116,6 +116,10 @@ def identity_view(stage: int, config: dict[str, Any], has_parent: bool) -> dict[
         drop.append("model.adapter_tokens")
     if adapter != "pixel_shuffle":
         drop.append("model.pixel_shuffle_ratio")
+    # tiling came after runs were hashed too: untiled runs keep their ids, and the grids and budget only
+    # count where images are tiled
+    if view["model"].get("tiling", "none") == "none":
+        drop += ["model.tiling", "model.tile_grids", "model.max_image_tokens"]
     for key, default in _LATER_KEYS.items():
         if _get(view, key) == default:
             drop.append(key)

@@ -61,3 +61,11 @@ def build_image_transform(spec: TokenizerSpec) -> Callable[[Image.Image], torch.
     )
     # for mean = std = 0.5 this is bit-for-bit VAR's x * 2 - 1: both round the same exact value 2x - 1
     return T.Compose([*framing, T.Normalize(mean=list(spec.mean), std=list(spec.std))])
+
+
+def build_tile_transform(spec: TokenizerSpec) -> Callable[[torch.Tensor], torch.Tensor]:
+    """AnyRes tiles (uint8 `[n, 3, image_size, image_size]`, already cut to size by vlmlab/data/tiling.py)
+    -> [0, 1] -> the spec's normalisation; no resize or crop, a tile is the tokenizer's input as it is."""
+    return T.Compose(
+        [T.ToDtype(torch.float32, scale=True), T.Normalize(mean=list(spec.mean), std=list(spec.std))]
+    )
