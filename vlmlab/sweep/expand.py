@@ -77,6 +77,9 @@ _LATER_KEYS = {
     "train.method": "sft",
     "train.transfer_eval_samples": 0,
     "data.val_max_new_tokens": 16,
+    # the resolution axis (issue 25): the preset's size and today's crop keep the ids of runs hashed before
+    "model.image_size": None,
+    "model.image_resize": "crop",
 }
 _VAR_REFERENCE = re.compile(r"\$\{vars\.([A-Za-z_][A-Za-z0-9_]*)")
 
@@ -94,7 +97,7 @@ def identity_view(stage: int, config: dict[str, Any], has_parent: bool) -> dict[
     another fusion are dropped: they cannot change the result, and keeping them would split one run in two.
     Keys added after runs were hashed (`model.cross_attention_layout`, the open-weight and training-method
     keys, the `rl` section outside GRPO runs) are dropped while they hold their defaults, so those runs keep
-    their ids; the connector settings (`model.adapter_tokens`, `model.pixel_shuffle_ratio`) are dropped
+    their ids (so do `model.image_size` / `model.image_resize` at null / crop); the connector settings (`model.adapter_tokens`, `model.pixel_shuffle_ratio`) are dropped
     unless the adapter uses them.
     """
     view = copy.deepcopy(config)
