@@ -11,6 +11,9 @@
 
 from __future__ import annotations
 
+import json
+import signal
+
 import pytest
 import torch
 from PIL import Image
@@ -339,3 +342,94 @@ def test_letterbox_export_refuses_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "model.image_resize=letterbox" in err, err
     assert not (tmp_path / "out").exists()
+
+
+# -- (d) training: each fusion at a non-native size, an exact resume after a kill --------------------------
+# one resize rule per fusion, so each rule trains too (the synthetic images are square: the rules frame them
+# alike, and the size is what changes the model)
+TRAINED = {"joint_decoder": "letterbox", "cross_attention": "resize", "mot": "crop"}
+
+
+@pytest.mark.parametrize("fusion", sorted(TRAINED))
+def test_each_fusion_trains_at_a_non_native_size(tmp_path, fusion):
+    import dataclasses
+
+    from test_training import experiment
+
+    from vlmlab.train.run import train
+
+    stage = 2 if fusion == "mot" else 1  # MoT has no stage 1 (paper, 2.3)
+    config = experiment(
+        tmp_path,
+        "run",
+        stage,
+        fusion,
+        max_steps=2,
+        checkpoint_every_n_steps=100,
+        select_best=False,
+        val_every_n_steps=None,
+    )
+    config.data.max_length = 160  # an image is 36 tokens at 96 px
+    config.model = dataclasses.replace(config.model, image_size=96, image_resize=TRAINED[fusion])
+    result = train(config)
+    assert result["stage"] == stage
+    saved = json.loads((tmp_path / "run" / "final" / "meta.json").read_text())["config"]["model"]
+    assert (saved["image_size"], saved["image_resize"]) == (96, TRAINED[fusion])
+    model = build_vlm(dict(random_tokenizer=True, fusion=fusion, image_size=96))
+    load_stage_checkpoint(model, tmp_path / "run")  # the run's weights fit a 96 px model
+    assert model.features_per_image == 36
+
+
+@pytest.mark.slow(seconds=30)
+def test_kill_then_resume_at_a_non_native_size_with_letterbox_gives_the_same_weights(tmp_path):
+    from safetensors.torch import load_file
+    from test_training import cli, run_cli, write_config
+
+    steps = dict(max_steps=4, checkpoint_every_n_steps=2, deterministic=True)
+    settings = ("model.image_size=96", "model.image_resize=letterbox", "data.max_length=160")
+    code, error = cli(str(write_config(tmp_path, "straight", **steps)), *settings)
+    assert code == 0, error
+    victim_config = write_config(tmp_path, "victim", **steps)
+    victim = run_cli(str(victim_config), *settings, fault="step:3")
+    assert victim.wait(timeout=300) == -signal.SIGKILL
+    last = tmp_path / "victim" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 2
+    code, error = cli(str(victim_config), *settings)
+    assert code == 0, error
+    a = load_file(str(tmp_path / "straight" / "final" / "weights.safetensors"))
+    b = load_file(str(tmp_path / "victim" / "final" / "weights.safetensors"))
+    assert a.keys() == b.keys() and "image_tokenizer.visual.positional_embedding" in a
+    assert a["image_tokenizer.visual.positional_embedding"].shape == (37, 64)  # 6 x 6 patches + CLS
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+# -- (e) the sweep and its table ---------------------------------------------------------------------------
+def test_the_prismatic_resize_sweep_expands_to_its_header_count(capsys):
+    import re
+
+    from vlmlab import presets
+
+    header = presets.resolve("sweeps", "prismatic_resize").read_text()
+    stated = re.search(r"--dry-run\s+# (\d+) runs: (\d+) stage-1 \+ (\d+) stage-2", header)
+    assert stated, "the header states the run count"
+    total, first, second = map(int, stated.groups())
+    assert main(["sweep", "prismatic_resize", "--dry-run", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["grid"]["points"] == 3 * 2  # 3 rules x 2 tokenizers
+    assert data["counts"]["by_stage"] == {"1": first, "2": second} and data["counts"]["total"] == total == 12
+    ids = [run["id"] for run in data["runs"]]
+    for rule in IMAGE_RESIZE_RULES:  # each rule is spelled in its runs' ids
+        assert sum(f"_{rule}_" in run for run in ids) == 4, ids
+
+
+def test_vlmlab_results_lays_out_the_resize_rules(tmp_path, capsys):
+    from report_records import resize_records
+
+    from vlmlab.runs.record import write_record
+
+    for record in resize_records():
+        write_record(record, tmp_path / f"{record['run_id']}.json")
+    assert main(["results", str(tmp_path), "--layout", "resize", "--format", "md"]) == 0
+    table = capsys.readouterr().out
+    assert "| clip | 23.3 | 30.5 | 26.0 | **25.3** | **32.5** | **28.0** | 22.3 | 29.5 | 25.0 |" in table
