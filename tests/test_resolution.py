@@ -365,11 +365,13 @@ def test_each_fusion_trains_at_a_non_native_size(tmp_path, fusion):
         stage,
         fusion,
         max_steps=2,
+        global_batch_size=4,  # one micro-batch a step
         checkpoint_every_n_steps=100,
         select_best=False,
         val_every_n_steps=None,
     )
     config.data.max_length = 160  # an image is 36 tokens at 96 px
+    config.data.val = []  # validation (generation) would cost four times the two steps
     config.model = dataclasses.replace(config.model, image_size=96, image_resize=TRAINED[fusion])
     result = train(config)
     assert result["stage"] == stage
@@ -385,8 +387,9 @@ def test_kill_then_resume_at_a_non_native_size_with_letterbox_gives_the_same_wei
     from safetensors.torch import load_file
     from test_training import cli, run_cli, write_config
 
-    steps = dict(max_steps=4, checkpoint_every_n_steps=2, deterministic=True)
-    settings = ("model.image_size=96", "model.image_resize=letterbox", "data.max_length=160")
+    steps = dict(max_steps=4, checkpoint_every_n_steps=2, deterministic=True, global_batch_size=4)
+    # no validation: its generation would cost more than the steps
+    settings = ("model.image_size=96", "model.image_resize=letterbox", "data.max_length=160", "data.val=[]")
     code, error = cli(str(write_config(tmp_path, "straight", **steps)), *settings)
     assert code == 0, error
     victim_config = write_config(tmp_path, "victim", **steps)
