@@ -272,6 +272,7 @@ def test_the_new_keys_leave_run_ids_unchanged_unless_set():
     for key in ("image_size", "image_resize"):
         del before["model"][key]
     assert run_id(1, before, [], {}) == ids() == ids(image_size=None, image_resize="crop")
+    assert ids(image_size=64) == ids()  # clip-tiny's own size, spelled out: the same model
     assert len({ids(), ids(image_size=96), ids(image_resize="letterbox"), ids(image_resize="resize")}) == 4
 
 

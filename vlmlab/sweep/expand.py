@@ -54,6 +54,7 @@ from vlmlab.sweep.spec import (
     deep_merge,
     stage1_recipe,
     tokenizer_kind,
+    tokenizer_size,
 )
 
 # Keys that say how a run executes (hardware layout, logging), not what it learns: left out of run ids so the
@@ -119,6 +120,8 @@ def identity_view(stage: int, config: dict[str, Any], has_parent: bool) -> dict[
         drop.append("model.adapter_tokens")
     if adapter != "pixel_shuffle":
         drop.append("model.pixel_shuffle_ratio")
+    if view["model"].get("image_size") == tokenizer_size(view["model"]["tokenizer"]):
+        drop.append("model.image_size")  # the preset's own size, spelled out: the same model as null
     for key, default in _LATER_KEYS.items():
         if _get(view, key) == default:
             drop.append(key)
