@@ -154,6 +154,7 @@ def test_vlmlab_describe_prints_the_size_and_tokens_per_image(capsys):
         ),
         (dict(tokenizer="var-tiny", image_size=32), "discrete tokenizer 'var-tiny' only runs at its own 64"),
         (dict(image_size=0), r"model.image_size=0 is not a size in pixels"),
+        (dict(open_weight="/models/qwen2.5-vl", image_size=448), "the open-weight model .* processor"),
         (
             dict(image_resize="pad"),
             r"image resize rule \(model.image_resize\) 'pad'.*crop, letterbox, resize",

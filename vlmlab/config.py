@@ -119,6 +119,11 @@ class ModelConfig:
             raise unknown_choice(
                 "image resize rule (model.image_resize)", self.image_resize, IMAGE_RESIZE_RULES
             )
+        if self.open_weight and (self.image_size is not None or self.image_resize != "crop"):
+            raise ConfigError(
+                "model.image_size / model.image_resize set the input of vlmlab's own image tokenizers; the "
+                f"open-weight model {self.open_weight!r} takes its processor's (valid here: null / crop)."
+            )
         if self.image_size is None:
             return
         if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 1:
