@@ -83,6 +83,25 @@ def design_records() -> list[dict]:
     return records
 
 
+def resize_records() -> list[dict]:
+    """Prismatic's image-processing comparison (sweep prismatic_resize): two towers x three resize rules,
+    letterbox best for CLIP, crop for SigLIP 2, and one point never run (SigLIP 2 / resize)."""
+    records = []
+    shifts = {
+        ("clip", "crop"): 0.0,
+        ("clip", "resize"): -0.01,
+        ("clip", "letterbox"): 0.02,
+        ("siglip2", "crop"): 0.03,
+        ("siglip2", "letterbox"): 0.01,
+    }
+    for (tokenizer, rule), shift in shifts.items():
+        config = _design_config(tokenizer, "joint_decoder", "unfreeze-lm")
+        config["model"]["image_resize"] = rule
+        metrics = {name: round(value + shift, 4) for name, value in BASE_SCORES.items()}
+        records.append(_record(f"{tokenizer}-{rule}", config, metrics))
+    return records
+
+
 # ---------------------------------------------------------------------------------------- Figure 2
 
 

@@ -17,9 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from report_records import design_records, open_weight_records, scaling_records, transfer_records
+from report_records import (
+    design_records,
+    open_weight_records,
+    resize_records,
+    scaling_records,
+    transfer_records,
+)
 
-from vlmlab.reports.layouts import design_table, scaling_table, transfer_table
+from vlmlab.reports.layouts import design_table, resize_table, scaling_table, transfer_table
 from vlmlab.reports.open_weight import open_weight_rl_table, open_weight_sft_table, open_weight_tables
 
 GOLDEN = Path(__file__).parent / "golden" / "reports"
@@ -50,6 +56,8 @@ CASES: dict[str, Callable[[], Any]] = {
     ),
     # Figure 2's data: best per backbone size
     "scaling": lambda: scaling_table(scaling_records(), DESIGN_KEYS, "model.backbone"),
+    # Prismatic's resize / letterbox / crop: a row per tower, a column group per rule, a point never run
+    "resize": lambda: resize_table(resize_records()),
     # Tables 6-7, with chance and trivial baseline rows
     "transfer_tqa": lambda: transfer_table(transfer_records(), "tqa", ["model.fusion", "train.freeze"]),
     "transfer_vqa": lambda: transfer_table(transfer_records(), "vqa", ["model.fusion", "train.freeze"]),

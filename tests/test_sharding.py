@@ -24,9 +24,17 @@ FUSIONS = FUSION_REGISTRY.names()
 STEPS = 3
 
 
-def tiny_model(fusion: str) -> torch.nn.Module:
+def tiny_model(fusion: str, image_size: int | None = None) -> torch.nn.Module:
     torch.manual_seed(0)
-    return build_vlm(dict(backbone="qwen3-tiny", tokenizer="clip-tiny", random_tokenizer=True, fusion=fusion))
+    return build_vlm(
+        dict(
+            backbone="qwen3-tiny",
+            tokenizer="clip-tiny",
+            random_tokenizer=True,
+            fusion=fusion,
+            image_size=image_size,
+        )
+    )
 
 
 def global_batch(model, step: int) -> dict[str, torch.Tensor]:
@@ -74,7 +82,7 @@ def prompts(model) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return ids, segments, batch["pixel_values"][:2]
 
 
-def _sharded_worker(rank: int, fusion: str, port: int, out: str) -> None:
+def _sharded_worker(rank: int, fusion: str, port: int, out: str, image_size: int | None = None) -> None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from torch.distributed.device_mesh import init_device_mesh
 
@@ -83,7 +91,7 @@ def _sharded_worker(rank: int, fusion: str, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     torch.set_num_threads(1)
-    model = tiny_model(fusion)
+    model = tiny_model(fusion, image_size)
     model.adapter.requires_grad_(False) if fusion == "cross_attention" else None  # frozen parts inside units
     units = shard_model(model, init_device_mesh("cpu", (2,)))
     local = [half(global_batch(model, step), rank) for step in range(STEPS)]
@@ -100,15 +108,23 @@ def _sharded_worker(rank: int, fusion: str, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
+# (fusion, model.image_size): every fusion at the tokenizer's own size; one at a non-native size (issue 25:
+# clip-tiny at 96 px, a 6 x 6 grid whose position embeddings open_clip built for that size)
+SHARDED = [*((fusion, None) for fusion in FUSIONS), ("joint_decoder", 96)]
+
+
 @pytest.mark.slow(seconds=30)
-@pytest.mark.parametrize("fusion", FUSIONS)
-def test_two_process_fsdp2_follows_one_process_training(tmp_path: Path, fusion: str) -> None:
+@pytest.mark.parametrize(("fusion", "image_size"), SHARDED)
+def test_two_process_fsdp2_follows_one_process_training(
+    tmp_path: Path, fusion: str, image_size: int | None
+) -> None:
     out = tmp_path / "sharded.pt"
     port = unused_port()
-    spawn(_sharded_worker, (fusion, port, str(out)))
+    spawn(_sharded_worker, (fusion, port, str(out), image_size))
     sharded = torch.load(out, weights_only=True)
 
-    model = tiny_model(fusion)
+    model = tiny_model(fusion, image_size)
+    assert model.image_tokenizer.num_tokens == ((image_size or 64) // 16) ** 2
     model.adapter.requires_grad_(False) if fusion == "cross_attention" else None
     losses = train_steps(model, [global_batch(model, step) for step in range(STEPS)])
     assert sharded["losses"] == pytest.approx(losses, rel=1e-4, abs=1e-5)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,11 @@ ADAPTER_NAMES = ("mlp", "linear", "embedding", "pixel_shuffle", "perceiver", "av
 TOKEN_COUNT_ADAPTERS = ("perceiver", "avgpool")
 # Idefics3 shuffles by 2, SmolVLM by 4 (and 3 at some sizes); 1 would be the plain MLP
 PIXEL_SHUFFLE_RATIOS = (2, 3, 4)
+# How an image becomes the tokenizer's square input (vlmlab.models.tokenizers.preprocess; Prismatic VLMs,
+# Karamcheti et al. 2024, section 4.3): crop = resize the short side and centre-crop (the released towers'
+# evaluation transform, vlmlab's default), resize = squash to the square ignoring the aspect ratio, letterbox =
+# pad to a square with the normalisation mean colour, then resize.
+IMAGE_RESIZE_RULES = ("crop", "resize", "letterbox")
 
 
 @dataclass
@@ -81,6 +87,11 @@ class ModelConfig:
     tiling: str = "none"
     tile_grids: list[list[int]] = field(default_factory=lambda: [list(grid) for grid in DEFAULT_TILE_GRIDS])
     max_image_tokens: int | None = None
+    # the tokenizer's input side in pixels; None = its preset's. A continuous tower is built at this size with
+    # its absolute position embeddings resized the way its library does (vlmlab.models.tokenizers.continuous);
+    # a multiple of the patch size. Discrete tokenizers (TiTok, VAR) only run at their own size.
+    image_size: int | None = None
+    image_resize: str = "crop"  # crop | resize | letterbox (IMAGE_RESIZE_RULES above)
     attn_implementation: str = "sdpa"  # eager | sdpa | flash_attention_2
     gradient_checkpointing: bool = False
     # An open-weight VLM (Hugging Face image-text-to-text model: local folder or hub id) trained and evaluated
@@ -107,12 +118,18 @@ class ModelConfig:
             )
         self._check_adapter()
         self._check_tiling()
+        self._check_image()
 
     def _check_tiling(self) -> None:
         """The tiling settings; the budget against the tokenizer's real token count is checked again when
         the model is built (vlmlab.models.vlm), this is what the config alone tells."""
         if self.tiling not in TILING_MODES:
             raise unknown_choice("tiling (model.tiling)", self.tiling, TILING_MODES)
+        if self.open_weight and self.tiling != "none":
+            raise ConfigError(
+                f"model.tiling={self.tiling} tiles the input of vlmlab's own image tokenizers; the open-weight "
+                f"model {self.open_weight!r} takes its processor's (valid here: none)."
+            )
         check_grids(self.tile_grids)
         if self.max_image_tokens is None:
             return
@@ -124,6 +141,36 @@ class ModelConfig:
                 f"model.max_image_tokens={self.max_image_tokens} cannot hold even one image's thumbnail "
                 f"(at least {least} positions); valid: {least} or more, or null for no budget."
             )
+
+    def _check_image(self) -> None:
+        """The resolution and the resize rule, before anything is built: a size that is no multiple of the
+        preset's patch size (when the preset states it; else the tokenizer refuses at build), or another size
+        for a discrete tokenizer, stops the config on load."""
+        if self.image_resize not in IMAGE_RESIZE_RULES:
+            raise unknown_choice(
+                "image resize rule (model.image_resize)", self.image_resize, IMAGE_RESIZE_RULES
+            )
+        if self.open_weight and (self.image_size is not None or self.image_resize != "crop"):
+            raise ConfigError(
+                "model.image_size / model.image_resize set the input of vlmlab's own image tokenizers; the "
+                f"open-weight model {self.open_weight!r} takes its processor's (valid here: null / crop)."
+            )
+        if self.image_size is None:
+            return
+        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 1:
+            raise ConfigError(
+                f"model.image_size={self.image_size!r} is not a size in pixels (valid: an integer >= 1)."
+            )
+        preset = tokenizer_preset(self.tokenizer)
+        if preset.get("kind") == "discrete" and self.image_size != preset.get("image_size"):
+            raise ConfigError(
+                f"model.image_size={self.image_size}: the discrete tokenizer {preset.get('name')!r} only runs at "
+                f"its own {preset.get('image_size')} px (its codes are a fixed grid; valid: null or "
+                f"{preset.get('image_size')})."
+            )
+        patch = preset_patch_size(preset)
+        if patch is not None:
+            check_multiple_of_patch(self.image_size, patch, str(preset.get("name")))
 
     def _check_adapter(self) -> None:
         """The connector's settings; what depends on the tokenizer's patch grid is checked when the model is
@@ -148,6 +195,43 @@ class ModelConfig:
                 f"model.adapter_tokens={self.adapter_tokens} is not a square number: avgpool pools the patch "
                 f"grid to a side x side grid (valid: a square, e.g. {' or '.join(map(str, nearest))})."
             )
+
+
+def tokenizer_preset(tokenizer: str | dict[str, Any]) -> dict[str, Any]:
+    """A tokenizer preset (a shipped name, a YAML path or an inline mapping) as a plain mapping, torch-free."""
+    if isinstance(tokenizer, str):
+        tokenizer = read_yaml_file(presets.resolve("tokenizer", tokenizer))
+    if isinstance(tokenizer, DictConfig):
+        tokenizer = OmegaConf.to_container(tokenizer, resolve=True)
+    return dict(tokenizer)
+
+
+# the patch size in a library's architecture name: open_clip `ViT-B-16`, timm `vit_base_patch16_siglip_224`
+_PATCH_IN_ARCH = (re.compile(r"^ViT-[A-Za-z]+-(\d+)"), re.compile(r"patch(\d+)"))
+
+
+def preset_patch_size(preset: dict[str, Any]) -> int | None:
+    """The patch side a continuous tokenizer preset builds with, where the preset states it: its architecture
+    overrides (`patch_size`, open_clip's `vision_cfg.patch_size`) or the architecture's name; else None."""
+    kwargs = preset.get("arch_kwargs") or {}
+    for value in (kwargs.get("patch_size"), (kwargs.get("vision_cfg") or {}).get("patch_size")):
+        if isinstance(value, int):
+            return value
+    for pattern in _PATCH_IN_ARCH:
+        match = pattern.search(str(preset.get("arch", "")))
+        if match:
+            return int(match.group(1))
+    return None
+
+
+def check_multiple_of_patch(size: int, patch: int, tokenizer: str) -> None:
+    """One line for a size the patch grid cannot tile, naming the nearest sizes that can."""
+    if size % patch:
+        below = max(size // patch, 1) * patch
+        raise ConfigError(
+            f"model.image_size={size} is not a multiple of tokenizer {tokenizer!r}'s {patch} px patches "
+            f"(valid neighbours: {below} or {below + patch})."
+        )
 
 
 @dataclass

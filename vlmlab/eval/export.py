@@ -526,7 +526,8 @@ def needs_pil_processor(spec: Any) -> bool:
     """
     from vlmlab.models.tokenizers.preprocess import _RELEASE_SHORT_SIDE_RATIO
 
-    return spec.library in _RELEASE_SHORT_SIDE_RATIO
+    # `resize` squashes the tensor as for every library (vlmlab.models.tokenizers.preprocess)
+    return spec.library in _RELEASE_SHORT_SIDE_RATIO and spec.resize == "crop"
 
 
 def _pil_image_processor(spec: Any) -> Any:
@@ -549,6 +550,17 @@ def _pil_image_processor(spec: Any) -> Any:
     return processor
 
 
+def refuse_letterbox(model: Any) -> None:
+    """No transformers image processor pads an image to a square with a colour before resizing (CLIP's
+    resizes and crops; LLaVA-NeXT's pads tiles, not this), so neither format can reproduce `letterbox`."""
+    spec = model.image_tokenizer.spec
+    if spec.resize == "letterbox":
+        raise ConfigError(
+            "vlmlab export: model.image_resize=letterbox (pad to a square with the mean colour) has no "
+            "transformers image processor to express it; export a run trained with crop or resize."
+        )
+
+
 def build_processor(model: Any, tokenizer: Any, patch_size: int, strategy: str, additional: int) -> Any:
     """LlavaProcessor: vlmlab's image transform (a CLIPImageProcessor, or vlmlab's own processor where the
     tokenizer resizes the PIL image), the text tokenizer, the chat template."""
@@ -560,14 +572,16 @@ def build_processor(model: Any, tokenizer: Any, patch_size: int, strategy: str, 
     if spec.interpolation not in _PIL_RESAMPLE:
         raise unknown_choice(f"interpolation (tokenizer {spec.name!r})", spec.interpolation, _PIL_RESAMPLE)
     size = int(spec.image_size)
+    # `resize` squashes to the square: the stock processor's exact (height, width) resize without a crop
+    square = spec.resize == "resize"
     if needs_pil_processor(spec):
         image_processor = _pil_image_processor(spec)
     else:
         image_processor = CLIPImageProcessor(
             do_resize=True,
-            size={"shortest_edge": size},
+            size={"height": size, "width": size} if square else {"shortest_edge": size},
             resample=_PIL_RESAMPLE[spec.interpolation],
-            do_center_crop=True,
+            do_center_crop=not square,
             crop_size={"height": size, "width": size},
             do_rescale=True,
             rescale_factor=1 / 255,
@@ -734,6 +748,7 @@ def export_run(
             f"{str(run_or_checkpoint)!r} tiles its images (model.tiling={model.config.tiling}); no export "
             f"format expresses vlmlab's tiling yet (requested --format {format}): evaluate it in vlmlab."
         )
+    refuse_letterbox(model)
     tokenizer, _ = text_side(config, model)
     plan, why = _choose(model, format, Path(run_or_checkpoint))
     record: dict[str, Any] = {

@@ -213,6 +213,28 @@ def _check_connector(model: torch.nn.Module, checkpoint: Path, meta: dict[str, A
         )
 
 
+def _check_resolution(model: torch.nn.Module, checkpoint: Path, meta: dict[str, Any]) -> None:
+    """Refuse weights trained at another input size: a tower's resized position embeddings (and a connector
+    sized to its patch grid) were learned at that size; a timm or open_clip tower's would not even fit."""
+    from vlmlab.config import tokenizer_preset
+
+    stored = (meta.get("config") or {}).get("model")
+    tokenizer = getattr(model, "image_tokenizer", None)
+    if not stored or tokenizer is None:
+        return
+    size = stored.get("image_size")
+    if size is None:  # the stored tokenizer preset's own size (a checkpoint from before the key, or null)
+        try:
+            size = tokenizer_preset(stored.get("tokenizer", model.config.tokenizer)).get("image_size")
+        except ConfigError:
+            return  # a tokenizer file that moved: the tensor shapes are still checked below
+    if size is not None and size != tokenizer.spec.image_size:
+        raise ConfigError(
+            f"Checkpoint {checkpoint} was trained at {size} px images; this model's tokenizer takes "
+            f"{tokenizer.spec.image_size} px (set model.image_size={size})."
+        )
+
+
 def load_stage_checkpoint(model: torch.nn.Module, path: str | Path) -> list[Path]:
     """Apply the chain of deltas ending at `path` onto `model`. Returns the chain applied.
 
@@ -237,6 +259,7 @@ def load_stage_checkpoint(model: torch.nn.Module, path: str | Path) -> list[Path
             )
         _check_cross_attention_placement(model, checkpoint, meta)
         _check_connector(model, checkpoint, meta)
+        _check_resolution(model, checkpoint, meta)
         try:
             tensors = load_file(str(checkpoint / WEIGHTS))
         except Exception as error:  # safetensors raises its own error types for truncated / foreign files

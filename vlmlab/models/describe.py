@@ -58,6 +58,8 @@ def describe(model: VisionLanguageModel, context_length: int = 2048) -> dict[str
         "tokenizer": model.image_tokenizer.spec.name,
         "fusion": model.config.fusion,
         "adapter": adapter_name(model.adapter),
+        "image_size": model.image_tokenizer.spec.image_size,  # the effective size (model.image_size or preset)
+        "image_resize": model.image_tokenizer.spec.resize,
         "params": params,
         "params_total": sum(params.values()),
         "tokenizer_tokens_per_image": patches,  # what the image tokenizer gives the adapter
@@ -97,7 +99,9 @@ def format_description(info: dict[str, Any]) -> str:
         f"adapter {info['adapter']}: {info['tokenizer_tokens_per_image']} tokenizer tokens -> "
         f"{info['tokens_per_image']} image tokens, {info['params']['adapter']:,} parameters, "
         f"{info['adapter_flops_per_image_token'] / 1e6:.3f} MFLOP per image token",
-        f"image: {info['tokens_per_image']} tokens, {info['sequence_positions_per_image']} sequence position(s)",
+        f"image: {info['image_size']} x {info['image_size']} px ({info['image_resize']}), "
+        f"{info['tokenizer_tokens_per_image']} tokenizer tokens, {info['tokens_per_image']} tokens per image, "
+        f"{info['sequence_positions_per_image']} sequence position(s)",
         f"forward FLOPs per text token  (context {info['context_length']}): "
         f"{info['forward_flops_per_text_token'] / 1e9:.3f} GFLOP",
         f"forward FLOPs per image token: {info['forward_flops_per_image_token'] / 1e9:.3f} GFLOP",

@@ -286,6 +286,11 @@ def build_vlm(config: ModelConfig | dict | None = None, **overrides: object) -> 
         tokenizer_spec = tokenizer_spec.replace(pretrained=None)
     if config.tokenizer_weights is not None:
         tokenizer_spec = tokenizer_spec.replace(pretrained=config.tokenizer_weights)
+    # the effective input size and resize rule live in the tokenizer's spec alone: the data transform, the
+    # synthetic rendering size, validation, describe and the export processor all read model.image_tokenizer.spec
+    tokenizer_spec = tokenizer_spec.replace(
+        image_size=config.image_size or tokenizer_spec.image_size, resize=config.image_resize
+    )
     tokenizer = build_tokenizer(tokenizer_spec)
     adapter_name = config.adapter
     if adapter_name == "auto":

@@ -33,7 +33,7 @@ from vlmlab.files import atomic_write_text
 if TYPE_CHECKING:
     from vlmlab.reports.table import Table
 
-LAYOUTS = ("design", "transfer", "scaling", "open_weight")
+LAYOUTS = ("design", "transfer", "scaling", "open_weight", "resize")
 
 
 def _split_list(text: str | None) -> list[str]:
@@ -122,6 +122,16 @@ def run_results(args: argparse.Namespace) -> int:
                 figures.append(plots.plot_transfer(table, out / f"{table.name}.png"))
         if not tables:
             raise ConfigError(f"No transfer scores under {str(args.dir)!r}.")
+    elif args.layout == "resize":  # Prismatic's resize / letterbox / crop (sweep prismatic_resize): no figure
+        tables.append(
+            layouts.resize_table(
+                records,
+                group_by,
+                where=where,
+                partial_averages=args.partial_averages,
+                fill_missing=not args.no_fill,
+            )
+        )
     elif args.layout == "open_weight":  # Tables 8-11: no figures
         if len(group_by) != 1:
             raise ConfigError(

@@ -36,7 +36,10 @@ DEFAULT_GROUP_BY: dict[str, tuple[str, ...]] = {
     "transfer": ("model.tokenizer", "model.fusion"),
     "scaling": ("model.tokenizer", "model.fusion", "train.freeze"),
     "open_weight": ("model.open_weight",),  # the model; rows are dataset x model (Tables 8-9)
+    "resize": ("model.tokenizer",),  # Prismatic's image processing: a row per tower, a column group per rule
 }
+# the config path of the resize rule (vlmlab.config.IMAGE_RESIZE_RULES), the column groups of `resize_table`
+RESIZE_KEY = "model.image_resize"
 # Config paths that define a design point; if one varies inside a table row, the table says so.
 DESIGN_AXES = ("model.tokenizer", "model.fusion", "model.backbone", "train.freeze", "stage")
 # Where a stage-3 run's config says what it was fine-tuned on (vlmlab.config: data.train[0].{task,mode}).
@@ -401,6 +404,29 @@ def scaling_table(
             "best per column", f"best per column at each {key_label(x_key)}"
         )
     return table
+
+
+def resize_table(
+    records: Sequence[Mapping[str, Any]],
+    group_by: Sequence[str] = DEFAULT_GROUP_BY["resize"],
+    *,
+    where: Mapping[str, Sequence[str]] | None = None,
+    partial_averages: bool = False,
+    fill_missing: bool = True,
+) -> Table:
+    """Prismatic VLMs' image-processing comparison (section 4.2; the sweep prismatic_resize): the three
+    averages per tower (rows) under each resize rule (column groups: crop, resize, letterbox), so a rule is
+    read across one row, where only the framing of the image changed."""
+    return design_table(
+        records,
+        group_by,
+        pivot=RESIZE_KEY,
+        where=where,
+        partial_averages=partial_averages,
+        fill_missing=fill_missing,
+        name="resize",
+        title="Average accuracy (%) per image resize rule",
+    )
 
 
 # ---------------------------------------------------------------------------------------- Tables 6-7

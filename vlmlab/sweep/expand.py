@@ -54,6 +54,7 @@ from vlmlab.sweep.spec import (
     deep_merge,
     stage1_recipe,
     tokenizer_kind,
+    tokenizer_size,
 )
 
 # Keys that say how a run executes (hardware layout, logging), not what it learns: left out of run ids so the
@@ -77,6 +78,9 @@ _LATER_KEYS = {
     "train.method": "sft",
     "train.transfer_eval_samples": 0,
     "data.val_max_new_tokens": 16,
+    # the resolution axis (issue 25): the preset's size and today's crop keep the ids of runs hashed before
+    "model.image_size": None,
+    "model.image_resize": "crop",
 }
 _VAR_REFERENCE = re.compile(r"\$\{vars\.([A-Za-z_][A-Za-z0-9_]*)")
 
@@ -94,8 +98,9 @@ def identity_view(stage: int, config: dict[str, Any], has_parent: bool) -> dict[
     another fusion are dropped: they cannot change the result, and keeping them would split one run in two.
     Keys added after runs were hashed (`model.cross_attention_layout`, the open-weight and training-method
     keys, the `rl` section outside GRPO runs) are dropped while they hold their defaults, so those runs keep
-    their ids; the connector settings (`model.adapter_tokens`, `model.pixel_shuffle_ratio`) are dropped
-    unless the adapter uses them; the tiling keys unless images are tiled.
+    their ids (so do `model.image_size` / `model.image_resize` at null / crop); the connector settings
+    (`model.adapter_tokens`, `model.pixel_shuffle_ratio`) are dropped unless the adapter uses them; the
+    tiling keys unless images are tiled.
     """
     view = copy.deepcopy(config)
     drop = list(EXECUTION_KEYS)
@@ -120,6 +125,8 @@ def identity_view(stage: int, config: dict[str, Any], has_parent: bool) -> dict[
     # count where images are tiled
     if view["model"].get("tiling", "none") == "none":
         drop += ["model.tiling", "model.tile_grids", "model.max_image_tokens"]
+    if view["model"].get("image_size") == tokenizer_size(view["model"]["tokenizer"]):
+        drop.append("model.image_size")  # the preset's own size, spelled out: the same model as null
     for key, default in _LATER_KEYS.items():
         if _get(view, key) == default:
             drop.append(key)

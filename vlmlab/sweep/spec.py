@@ -321,6 +321,18 @@ def _tokenizer_kind(name: str) -> str:
     return str(kind)
 
 
+def tokenizer_size(name: Any) -> int | None:
+    """The input size (px) of a tokenizer preset (a shipped name, a YAML path or an inline mapping)."""
+    if isinstance(name, dict):
+        return name.get("image_size")
+    return _tokenizer_size(str(name))
+
+
+@functools.cache
+def _tokenizer_size(name: str) -> int | None:
+    return read_yaml_file(presets.resolve("tokenizer", name)).get("image_size")
+
+
 def check_backbone(name: str) -> None:
     presets.resolve("backbone", str(name))
 

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from vlmlab.config import IMAGE_RESIZE_RULES
 from vlmlab.errors import ConfigError, unknown_choice
 
 TokenizerKind = Literal["continuous", "discrete"]
@@ -45,12 +46,19 @@ class TokenizerSpec:
     # Which block's output is used as tokens: -1 is the last block (after the final norm), -2 the penultimate.
     feature_layer: int = -1
     description: str = ""
+    # how an image becomes the square input (vlmlab.config.IMAGE_RESIZE_RULES): set from model.image_resize
+    # when the model is built, so the data transform and the export processor read it from the one spec
+    resize: str = "crop"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise unknown_choice(f"tokenizer kind (in tokenizer {self.name!r})", self.kind, KINDS)
         if self.image_size <= 0:
             raise ConfigError(f"tokenizer {self.name!r}: image_size must be positive, got {self.image_size}.")
+        if self.resize not in IMAGE_RESIZE_RULES:
+            raise unknown_choice(
+                f"image resize rule (tokenizer {self.name!r})", self.resize, IMAGE_RESIZE_RULES
+            )
         if len(self.mean) != 3 or len(self.std) != 3:
             raise ConfigError(f"tokenizer {self.name!r}: mean and std need 3 values (RGB).")
 
@@ -79,7 +87,7 @@ class ImageTokenizer(nn.Module):
     """Base class: subclasses set the attributes below in `__init__` and implement `forward`."""
 
     spec: TokenizerSpec
-    num_tokens: int  # tokens per image at spec.image_size
+    num_tokens: int  # tokens per image at spec.image_size (the model's effective size)
     embed_dim: int  # feature width (continuous); embedding width hint for discrete tokenizers
     codebook_size: int = 0  # discrete only
     # what the pretrained weights were loaded from (vlmlab/models/provenance.py); None: random init

@@ -7,12 +7,15 @@ adapters project patch features; the pooled CLS summary is not used by any of th
 
 from __future__ import annotations
 
+import copy
+import inspect
 import pickle
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from vlmlab.config import check_multiple_of_patch
 from vlmlab.errors import ConfigError
 from vlmlab.models.provenance import cached_hub_file, pretrained_files, record_loaded
 from vlmlab.models.tokenizers import TOKENIZER_BACKENDS
@@ -108,6 +111,15 @@ def timm_weight_files(pretrained_cfg: dict) -> list[Path] | None:
     return None
 
 
+def _open_clip_kwargs(spec: TokenizerSpec) -> dict:
+    """The architecture overrides at the spec's size: a preset's own `vision_cfg` replaces open_clip's whole
+    vision config (create_model's kwargs come last), so its `image_size` must follow `force_image_size`."""
+    kwargs = copy.deepcopy(spec.arch_kwargs)
+    if isinstance(kwargs.get("vision_cfg"), dict):
+        kwargs["vision_cfg"]["image_size"] = spec.image_size
+    return kwargs
+
+
 class OpenClipTokenizer(ImageTokenizer):
     """The image tower of an open_clip model (e.g. OpenAI CLIP ViT-B/16)."""
 
@@ -120,8 +132,14 @@ class OpenClipTokenizer(ImageTokenizer):
         try:
             # open_clip moves the model to a device; keep it on the meta device when built there (describe)
             device = torch.empty(0).device
+            # force_image_size builds the tower at the spec's size; loading weights of another size resizes
+            # the position embedding grid (open_clip.model.resize_pos_embed, bicubic)
             clip = open_clip.create_model(
-                spec.arch, pretrained=spec.pretrained, device=device, **spec.arch_kwargs
+                spec.arch,
+                pretrained=spec.pretrained,
+                device=device,
+                force_image_size=spec.image_size,
+                **_open_clip_kwargs(spec),
             )
         except (RuntimeError, OSError, ValueError, pickle.UnpicklingError) as error:
             if spec.pretrained is None:
@@ -131,6 +149,7 @@ class OpenClipTokenizer(ImageTokenizer):
             self.base_weight_record = record_loaded(spec.pretrained, lambda: open_clip_weight_files(spec))
         self.visual = clip.visual  # the text tower is not needed by a VLM
         self.visual.output_tokens = False
+        check_multiple_of_patch(spec.image_size, int(self.visual.patch_size[0]), spec.name)
         grid = self.visual.grid_size
         self.num_tokens = int(grid[0] * grid[1])
         self.embed_dim = int(self.visual.transformer.width)
@@ -159,7 +178,9 @@ class TimmTokenizer(ImageTokenizer):
 
         check_local_checkpoint(spec)
         self.spec = spec
-        kwargs = dict(num_classes=0, **spec.arch_kwargs)
+        # img_size builds the tower at the spec's size; timm's pretrained loading resamples the absolute
+        # position embeddings to it (checkpoint_filter_fn -> timm.layers.resample_abs_pos_embed)
+        kwargs = dict(num_classes=0, **{**spec.arch_kwargs, "img_size": spec.image_size})
         arch, pretrained = spec.arch, spec.pretrained is not None
         if is_local_path(spec.pretrained):
             kwargs["pretrained_cfg_overlay"] = {"file": str(Path(spec.pretrained).expanduser())}
@@ -174,6 +195,7 @@ class TimmTokenizer(ImageTokenizer):
         if pretrained:
             cfg = dict(self.model.pretrained_cfg)
             self.base_weight_record = record_loaded(spec.pretrained, lambda: timm_weight_files(cfg))
+        check_multiple_of_patch(spec.image_size, int(self.model.patch_embed.patch_size[0]), spec.name)
         grid = self.model.patch_embed.grid_size
         self.num_tokens = int(grid[0] * grid[1])
         self.embed_dim = int(self.model.num_features)
@@ -216,6 +238,8 @@ class TransformersTokenizer(ImageTokenizer):
             self.model = model_class(config)
         config = self.model.config
         patch = config.patch_size
+        check_multiple_of_patch(spec.image_size, patch, spec.name)
+        self._interpolate = self._position_rule(spec, config)
         self.num_tokens = int((spec.image_size // patch) ** 2)
         self.embed_dim = int(config.hidden_size)
         self._layer = _layer_index(spec, int(config.num_hidden_layers))
@@ -223,8 +247,26 @@ class TransformersTokenizer(ImageTokenizer):
             if "mask_token" in name:  # only used for masked-image pretraining, never at inference
                 param.requires_grad_(False)
 
+    def _position_rule(self, spec: TokenizerSpec, config: object) -> bool:
+        """Whether forward interpolates the position embeddings: transformers keeps a tower at its config's
+        size (its weights load unchanged) and resizes absolute embeddings per call (`interpolate_pos_encoding`,
+        CLIP / SigLIP); rotary towers (DINOv3) place patches at any size; other towers cannot change size."""
+        native = getattr(config, "image_size", spec.image_size)
+        if native == spec.image_size or getattr(config, "rope_theta", None) is not None:
+            return False
+        if "interpolate_pos_encoding" in inspect.signature(self.model.forward).parameters:
+            return True
+        raise ConfigError(
+            f"Tokenizer {spec.name!r}: transformers' {spec.arch} has no way to resize its position embeddings "
+            f"(no interpolate_pos_encoding), so it only runs at its {native} px (valid model.image_size: null "
+            f"or {native})."
+        )
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        out = self.model(pixel_values=pixel_values, output_hidden_states=self.spec.feature_layer != -1)
+        extra = {"interpolate_pos_encoding": True} if self._interpolate else {}
+        out = self.model(
+            pixel_values=pixel_values, output_hidden_states=self.spec.feature_layer != -1, **extra
+        )
         if self.spec.feature_layer == -1:
             states = out.last_hidden_state
         else:

@@ -39,8 +39,33 @@ def release_short_side(spec: TokenizerSpec) -> int:
     return round(_RELEASE_SHORT_SIDE_RATIO.get(spec.library, 1.0) * spec.image_size)
 
 
+def letterbox_fill(spec: TokenizerSpec) -> tuple[int, int, int]:
+    """The padding colour of `letterbox`: the normalisation mean in 8-bit RGB (Prismatic's
+    `LetterboxPad(tuple(int(x * 255) for x in mean))`, rounded here), so padding normalises to about 0."""
+    return tuple(round(255 * m) for m in spec.mean)
+
+
+class LetterboxPad:
+    """Pad a PIL image to a square with `fill`, the content centred (the extra pixel of an odd margin goes to
+    the right / bottom, as Prismatic's `(max_wh - w) // 2` left / top padding does)."""
+
+    def __init__(self, fill: tuple[int, int, int]) -> None:
+        self.fill = fill
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        width, height = image.size
+        side = max(width, height)
+        left, top = (side - width) // 2, (side - height) // 2
+        return T.functional.pad(image, [left, top, side - width - left, side - height - top], fill=self.fill)
+
+
 def build_image_transform(spec: TokenizerSpec) -> Callable[[Image.Image], torch.Tensor]:
-    """Resize the short side, centre-crop to `image_size`, scale to [0, 1] and normalise with the spec's stats.
+    """Frame the image as the spec's square `image_size`, scale to [0, 1] and normalise with the spec's stats.
+
+    The framing is `spec.resize` (model.image_resize): `crop` resizes the short side and centre-crops (below);
+    `resize` squashes the image to `image_size` x `image_size` ignoring its aspect ratio; `letterbox` first pads
+    it to a square with the mean colour (`LetterboxPad`), then resizes. Prismatic VLMs (Karamcheti et al.
+    2024, section 4.3) compares the three.
 
     This is the evaluation transform the released tokenizers were trained to expect (no augmentation). For
     the libraries in `_RELEASE_SHORT_SIDE_RATIO` (VAR) the short side goes to the release's larger size and the
@@ -49,9 +74,13 @@ def build_image_transform(spec: TokenizerSpec) -> Callable[[Image.Image], torch.
     """
     if spec.interpolation not in _INTERPOLATIONS:
         raise unknown_choice(f"interpolation (tokenizer {spec.name!r})", spec.interpolation, _INTERPOLATIONS)
-    resize = T.Resize(
-        release_short_side(spec), interpolation=_INTERPOLATIONS[spec.interpolation], antialias=True
-    )
+    interpolation = _INTERPOLATIONS[spec.interpolation]
+    if spec.resize != "crop":
+        square = T.Resize((spec.image_size, spec.image_size), interpolation=interpolation, antialias=True)
+        pad = [T.RGB(), LetterboxPad(letterbox_fill(spec))] if spec.resize == "letterbox" else [T.RGB()]
+        framing = [*pad, T.ToImage(), square, T.ToDtype(torch.float32, scale=True)]
+        return T.Compose([*framing, T.Normalize(mean=list(spec.mean), std=list(spec.std))])
+    resize = T.Resize(release_short_side(spec), interpolation=interpolation, antialias=True)
     crop = T.CenterCrop(spec.image_size)
     # RGB before the resize: a palette or grey image is filtered in RGB, as the release's `convert("RGB")` does
     framing = (
