@@ -79,6 +79,12 @@ class Adapter(nn.Module):
 
     num_tokens: int  # tokens the adapter gives one image
 
+    def fsdp_units(self) -> list[tuple[str, nn.Module]]:
+        """(name, block) of the blocks FSDP shards as units of their own (vlmlab/train/sharding.py): an
+        adapter with stacked blocks of a size near a decoder layer's (the perceiver's, the C-Abstractor's)
+        lists them, so its weights are never all gathered at once; the rest stays in the root unit."""
+        return []
+
     def flops_per_image(self) -> int:
         """Forward FLOPs (2 per multiply-add) of the adapter's matrix multiplies for one image. A token-wise
         map runs its weights once per output token; pooling, norms and activations are left out (small)."""
@@ -285,6 +291,9 @@ class PerceiverAdapter(Adapter):
         )
         self.norm = nn.RMSNorm(dim, eps=shape.norm_eps)
 
+    def fsdp_units(self) -> list[tuple[str, nn.Module]]:
+        return [(f"blocks.{index}", block) for index, block in enumerate(self.blocks)]
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         context = self.projection(features)
         latents = self.latents.to(context.dtype).expand(features.shape[0], -1, -1)
@@ -393,6 +402,13 @@ class CAbstractorAdapter(Adapter):
         self.readout = nn.Sequential(
             nn.Linear(hidden, shape.out_dim), nn.SiLU(), nn.Linear(shape.out_dim, shape.out_dim)
         )
+
+    def fsdp_units(self) -> list[tuple[str, nn.Module]]:
+        return [
+            (f"{name}.{index}", block)
+            for name in ("before", "after")
+            for index, block in enumerate(self.get_submodule(name))
+        ]
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         grid = self.before(patch_grid(features))  # [B, hidden, side, side]
