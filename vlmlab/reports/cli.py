@@ -67,7 +67,13 @@ def _tokens_per_image(model: dict) -> int:
     the meta device: no weights read; once per distinct connector and tokenizer)."""
     import json
 
-    return _count_tokens(json.dumps(model, sort_keys=True))
+    # only what decides the count (a record written by another version may hold keys this one lacks); a
+    # tokenizer a record stores as its spec is named by the spec's `name`
+    keys = ("tokenizer", "adapter", "adapter_tokens", "pixel_shuffle_ratio", "fusion")
+    counted = {key: model[key] for key in keys if key in model}
+    if isinstance(counted.get("tokenizer"), dict) and "name" in counted["tokenizer"]:
+        counted["tokenizer"] = counted["tokenizer"]["name"]
+    return _count_tokens(json.dumps(counted, sort_keys=True))
 
 
 @functools.cache
