@@ -12,8 +12,6 @@
 from __future__ import annotations
 
 import math
-import signal
-from pathlib import Path
 
 import pytest
 import torch
@@ -520,41 +518,4 @@ def test_connectors_export_as_remote_code(tmp_path, adapter, settings):
     assert config.model.adapter == adapter
 
 
-# -- exact resume ----------------------------------------------------------------------------------------
-@pytest.mark.slow(seconds=25)
-def test_a_killed_perceiver_run_resumes_to_the_weights_of_an_unbroken_one(tmp_path):
-    """SIGKILL in a real process after step 3 (the step-2 checkpoint on disk), resumed: bit-identical final
-    weights to an uninterrupted run. The perceiver is the connector chosen: the only one with state beyond
-    linear layers (its learned latents, a bare parameter expanded over the batch, and attention over
-    [patches; latents]). The C-Abstractor holds no buffers (LayerNorm, not BatchNorm: nothing but weights
-    and their AdamW moments, as every connector), pixel_shuffle and avgpool are an MLP after a fixed
-    rearrangement; what makes a resume exact (weights, optimizer moments, data position, RNG) is the same
-    for all of them, and every connector trains with every fusion above."""
-    from omegaconf import OmegaConf
-    from safetensors.torch import load_file
-    from test_training import cli, experiment, run_cli
-
-    def config(name: str) -> Path:
-        experiment_config = experiment(
-            tmp_path, name, 1, "joint_decoder", max_steps=4, checkpoint_every_n_steps=2, deterministic=True
-        )
-        experiment_config.model.adapter, experiment_config.model.adapter_tokens = "perceiver", 4
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(OmegaConf.to_yaml(OmegaConf.structured(experiment_config)))
-        return path
-
-    code, error = cli(str(config("straight")))
-    assert code == 0, error
-    victim = config("victim")
-    assert run_cli(str(victim), fault="step:3").wait(timeout=300) == -signal.SIGKILL
-    last = torch.load(
-        tmp_path / "victim" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
-    )
-    assert last["global_step"] == 2 and not (tmp_path / "victim" / "result.json").exists()
-    code, error = cli(str(victim))
-    assert code == 0, error
-    straight = load_file(str(tmp_path / "straight" / "final" / "weights.safetensors"))
-    resumed = load_file(str(tmp_path / "victim" / "final" / "weights.safetensors"))
-    assert straight.keys() == resumed.keys() and any(".latents" in name for name in straight)
-    for name in straight:
-        assert torch.equal(straight[name], resumed[name]), name
+# exact resume after a kill: tests/test_training.py's kill test runs its second case with the perceiver
