@@ -101,6 +101,7 @@ def main() -> None:
     parser.add_argument("--text", type=int, default=32, help="text tokens per sample")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per connector (after a warm-up)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", default="", help="comma-separated connectors to run (default: all)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tokens = [int(count) for count in args.tokens.split(",")]
@@ -115,7 +116,10 @@ def main() -> None:
     )
     print(header)
     print("-" * len(header))
+    only = set(filter(None, args.only.split(",")))
     for name, keys in settings(tokens, args.ratio):
+        if only and name not in only:
+            continue
         label = name + "".join(f" {key.split('_')[-1]}={value}" for key, value in keys.items())
         config = load_config(
             ModelConfig,
