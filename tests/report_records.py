@@ -254,3 +254,20 @@ def open_weight_records() -> list[dict]:
             metrics.update(_open_scores("grid", (0.1, 0.1), (0.1, 0.1)))  # to the grid base record
         records.append(_record(run_id, _open_config(model, method, task, mode), metrics, stage=3))
     return records
+
+
+# ------------------------------------------------------------------------- Idefics2's connector sweep
+
+
+def connector_records() -> list[dict]:
+    """The three connectors of sweep idefics2_connector (SigLIP 2 So400m/16 at 256 px: 256 patches), the
+    perceiver best in domain, pixel shuffle between, and a run of another layout (no adapter key)."""
+    records = []
+    for adapter, shift in (("mlp", 0.0), ("perceiver", 0.03), ("pixel_shuffle", 0.015)):
+        config = _design_config("siglip2-so400m-p16-256", "joint_decoder", "unfreeze-tok-s2-lm")
+        config["model"].update(adapter=adapter, adapter_tokens=64, pixel_shuffle_ratio=2)
+        metrics = {name: round(value + shift, 4) for name, value in BASE_SCORES.items()}
+        records.append(_record(f"{adapter}-s2", config, metrics))
+    other = _design_config("clip", "mot", "all-frozen")
+    records.append(_record("other-layout", other, dict(BASE_SCORES)))
+    return records

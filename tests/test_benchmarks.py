@@ -549,3 +549,22 @@ def test_bench_eval_reports_rates_per_wall_and_per_cpu_second(monkeypatch, capsy
     # samples/s = records / eval s, /CPU s = records / eval CPU s
     assert [(float(row[5]), float(row[6])) for row in table] == [(50.0, 62.5), (50.0, 80.0)]
     assert "peak RSS 2000 / 250 records: 1.200 (goal <= 1.10) ABOVE GOAL" in out
+
+
+def test_bench_connectors_prints_tokens_times_and_flops_for_every_connector() -> None:
+    from vlmlab.models.adapters import ADAPTERS
+
+    out = _run_benchmark(
+        "bench_connectors.py", "--backbone", "qwen3-tiny", "--tokenizer", "clip-tiny", "--tokens", "4",
+        "--steps", "1", "--threads", "1", "--text", "8",
+    )  # fmt: skip
+    rows = re.findall(r"^(\w+)[^\n]*?\s+(\d+)  .{52}\s*([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)", out, re.M)
+    assert {row[0] for row in rows} == set(ADAPTERS.names()) - {"embedding"}, out
+    tokens = {row[0]: int(row[1]) for row in rows}
+    # clip-tiny's 4 x 4 patches: mlp and linear keep 16, the others give 4 (pooled, shuffled by 2, latents)
+    assert tokens == {"mlp": 16, "linear": 16, "avgpool": 4, "c_abstractor": 4, "perceiver": 4,
+                      "pixel_shuffle": 4}  # fmt: skip
+    assert "MM1: 64 or 144" in out and "Idefics2: 64 latents from 729 patches" in out
+    for row in rows:  # forward + backward costs about 3 forwards: more than one, never more than four
+        forward, both = float(row[4]), float(row[5])
+        assert forward > 0 and forward < both <= 4 * forward + 0.01, row

@@ -25,6 +25,7 @@ from vlmlab.errors import ConfigError
 from vlmlab.models.adapters import (
     ADAPTERS,
     AdapterShape,
+    CAbstractorAdapter,
     PerceiverAdapter,
     PixelShuffleAdapter,
     space_to_depth,
@@ -144,6 +145,88 @@ def test_perceiver_equals_the_idefics2_connector():
     assert ours(features).shape == (3, latents, text)
 
 
+def test_c_abstractor_blocks_equal_timms_regnet_stage_as_honeybee_builds_it():
+    """Honeybee builds its C-Abstractor's blocks as timm's RegStage(depth 3, stride 1, SiLU, LayerNorm2d): the
+    same weights in our blocks and in timm's give the same output, with a width change (the shortcut conv)."""
+    from timm.layers import LayerNorm2d
+    from timm.models.regnet import RegStage
+
+    vision, hidden, text, side = 24, 32, 40, 6
+    ours = CAbstractorAdapter(
+        AdapterShape(in_dim=vision, in_tokens=side * side, out_dim=text, hidden_dim=hidden, tokens=4)
+    ).eval()
+    with torch.no_grad():  # no weight at its initial value (norms start at ones and zeros)
+        for param in ours.parameters():
+            param.add_(torch.randn_like(param) * 0.1)
+    stages = [
+        RegStage(
+            3, width, hidden, stride=1, dilation=1, act_layer=torch.nn.SiLU, norm_layer=LayerNorm2d
+        ).eval()
+        for width in (vision, hidden)
+    ]
+    for timm_stage, our_stage in zip(stages, (ours.before, ours.after)):
+        state = {}
+        for index, block in enumerate(our_stage):
+            for name, value in block.state_dict().items():
+                name = name.replace("conv1.0.", "conv1.conv.").replace("conv1.1.", "conv1.bn.")
+                name = name.replace("conv2.0.", "conv2.conv.").replace("conv2.1.", "conv2.bn.")
+                name = name.replace("conv3.0.", "conv3.conv.").replace("conv3.1.", "conv3.bn.")
+                name = name.replace("shortcut.0.", "downsample.conv.").replace(
+                    "shortcut.1.", "downsample.bn."
+                )
+                name = name.replace("se.down.", "se.fc1.").replace("se.up.", "se.fc2.")
+                state[f"b{index + 1}.{name}"] = value
+        assert sorted(state) == sorted(timm_stage.state_dict())  # one to one
+        timm_stage.load_state_dict(state, strict=True)
+    features = torch.randn(2, side * side, vision)
+    with torch.no_grad():
+        grid = features.transpose(1, 2).reshape(2, vision, side, side)
+        pooled = torch.nn.functional.adaptive_avg_pool2d(stages[0](grid), 2)
+        expected = ours.readout(stages[1](pooled).flatten(2).transpose(1, 2))
+        torch.testing.assert_close(ours(features), expected)
+    assert ours(features).shape == (2, 4, text)
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS.names())
+def test_adapter_flops_match_torchs_flop_counter(adapter):
+    """Every adapter's own count (describe's) against torch's FlopCounterMode on one image, on the meta
+    device: matrix multiplies, convolutions and attention, 2 FLOPs per multiply-add."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    settings, _ = TRAINING[adapter]
+    shape = AdapterShape(
+        in_dim=400 if adapter == "embedding" else 24,
+        in_tokens=16,
+        out_dim=40,
+        hidden_dim=48,
+        tokens=settings.get("adapter_tokens", 64),
+        ratio=settings.get("pixel_shuffle_ratio", 2),
+        heads=4,
+        kv_heads=2,
+    )
+    with torch.device("meta"):
+        module = ADAPTERS.get(adapter)(shape)
+        inputs = torch.zeros(1, 16, dtype=torch.long) if adapter == "embedding" else torch.zeros(1, 16, 24)
+    with FlopCounterMode(display=False) as counter:
+        module(inputs)
+    assert module.flops_per_image() == counter.get_total_flops()
+
+
+CONTINUOUS_TINY = ["clip-tiny", "clip-tiny-p8", "siglip2-tiny", "dinov3-tiny", "dinov3-tiny-hf", "aimv2-tiny"]
+
+
+@pytest.mark.parametrize("tokenizer", CONTINUOUS_TINY)
+def test_c_abstractor_takes_every_continuous_tokenizer(tokenizer):
+    vlm = build_vlm(
+        dict(tokenizer=tokenizer, adapter="c_abstractor", adapter_tokens=4, random_tokenizer=True)
+    )
+    size = vlm.image_tokenizer.spec.image_size
+    features = vlm.image_features(torch.randn(2, 3, size, size))
+    assert features.shape == (2, 4, vlm.backbone_spec.hidden_size)
+    features.sum().backward()
+    assert all(param.grad is not None for param in vlm.adapter.parameters())
+
+
 # -- (b) token counts, parameters and FLOPs by hand --------------------------------------------------------
 # (adapter, its settings, tokenizer, image tokens per image worked out by hand)
 TOKEN_COUNTS = [
@@ -160,6 +243,9 @@ TOKEN_COUNTS = [
     ("avgpool", {"adapter_tokens": 4}, "clip-tiny", 4),  # 4 x 4 -> 2 x 2
     ("avgpool", {"adapter_tokens": 9}, "dinov3-tiny", 9),  # 4 x 4 -> 3 x 3 (overlapping windows)
     ("avgpool", {"adapter_tokens": 16}, "clip-tiny-p8", 16),  # 8 x 8 -> 4 x 4
+    ("c_abstractor", {"adapter_tokens": 4}, "clip-tiny", 4),  # 4 x 4 -> 2 x 2
+    ("c_abstractor", {"adapter_tokens": 1}, "siglip2-tiny", 1),  # 4 x 4 -> 1 x 1
+    ("c_abstractor", {"adapter_tokens": 9}, "clip-tiny-p8", 9),  # 8 x 8 -> 3 x 3
 ]
 
 
@@ -215,6 +301,13 @@ DESCRIBED = [
     # 8,192 x 5 latents = 40,960, k and v 4,096 x (16 + 5 keys) = 86,016, QK^T and AV 2 x 5 x 21 x 4 x 16 =
     # 13,440, MLP 49,152 x 5 = 245,760 -> 386,176, x 3 = 1,158,528; total 1,355,136, x 2 = 2,710,272
     ("perceiver", {"adapter_tokens": 5}, 5, 197_568, 2_710_272),
+    # c_abstractor, 4 tokens, every width 64. Parameters per block: 1x1 conv 4,096, depthwise 3x3 64 x 9 = 576,
+    # 1x1 conv 4,096, three LayerNorms 3 x 128 = 384, squeeze-excite to 64 / 4 = 16 channels 64 x 16 + 16 +
+    # 16 x 64 + 64 = 2,128 (no shortcut conv: 64 -> 64) -> 11,280, x 6 blocks = 67,680; readout 2 x 4,160 =
+    # 8,320 -> 76,000. Multiply-adds: a block's convs 8,768 per position, its squeeze-excite 2,048 once; 3
+    # blocks on 16 patches 3 x (140,288 + 2,048) = 427,008, 3 on 4 pooled 3 x (35,072 + 2,048) = 111,360,
+    # readout 8,192 x 4 = 32,768 -> 571,136, x 2 = 1,142,272
+    ("c_abstractor", {"adapter_tokens": 4}, 4, 76_000, 1_142_272),
 ]
 
 
@@ -245,6 +338,7 @@ TRAINING = {
     "pixel_shuffle": ({"pixel_shuffle_ratio": 2}, 4),  # (4 / 2)^2
     "perceiver": ({"adapter_tokens": 5}, 5),
     "avgpool": ({"adapter_tokens": 4}, 4),
+    "c_abstractor": ({"adapter_tokens": 4}, 4),
 }
 
 
@@ -286,6 +380,27 @@ def test_every_connector_trains_with_every_fusion(adapter, fusion):
         (dict(pixel_shuffle_ratio=5), r"pixel-shuffle ratio \(model.pixel_shuffle_ratio\) 5.*2, 3, 4"),
         (dict(adapter="perceiver", adapter_tokens=0), "adapter_tokens=0 is impossible.*1 or more"),
         (dict(adapter="avgpool", adapter_tokens=50), "adapter_tokens=50 is not a square.*49 or 64"),
+        (
+            dict(adapter="c_abstractor", adapter_tokens=8),
+            "adapter_tokens=8 is not a square.*c_abstractor.*4 or 9",
+        ),
+        # a discrete tokenizer's ids take the embedding table only, a continuous one's features anything else
+        (
+            dict(adapter="perceiver", tokenizer="titok-tiny"),
+            r"Adapter 'perceiver' cannot take a discrete tokenizer's output \(titok-tiny\); use embedding \(or",
+        ),
+        (
+            dict(adapter="c_abstractor", tokenizer="var-tiny"),
+            r"Adapter 'c_abstractor' cannot take a discrete tokenizer's output \(var-tiny\); use embedding",
+        ),
+        (
+            dict(adapter="pixel_shuffle", tokenizer="titok-tiny"),
+            "Adapter 'pixel_shuffle' cannot take a discrete tokenizer's output",
+        ),
+        (
+            dict(adapter="embedding"),
+            "cannot take a continuous.*use mlp, linear, pixel_shuffle, perceiver, avgpool, c_abstractor",
+        ),
     ],
 )
 def test_bad_connector_settings_stop_the_config(settings, message):
@@ -307,14 +422,9 @@ def test_bad_connector_settings_stop_the_config(settings, message):
         ),
         (dict(adapter="avgpool"), "adapter_tokens=64 cannot be pooled"),  # MM1's 64 needs an 8 x 8 grid
         (
-            dict(adapter="perceiver", tokenizer="titok-tiny"),
-            r"Adapter 'perceiver' cannot take a discrete tokenizer's output \(titok-tiny\); use embedding",
+            dict(adapter="c_abstractor", adapter_tokens=25),
+            r"adapter_tokens=25 cannot be pooled.*c_abstractor needs a square.*valid here: 1, 4, 9, 16\)",
         ),
-        (
-            dict(adapter="pixel_shuffle", tokenizer="var-tiny"),
-            "Adapter 'pixel_shuffle' cannot take a discrete tokenizer's output",
-        ),
-        (dict(adapter="embedding"), "cannot take a continuous.*use avgpool, linear, mlp, perceiver, pixel_"),
     ],
 )
 def test_bad_connector_settings_stop_the_build(settings, message):
@@ -377,7 +487,12 @@ def test_export_refuses_llava_for_a_connector(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     ("adapter", "settings"),
-    [("pixel_shuffle", {}), ("perceiver", {"adapter_tokens": 5}), ("avgpool", {"adapter_tokens": 1})],
+    [
+        ("pixel_shuffle", {}),
+        ("perceiver", {"adapter_tokens": 5}),
+        ("avgpool", {"adapter_tokens": 1}),
+        ("c_abstractor", {"adapter_tokens": 4}),
+    ],
 )
 def test_connectors_export_as_remote_code(tmp_path, adapter, settings):
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -401,3 +516,6 @@ def test_connectors_export_as_remote_code(tmp_path, adapter, settings):
     inputs = processor(text=prompt, images=Image.new("RGB", (64, 64)), return_tensors="pt")
     assert int((inputs["input_ids"] == model.image_token_id).sum()) == model.tokens_per_image
     assert config.model.adapter == adapter
+
+
+# exact resume after a kill: tests/test_training.py's kill test runs its second case with the perceiver

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from report_records import (
+    connector_records,
     design_records,
     open_weight_records,
     resize_records,
@@ -25,13 +26,23 @@ from report_records import (
     transfer_records,
 )
 
-from vlmlab.reports.layouts import design_table, resize_table, scaling_table, transfer_table
+from vlmlab.reports.layouts import (
+    connector_table,
+    design_table,
+    resize_table,
+    scaling_table,
+    transfer_table,
+)
 from vlmlab.reports.open_weight import open_weight_rl_table, open_weight_sft_table, open_weight_tables
 
 GOLDEN = Path(__file__).parent / "golden" / "reports"
 REGENERATE = os.environ.get("VLMLAB_REGEN_GOLDEN") == "1"
 FORMATS = ("md", "csv", "tex")
 DESIGN_KEYS = ["model.tokenizer", "model.fusion", "train.freeze"]
+
+# tokens per image of the connector sweep, by hand: 256 px / 16 px patches = 16 x 16 = 256 for the MLP; 64
+# perceiver latents; pixel shuffle by 2: (16 / 2)^2 = 64
+CONNECTOR_TOKENS = {"mlp": 256, "perceiver": 64, "pixel_shuffle": 64}
 
 CASES: dict[str, Callable[[], Any]] = {
     # Tables 1-5: tokenizer x fusion x recipe, a missing design point, a run without DocVQA (no average)
@@ -73,6 +84,10 @@ CASES: dict[str, Callable[[], Any]] = {
     "open_weight_rl_7b_vqa": lambda: open_weight_rl_table(open_weight_records(), "Qwen2.5-VL-7B", "vqa"),
     "open_weight_rl_7b_tqa": lambda: open_weight_rl_table(open_weight_records(), "Qwen2.5-VL-7B", "tqa"),
     "open_weight_rl_3b_vqa": lambda: open_weight_rl_table(open_weight_records(), "Qwen2.5-VL-3B", "vqa"),
+    # Idefics2's connectors (section 3.3): a row per connector headed by its image tokens per image
+    "idefics2_connector": lambda: connector_table(
+        connector_records(), lambda model: CONNECTOR_TOKENS[model["adapter"]]
+    ),
 }
 
 
@@ -107,3 +122,15 @@ def test_open_weight_tables_are_the_named_tables() -> None:
             for fmt in FORMATS:
                 golden = (GOLDEN / f"{expected[table.name]}.{fmt}").read_bytes()
                 assert table.render(fmt).encode("utf-8") == golden
+
+
+def test_the_connector_layout_counts_tokens_with_the_model_itself():
+    """`vlmlab results --layout idefics2_connector` counts each record's image tokens by building its model
+    on the meta device, whatever backbone the record names. On siglip2-tiny (64 px / 16 px = a 4 x 4 grid)
+    by hand: 16 for the MLP, 4 latents, (4 / 2)^2 = 4 after the shuffle (the So400m tower of the sweep takes
+    most of a minute to build here, for the same arithmetic)."""
+    from vlmlab.reports.cli import _tokens_per_image
+
+    for adapter, tokens in {"mlp": 16, "perceiver": 4, "pixel_shuffle": 4}.items():
+        model = {"backbone": "qwen3-0.6b", "tokenizer": "siglip2-tiny", "adapter": adapter}
+        assert _tokens_per_image({**model, "adapter_tokens": 4, "pixel_shuffle_ratio": 2}) == tokens

@@ -24,17 +24,11 @@ FUSIONS = FUSION_REGISTRY.names()
 STEPS = 3
 
 
-def tiny_model(fusion: str, image_size: int | None = None) -> torch.nn.Module:
+def tiny_model(fusion: str, **model: object) -> torch.nn.Module:
+    """The tiny VLM of `fusion`, with `model` keys over the defaults (a connector and its settings)."""
     torch.manual_seed(0)
-    return build_vlm(
-        dict(
-            backbone="qwen3-tiny",
-            tokenizer="clip-tiny",
-            random_tokenizer=True,
-            fusion=fusion,
-            image_size=image_size,
-        )
-    )
+    settings = dict(backbone="qwen3-tiny", tokenizer="clip-tiny", random_tokenizer=True, fusion=fusion)
+    return build_vlm({**settings, **model})
 
 
 def global_batch(model, step: int) -> dict[str, torch.Tensor]:
@@ -82,7 +76,9 @@ def prompts(model) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return ids, segments, batch["pixel_values"][:2]
 
 
-def _sharded_worker(rank: int, fusion: str, port: int, out: str, image_size: int | None = None) -> None:
+def _sharded_worker(rank: int, cases: list[tuple[str, dict]], port: int, out: str) -> None:
+    """Each (fusion, model keys) case in turn in the same two ranks (one process group: a rendezvous per
+    model would cost more than its training): shard, train STEPS steps on this rank's half, generate."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from torch.distributed.device_mesh import init_device_mesh
 
@@ -91,40 +87,31 @@ def _sharded_worker(rank: int, fusion: str, port: int, out: str, image_size: int
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     torch.set_num_threads(1)
-    model = tiny_model(fusion, image_size)
-    model.adapter.requires_grad_(False) if fusion == "cross_attention" else None  # frozen parts inside units
-    units = shard_model(model, init_device_mesh("cpu", (2,)))
-    local = [half(global_batch(model, step), rank) for step in range(STEPS)]
-    losses = train_steps(model, local)
-    mean = torch.tensor(losses)
-    dist.all_reduce(mean)
-    generated = greedy_generate(model, *prompts(model), max_new_tokens=5, stop_ids=[])
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if rank == 0:
-        torch.save(
-            {"losses": (mean / 2).tolist(), "state": state, "units": units, "generated": generated}, out
+    mesh = init_device_mesh("cpu", (2,))
+    results = []
+    for fusion, overrides in cases:
+        model = tiny_model(fusion, **overrides)
+        model.adapter.requires_grad_(False) if fusion == "cross_attention" else None  # frozen parts in units
+        units = shard_model(model, mesh)
+        local = [half(global_batch(model, step), rank) for step in range(STEPS)]
+        losses = train_steps(model, local)
+        mean = torch.tensor(losses)
+        dist.all_reduce(mean)
+        generated = greedy_generate(model, *prompts(model), max_new_tokens=5, stop_ids=[])
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        results.append(
+            {"losses": (mean / 2).tolist(), "state": state, "units": units, "generated": generated}
         )
+    if rank == 0:
+        torch.save(results, out)
     dist.barrier()  # neither process tears its connections down while the other still uses them
     dist.destroy_process_group()
 
 
-# (fusion, model.image_size): every fusion at the tokenizer's own size; one at a non-native size (issue 25:
-# clip-tiny at 96 px, a 6 x 6 grid whose position embeddings open_clip built for that size)
-SHARDED = [*((fusion, None) for fusion in FUSIONS), ("joint_decoder", 96)]
-
-
-@pytest.mark.slow(seconds=30)
-@pytest.mark.parametrize(("fusion", "image_size"), SHARDED)
-def test_two_process_fsdp2_follows_one_process_training(
-    tmp_path: Path, fusion: str, image_size: int | None
-) -> None:
-    out = tmp_path / "sharded.pt"
-    port = unused_port()
-    spawn(_sharded_worker, (fusion, port, str(out), image_size))
-    sharded = torch.load(out, weights_only=True)
-
-    model = tiny_model(fusion, image_size)
-    assert model.image_tokenizer.num_tokens == ((image_size or 64) // 16) ** 2
+def assert_follows_one_process(sharded: dict, fusion: str, overrides: dict) -> torch.nn.Module:
+    """The sharded run's losses, final weights and generation against the same steps in one process;
+    -> the one-process model."""
+    model = tiny_model(fusion, **overrides)
     model.adapter.requires_grad_(False) if fusion == "cross_attention" else None
     losses = train_steps(model, [global_batch(model, step) for step in range(STEPS)])
     assert sharded["losses"] == pytest.approx(losses, rel=1e-4, abs=1e-5)
@@ -137,19 +124,70 @@ def test_two_process_fsdp2_follows_one_process_training(
         # one batch); 2.7e-5 was seen for MoT on transformers 5.25
         torch.testing.assert_close(sharded["state"][name], value, rtol=1e-4, atol=1e-4, msg=name)
     assert sharded["generated"] == greedy_generate(model, *prompts(model), max_new_tokens=5, stop_ids=[])
-    # one unit per decoder layer of every kind and per tokenizer block, so no layer's weights are ever
-    # all gathered at once; the tokenizer's blocks are open_clip's residual attention blocks
+    return model
+
+
+def expected_units(model: torch.nn.Module, fusion: str) -> int:
+    """One unit per decoder layer of every kind, per tokenizer block (open_clip's residual attention blocks)
+    and per connector block, + the root: no layer's weights are ever all gathered at once."""
     from open_clip.transformer import ResidualAttentionBlock
 
     layers = model.lm.config.num_hidden_layers
-    expected = {
+    decoder = {
         "joint_decoder": layers,
         "mot": 2 * layers,
         "cross_attention": layers + len(getattr(model.fusion, "cross_attn_layers", [])),
     }[fusion]
     blocks = sum(isinstance(m, ResidualAttentionBlock) for m in model.image_tokenizer.modules())
     assert blocks >= 2
-    assert len(sharded["units"]) == expected + blocks + 1  # + the root
+    return decoder + blocks + len(model.adapter.fsdp_units()) + 1
+
+
+@pytest.mark.slow(seconds=30)
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_two_process_fsdp2_follows_one_process_training(tmp_path: Path, fusion: str) -> None:
+    out = tmp_path / "sharded.pt"
+    spawn(_sharded_worker, ([(fusion, {})], unused_port(), str(out)))
+    (sharded,) = torch.load(out, weights_only=True)
+    model = assert_follows_one_process(sharded, fusion, {})
+    assert len(sharded["units"]) == expected_units(model, fusion)
+
+
+# The settings of issue 25, each with a fusion: the connectors (every fusion covered, the perceiver's and
+# C-Abstractor's blocks trained by a fusion whose gradient reaches them) at token counts the tiny 4 x 4 grid
+# allows, and a non-native input size (clip-tiny at 96 px: a 6 x 6 grid whose position embeddings open_clip
+# built for that size)
+DESIGN_CASES = [
+    ("mot", {"adapter": "perceiver", "adapter_tokens": 4}),
+    ("joint_decoder", {"adapter": "c_abstractor", "adapter_tokens": 4}),
+    ("joint_decoder", {"adapter": "pixel_shuffle", "pixel_shuffle_ratio": 2}),
+    ("cross_attention", {"adapter": "avgpool", "adapter_tokens": 4}),
+    ("joint_decoder", {"image_size": 96}),
+]
+
+
+def test_the_design_cases_cover_every_connector_with_blocks_or_a_token_count() -> None:
+    from vlmlab.models.adapters import ADAPTERS
+
+    new = set(ADAPTERS.names()) - {"mlp", "linear", "embedding"}  # those three: the fusion tests above
+    assert {case["adapter"] for _, case in DESIGN_CASES if "adapter" in case} == new
+
+
+@pytest.mark.slow(seconds=30)
+def test_two_process_fsdp2_follows_one_process_for_every_connector_and_a_new_size(tmp_path: Path) -> None:
+    """Every new connector and a non-native input size, sharded in the same two ranks one model after the
+    other: the same losses, weights and generation as one process, the perceiver's and C-Abstractor's
+    blocks units of their own."""
+    out = tmp_path / "sharded.pt"
+    spawn(_sharded_worker, (DESIGN_CASES, unused_port(), str(out)))
+    results = torch.load(out, weights_only=True)
+    for sharded, (fusion, overrides) in zip(results, DESIGN_CASES, strict=True):
+        model = assert_follows_one_process(sharded, fusion, overrides)
+        assert len(sharded["units"]) == expected_units(model, fusion)
+        adapter_units = [unit for unit in sharded["units"] if unit.startswith("adapter.")]
+        assert len(adapter_units) == {"perceiver": 3, "c_abstractor": 6}.get(overrides.get("adapter"), 0)
+        if "image_size" in overrides:
+            assert model.image_tokenizer.num_tokens == (overrides["image_size"] // 16) ** 2
 
 
 def _jd_then_mot(model_for, shard, batches_for) -> tuple[list[float], dict[str, torch.Tensor]]:

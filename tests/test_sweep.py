@@ -118,6 +118,25 @@ def test_design_space_dry_run_counts() -> None:
             assert children[run["id"]] == recipes * fusions, run["id"]
 
 
+def test_idefics2_connector_dry_run_counts_what_its_header_states() -> None:
+    from vlmlab import presets
+
+    header = presets.resolve("sweeps", "idefics2_connector").read_text()
+    assert "# 6 runs: 3 stage-1 + 3 stage-2" in header
+    data = dry_run_json("idefics2_connector")
+    # 3 connectors x 1 tokenizer x 1 fusion x 1 recipe: a stage-1 run (the connector alone trains) and a
+    # stage-2 run per connector
+    assert data["counts"]["total"] == 6 and data["counts"]["by_stage"] == {"1": 3, "2": 3}
+    runs = data["runs"]
+    assert sorted(run["labels"]["model.adapter"] for run in runs) == sorted(
+        ["mlp", "perceiver", "pixel_shuffle"] * 2
+    )
+    for run in runs:
+        if run["stage"] == 2:  # each stage-2 run starts from its own connector's stage-1 run
+            (parent,) = [p for p in runs if p["id"] == run["depends_on"][0]]
+            assert parent["labels"]["model.adapter"] == run["labels"]["model.adapter"]
+
+
 def test_transfer_dry_run_counts_and_shared_prefix() -> None:
     data = dry_run_json("transfer")
     # Tables 6-7: 6 tokenizers x 3 fusions = 18 stage-2 models (recipe unfreeze-lm), each fine-tuned on

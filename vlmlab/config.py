@@ -6,6 +6,7 @@ Unknown keys are rejected with the closest valid key suggested, so a typo never 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from dataclasses import dataclass, field
@@ -43,10 +44,10 @@ TRAIN_METHODS = ("sft", "grpo", "eval")
 # The adapters (connectors, paper section 2.2, and the design-space studies' connectors) `model.adapter` names
 # besides `auto`; the models' registry (vlmlab.models.adapters.ADAPTERS) holds one class per name, checked by
 # a test. Declared here, torch-free, so a misspelled adapter stops a config (and a sweep's expansion) on load.
-ADAPTER_NAMES = ("mlp", "linear", "embedding", "pixel_shuffle", "perceiver", "avgpool")
+ADAPTER_NAMES = ("mlp", "linear", "embedding", "pixel_shuffle", "perceiver", "avgpool", "c_abstractor")
 # the adapters whose image-token count is `model.adapter_tokens` (the others keep the tokenizer's count, or
 # divide it by pixel_shuffle_ratio squared)
-TOKEN_COUNT_ADAPTERS = ("perceiver", "avgpool")
+TOKEN_COUNT_ADAPTERS = ("perceiver", "avgpool", "c_abstractor")
 # Idefics3 shuffles by 2, SmolVLM by 4 (and 3 at some sizes); 1 would be the plain MLP
 PIXEL_SHUFFLE_RATIOS = (2, 3, 4)
 # How an image becomes the tokenizer's square input (vlmlab.models.tokenizers.preprocess; Prismatic VLMs,
@@ -71,11 +72,11 @@ class ModelConfig:
     # k - 1 decoder layers and a decoder layer after the last (k = 4 on 32 layers: its indices 3, 8, ..., 38)
     cross_attention_layout: str = "every"
     # auto (mlp; linear for Cross-Attention; embedding for discrete tokenizers) | mlp | linear | embedding |
-    # pixel_shuffle | perceiver | avgpool (vlmlab/models/adapters.py)
+    # pixel_shuffle | perceiver | avgpool | c_abstractor (vlmlab/models/adapters.py)
     adapter: str = "auto"
     adapter_hidden: int | None = None  # the adapter's MLP hidden width; None = the backbone's hidden size
-    # image tokens one image becomes out of `perceiver` (its learned latents; Idefics2: 64) and `avgpool` (a
-    # square grid; MM1: 64 or 144); not used by the other adapters
+    # image tokens one image becomes out of `perceiver` (its learned latents; Idefics2: 64), `avgpool` and
+    # `c_abstractor` (a square grid; MM1: 64 or 144); not used by the other adapters
     adapter_tokens: int = 64
     # pixel_shuffle: each ratio x ratio block of patches becomes one token ratio^2 times wider, so an image
     # costs ratio^2 times fewer tokens (the patch grid's side must divide by it); not used by the others
@@ -188,11 +189,22 @@ class ModelConfig:
                 f"model.adapter_tokens={self.adapter_tokens} is impossible: an image needs at least one token "
                 "(valid: 1 or more)."
             )
+        if self.adapter != "auto" and isinstance(self.tokenizer, str):
+            # token ids (TiTok, VAR) have no patch features to project, pool or resample, and patch features
+            # no ids to look up: refused here, not when the model is built (an inline tokenizer spec is
+            # checked there, vlmlab.models.adapters.build_adapter)
+            discrete = _tokenizer_kind(self.tokenizer) == "discrete"
+            if discrete != (self.adapter == "embedding"):
+                valid = "embedding" if discrete else ", ".join(n for n in ADAPTER_NAMES if n != "embedding")
+                raise ConfigError(
+                    f"Adapter {self.adapter!r} cannot take a {'discrete' if discrete else 'continuous'} "
+                    f"tokenizer's output ({self.tokenizer}); use {valid} (or auto)."
+                )
         side = math.isqrt(self.adapter_tokens)
-        if self.adapter == "avgpool" and side * side != self.adapter_tokens:
+        if self.adapter in ("avgpool", "c_abstractor") and side * side != self.adapter_tokens:
             nearest = sorted({max(side, 1) ** 2, (side + 1) ** 2})
             raise ConfigError(
-                f"model.adapter_tokens={self.adapter_tokens} is not a square number: avgpool pools the patch "
+                f"model.adapter_tokens={self.adapter_tokens} is not a square number: {self.adapter} pools the patch "
                 f"grid to a side x side grid (valid: a square, e.g. {' or '.join(map(str, nearest))})."
             )
 
@@ -440,6 +452,13 @@ def load_config(schema: type, sources: list[str | Path | dict] = (), overrides: 
         return OmegaConf.to_object(merged)
     except Exception as error:
         raise ConfigError(f"Invalid config value: {error}") from error
+
+
+@functools.cache  # a sweep's expansion loads the same presets many times
+def _tokenizer_kind(name: str) -> str:
+    """`continuous` or `discrete`, as the tokenizer preset (a shipped name or a YAML path) declares."""
+    spec = read_yaml_file(presets.resolve("tokenizer", name))
+    return str(spec.get("kind", "continuous")) if isinstance(spec, DictConfig) else "continuous"
 
 
 def read_yaml_file(path: str | Path) -> Any:

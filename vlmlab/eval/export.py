@@ -13,7 +13,7 @@ model's image tokens, as vlmlab's encoder does):
 - `llava`: `LlavaForConditionalGeneration`, the class lmms-eval, VLMEvalKit and vLLM know. Only where it
   computes exactly what vlmlab computes: the Joint-Decoder fusion, the MLP adapter (LLaVA's projector:
   linear, exact GELU, linear, at the language model's width, one token per patch: no pixel_shuffle,
-  perceiver or avgpool connector), and a continuous CLIP (open_clip or transformers) or SigLIP (timm or
+  perceiver, avgpool or c_abstractor connector), and a continuous CLIP (open_clip or transformers) or SigLIP (timm or
   transformers) tower whose features LLaVA can select. LLaVA takes
   `hidden_states[vision_feature_layer]` of the vision tower, which come *before* its final LayerNorm, and
   its projector cannot apply one; vlmlab's `feature_layer: -1` features come after the final norm (of
@@ -403,7 +403,9 @@ def vision_plan(model: Any) -> VisionPlan:
             "projects continuous CLIP / SigLIP features"
         )
     adapter = model.adapter
-    if type(adapter) is not MLPAdapter:  # pixel_shuffle, perceiver, avgpool regroup or resample the patches
+    if (
+        type(adapter) is not MLPAdapter
+    ):  # pixel_shuffle, perceiver, avgpool, c_abstractor regroup or resample the patches
         raise NotLlava(
             f"its adapter is {adapter_name(adapter)!r} ({model.image_tokenizer.num_tokens} patches -> "
             f"{adapter.num_tokens} image tokens); LLaVA's projector is vlmlab's 'mlp' adapter, one token per "

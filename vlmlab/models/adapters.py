@@ -12,6 +12,9 @@ Idefics3). `model.adapter` picks one (the names are declared in vlmlab.config.AD
   `model.adapter_tokens` learned latents cross-attend to the patches (Idefics2): that many tokens.
 - `avgpool`: adaptive average pooling of the patch grid to a side x side grid (`model.adapter_tokens` =
   side^2), then the MLP (MM1's average-pooling connector): side^2 tokens.
+- `c_abstractor`: Honeybee's C-Abstractor (Cha et al., CVPR 2024; also in MM1's comparison): residual
+  convolution blocks on the patch grid, adaptive average pooling to side x side (`model.adapter_tokens`),
+  more blocks, then an MLP readout: side^2 tokens that keep local context.
 
 `mlp`, `linear` and `embedding` keep the tokenizer's token count. Every adapter says how many tokens it gives
 one image (`num_tokens`): the placeholder positions an image takes in the sequence (VisionLanguageModel.
@@ -35,6 +38,10 @@ from vlmlab.registry import Registry
 # Idefics2's resampler depth (resampler_depth: 3); its blocks' MLPs are 4 x the width wide, as there
 PERCEIVER_DEPTH = 3
 PERCEIVER_MLP_RATIO = 4
+# Honeybee's C-Abstractor: 3 RegNet bottleneck blocks before and 3 after the pooling (its `depth: 3`), a
+# squeeze-excitation a quarter of the block's input width (timm's RegNet default), a 2-layer readout
+C_ABSTRACTOR_DEPTH = 3
+C_ABSTRACTOR_SE_RATIO = 0.25
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,12 @@ class Adapter(nn.Module):
     for `embedding`) -> [images, num_tokens, out_dim]. Subclasses set `num_tokens` in `__init__`."""
 
     num_tokens: int  # tokens the adapter gives one image
+
+    def fsdp_units(self) -> list[tuple[str, nn.Module]]:
+        """(name, block) of the blocks FSDP shards as units of their own (vlmlab/train/sharding.py): an
+        adapter with stacked blocks of a size near a decoder layer's (the perceiver's, the C-Abstractor's)
+        lists them, so its weights are never all gathered at once; the rest stays in the root unit."""
+        return []
 
     def flops_per_image(self) -> int:
         """Forward FLOPs (2 per multiply-add) of the adapter's matrix multiplies for one image. A token-wise
@@ -160,6 +173,27 @@ class PixelShuffleAdapter(Adapter):
         return self.mlp(space_to_depth(features, self.ratio))
 
 
+def square_tokens(shape: AdapterShape, adapter: str) -> tuple[int, int]:
+    """(the patch grid's side, the pooled grid's side) for a connector that pools the square patch grid to
+    `model.adapter_tokens` = side^2 tokens; ConfigError where it cannot."""
+    side = shape.grid_side(adapter)
+    out_side = math.isqrt(shape.tokens)
+    if out_side**2 != shape.tokens or out_side > side:
+        valid = ", ".join(str(n * n) for n in range(1, side + 1))
+        raise ConfigError(
+            f"model.adapter_tokens={shape.tokens} cannot be pooled from the {side} x {side} patch grid of "
+            f"{shape.tokenizer}: {adapter} needs a square no larger than the grid (valid here: {valid})."
+        )
+    return side, out_side
+
+
+def patch_grid(features: torch.Tensor) -> torch.Tensor:
+    """Row-major patches [B, side * side, D] -> the image's grid [B, D, side, side]."""
+    batch, tokens, dim = features.shape
+    side = math.isqrt(tokens)
+    return features.transpose(1, 2).reshape(batch, dim, side, side)
+
+
 @ADAPTERS.register("avgpool")
 class AvgPoolAdapter(Adapter):
     """Adaptive average pooling of the patch grid to side x side (`model.adapter_tokens` = side^2), then the
@@ -167,22 +201,12 @@ class AvgPoolAdapter(Adapter):
 
     def __init__(self, shape: AdapterShape) -> None:
         super().__init__()
-        side = shape.grid_side("avgpool")
-        self.out_side = math.isqrt(shape.tokens)
-        if self.out_side**2 != shape.tokens or self.out_side > side:
-            valid = ", ".join(str(n * n) for n in range(1, side + 1))
-            raise ConfigError(
-                f"model.adapter_tokens={shape.tokens} cannot be pooled from the {side} x {side} patch grid of "
-                f"{shape.tokenizer}: avgpool needs a square no larger than the grid (valid here: {valid})."
-            )
+        _, self.out_side = square_tokens(shape, "avgpool")
         self.num_tokens = shape.tokens
         self.mlp = MLPAdapter(dataclasses.replace(shape, in_tokens=self.num_tokens))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        batch, tokens, dim = features.shape
-        side = math.isqrt(tokens)
-        grid = features.transpose(1, 2).reshape(batch, dim, side, side)
-        pooled = F.adaptive_avg_pool2d(grid, self.out_side)  # [B, D, out_side, out_side]
+        pooled = F.adaptive_avg_pool2d(patch_grid(features), self.out_side)  # [B, D, out_side, out_side]
         return self.mlp(pooled.flatten(2).transpose(1, 2))
 
 
@@ -267,6 +291,9 @@ class PerceiverAdapter(Adapter):
         )
         self.norm = nn.RMSNorm(dim, eps=shape.norm_eps)
 
+    def fsdp_units(self) -> list[tuple[str, nn.Module]]:
+        return [(f"blocks.{index}", block) for index, block in enumerate(self.blocks)]
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         context = self.projection(features)
         latents = self.latents.to(context.dtype).expand(features.shape[0], -1, -1)
@@ -284,6 +311,114 @@ class PerceiverAdapter(Adapter):
             multiply_adds += (attention.key.weight.numel() + attention.value.weight.numel()) * keys
             multiply_adds += 2 * latents * keys * attention.heads * attention.head_dim  # QK^T and AV
             multiply_adds += linear_weights(block.mlp) * latents
+        return 2 * multiply_adds
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of [B, C, H, W] (Honeybee's choice for its blocks, through timm): no
+    running statistics, so a step does not depend on the batch's other images."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class ConvNorm(nn.Sequential):
+    """Bias-free convolution, then LayerNorm2d with eps 1e-5 (timm's LayerNormAct2d, which Honeybee's
+    blocks get when they ask for LayerNorm2d)."""
+
+    def __init__(self, in_dim: int, out_dim: int, kernel: int = 1, groups: int = 1) -> None:
+        conv = nn.Conv2d(in_dim, out_dim, kernel, padding=kernel // 2, groups=groups, bias=False)
+        super().__init__(conv, LayerNorm2d(out_dim, eps=1e-5))
+
+
+class SqueezeExcite(nn.Module):
+    """Channel gates from the grid's mean: x * sigmoid(up(silu(down(mean(x)))))."""
+
+    def __init__(self, dim: int, reduced: int) -> None:
+        super().__init__()
+        self.down = nn.Conv2d(dim, reduced, 1)
+        self.up = nn.Conv2d(reduced, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.up(F.silu(self.down(x.mean((2, 3), keepdim=True)))))
+
+
+class RegNetBottleneck(nn.Module):
+    """RegNet's bottleneck (bottleneck ratio 1, group width 1): 1x1 conv, depthwise 3x3 conv, squeeze-excite,
+    1x1 conv, each conv normed, SiLU after the first two and after the residual sum; the shortcut is a normed
+    1x1 conv where the width changes, else the input."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.conv1 = ConvNorm(in_dim, out_dim)
+        self.conv2 = ConvNorm(out_dim, out_dim, kernel=3, groups=out_dim)
+        self.se = SqueezeExcite(out_dim, round(in_dim * C_ABSTRACTOR_SE_RATIO))
+        self.conv3 = ConvNorm(out_dim, out_dim)
+        self.shortcut = ConvNorm(in_dim, out_dim) if in_dim != out_dim else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, in_dim, H, W] -> [B, out_dim, H, W]
+        y = self.se(F.silu(self.conv2(F.silu(self.conv1(x)))))
+        return F.silu(self.conv3(y) + self.shortcut(x))
+
+    def multiply_adds(self, positions: int) -> int:
+        """Multiply-adds over a grid of `positions` (the squeeze-excite runs once, on the grid's mean)."""
+        convs = [self.conv1[0], self.conv2[0], self.conv3[0]]
+        if isinstance(self.shortcut, ConvNorm):
+            convs.append(self.shortcut[0])
+        # a convolution's weight is out x (in / groups) x k x k: one multiply-add per weight per position
+        return positions * sum(c.weight.numel() for c in convs) + conv_weights(self.se)
+
+
+def conv_weights(module: nn.Module) -> int:
+    """Multiply-adds of the convolutions of `module` at one position (one per weight)."""
+    return sum(layer.weight.numel() for layer in module.modules() if isinstance(layer, nn.Conv2d))
+
+
+@ADAPTERS.register("c_abstractor")
+class CAbstractorAdapter(Adapter):
+    """Honeybee's C-Abstractor (Cha et al., "Honeybee: Locality-enhanced Projector for Multimodal LLM", CVPR
+    2024, section 3.2 and figure 4; one of the connectors MM1 compares): C_ABSTRACTOR_DEPTH residual blocks on
+    the tokenizer's patch grid (tokenizer width -> the hidden width), adaptive average pooling to side x side
+    (`model.adapter_tokens` = side^2), C_ABSTRACTOR_DEPTH more blocks at the hidden width, then a readout MLP
+    (linear, SiLU, linear) to the language model's width: side^2 tokens, each summarising its neighbourhood.
+
+    Matched to Honeybee's description and configuration: the blocks are timm's RegNet bottleneck as Honeybee
+    builds them (bottleneck ratio 1, depthwise 3x3, squeeze-excitation of a quarter of the block's input width,
+    LayerNorm over channels, SiLU), depth 3 on each side of the pooling, a 2-layer readout with SiLU; a test
+    loads the same weights into timm's RegStage and compares. Simplified: no learned positional embedding is
+    added to the patches before the first block (Honeybee adds one; the image tokenizer already carries
+    positions, and the convolutions see the layout), no stochastic depth, and the hidden width is
+    `model.adapter_hidden` (None = the language model's width; Honeybee fixed 1024 for 7B/13B models)."""
+
+    def __init__(self, shape: AdapterShape) -> None:
+        super().__init__()
+        _, self.out_side = square_tokens(shape, "c_abstractor")
+        self.in_tokens = shape.in_tokens
+        self.num_tokens = shape.tokens
+        hidden = shape.hidden_dim or shape.out_dim
+        widths = [shape.in_dim] + [hidden] * C_ABSTRACTOR_DEPTH
+        self.before = nn.Sequential(*(RegNetBottleneck(i, o) for i, o in zip(widths, widths[1:])))
+        self.after = nn.Sequential(*(RegNetBottleneck(hidden, hidden) for _ in range(C_ABSTRACTOR_DEPTH)))
+        self.readout = nn.Sequential(
+            nn.Linear(hidden, shape.out_dim), nn.SiLU(), nn.Linear(shape.out_dim, shape.out_dim)
+        )
+
+    def fsdp_units(self) -> list[tuple[str, nn.Module]]:
+        return [
+            (f"{name}.{index}", block)
+            for name in ("before", "after")
+            for index, block in enumerate(self.get_submodule(name))
+        ]
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        grid = self.before(patch_grid(features))  # [B, hidden, side, side]
+        pooled = self.after(F.adaptive_avg_pool2d(grid, self.out_side))  # [B, hidden, out_side, out_side]
+        return self.readout(pooled.flatten(2).transpose(1, 2))  # [B, side^2, out_dim]
+
+    def flops_per_image(self) -> int:
+        multiply_adds = sum(block.multiply_adds(self.in_tokens) for block in self.before)
+        multiply_adds += sum(block.multiply_adds(self.num_tokens) for block in self.after)
+        multiply_adds += linear_weights(self.readout) * self.num_tokens
         return 2 * multiply_adds
 
 

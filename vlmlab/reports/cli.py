@@ -11,6 +11,7 @@ Examples:
     vlmlab results runs/transfer --layout transfer               # Tables 6-7 + Figures 4-5
     vlmlab results runs/scaling --layout scaling                 # Figure 2
     vlmlab results runs/open --layout open_weight                # Tables 8-11 (open-weight VLMs)
+    vlmlab results runs/idefics2_connector --layout idefics2_connector   # Idefics2's connectors (3.3)
 
 The open_weight layout reads records whose config names config.model.open_weight (train.method eval = the
 base model, sft, grpo = RL) and writes open_weight_sft_vqa (Table 8), open_weight_sft_tqa (Table 9) and
@@ -23,6 +24,7 @@ and the Markdown is printed.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,7 +35,7 @@ from vlmlab.files import atomic_write_text
 if TYPE_CHECKING:
     from vlmlab.reports.table import Table
 
-LAYOUTS = ("design", "transfer", "scaling", "open_weight", "resize")
+LAYOUTS = ("design", "transfer", "scaling", "open_weight", "resize", "idefics2_connector")
 
 
 def _split_list(text: str | None) -> list[str]:
@@ -58,6 +60,33 @@ def _write_table(table: Table, out: Path, formats: list[str]) -> list[Path]:
         atomic_write_text(path, table.render(fmt))
         written.append(path)
     return written
+
+
+def _tokens_per_image(model: dict) -> int:
+    """The image tokens a record's model gives the language model, counted by the model itself (built on
+    the meta device: no weights read; once per distinct connector and tokenizer)."""
+    import json
+
+    # only what decides the count (a record written by another version may hold keys this one lacks); a
+    # tokenizer a record stores as its spec is named by the spec's `name`
+    keys = ("tokenizer", "adapter", "adapter_tokens", "pixel_shuffle_ratio", "fusion")
+    counted = {key: model[key] for key in keys if key in model}
+    if isinstance(counted.get("tokenizer"), dict) and "name" in counted["tokenizer"]:
+        counted["tokenizer"] = counted["tokenizer"]["name"]
+    return _count_tokens(json.dumps(counted, sort_keys=True))
+
+
+@functools.cache
+def _count_tokens(model_json: str) -> int:
+    import json
+
+    from vlmlab.config import ModelConfig, load_config
+    from vlmlab.models.describe import build_on_meta
+
+    # the count depends on the tokenizer and the connector, not on the backbone's size: the tiny backbone
+    # builds in a fraction of the time of a 0.6B-8B one
+    model = {**json.loads(model_json), "backbone": "qwen3-tiny"}
+    return int(build_on_meta(load_config(ModelConfig, [model])).features_per_image)
 
 
 def run_results(args: argparse.Namespace) -> int:
@@ -126,6 +155,17 @@ def run_results(args: argparse.Namespace) -> int:
         tables.append(
             layouts.resize_table(
                 records,
+                group_by,
+                where=where,
+                partial_averages=args.partial_averages,
+                fill_missing=not args.no_fill,
+            )
+        )
+    elif args.layout == "idefics2_connector":  # no figure: three rows read as a table
+        tables.append(
+            layouts.connector_table(
+                records,
+                _tokens_per_image,
                 group_by,
                 where=where,
                 partial_averages=args.partial_averages,

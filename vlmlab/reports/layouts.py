@@ -3,10 +3,11 @@ scaling data and the cross-modality transfer Tables 6-7 (conventions: vlmlab.rep
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -32,6 +33,7 @@ from vlmlab.reports.table import Column, Table
 
 AVERAGE_LABELS = {"avg_ind": "Avg In-domain", "avg_ood": "Avg Out-of-domain", "avg_all": "Avg All"}
 DEFAULT_GROUP_BY: dict[str, tuple[str, ...]] = {
+    "idefics2_connector": (),  # keys before the connector; the connector row is always there
     "design": ("model.tokenizer", "model.fusion", "train.freeze"),
     "transfer": ("model.tokenizer", "model.fusion"),
     "scaling": ("model.tokenizer", "model.fusion", "train.freeze"),
@@ -426,6 +428,44 @@ def resize_table(
         fill_missing=fill_missing,
         name="resize",
         title="Average accuracy (%) per image resize rule",
+    )
+
+
+# ------------------------------------------------------------------------------- Idefics2's connectors
+
+CONNECTOR_KEY = "model.connector"  # the row label the connector layout adds to each record's config
+
+
+def connector_table(
+    records: Sequence[Mapping[str, Any]],
+    tokens_per_image: Callable[[Mapping[str, Any]], int],
+    group_by: Sequence[str] = (),
+    *,
+    where: Mapping[str, Sequence[str]] | None = None,
+    partial_averages: bool = False,
+    fill_missing: bool = True,
+) -> Table:
+    """Idefics2's connector ablation (sweep idefics2_connector): a row per connector, its header the image
+    tokens it gives ("perceiver, 64 tokens/image"), with the benchmarks and the three averages; `group_by`
+    keys go before it. `tokens_per_image(model_config)` counts them from a record's model config (the
+    command line builds the model on the meta device; a test passes its own numbers): tables stay pandas."""
+    labelled = []
+    for record in records:
+        record = copy.deepcopy(dict(record))
+        model = record.get("config", {}).get("model", {})
+        if "adapter" in model:  # records of other layouts (no connector) are left for them
+            model["connector"] = f"{model['adapter']}, {tokens_per_image(model)} tokens/image"
+            labelled.append(record)
+    if not labelled:
+        raise ConfigError("No records with a model.adapter to tabulate by connector.")
+    return design_table(
+        labelled,
+        [*group_by, CONNECTOR_KEY],
+        where=where,
+        partial_averages=partial_averages,
+        fill_missing=fill_missing,
+        name="idefics2_connector",
+        title="Accuracy (%) by connector, with the image tokens each gives the language model",
     )
 
 

@@ -2,8 +2,10 @@
 
 One FSDP unit per decoder layer: the backbone's layers, MoT's image copies and the Cross-Attention layers
 each gather their weights before they run and free them after, in forward and in backward; so does each
-block of the image tokenizer; the embeddings, the patch embedding, the adapter, the final norm and the
-head form the root unit. A unit's
+block of the image tokenizer and each block of a connector that has them (the perceiver's resampler blocks,
+the C-Abstractor's convolution blocks: at the 0.6B backbone a perceiver block holds about as many weights as
+a decoder layer, `Adapter.fsdp_units`); the embeddings, the patch embedding, the rest of the adapter, the
+final norm and the head form the root unit. A unit's
 weights are gathered around `forward` and around the methods a layer class lists in
 `fsdp_forward_methods` (MoT's split attention halves, Cross-Attention's image keys/values), and the model's
 own `prefill` / `decode_step` (cached generation), so validation and generation run on the sharded model.
@@ -49,6 +51,9 @@ def shard_model(model: VisionLanguageModel, mesh: DeviceMesh, bf16: bool = False
     for name, block in tokenizer_blocks(model.image_tokenizer):
         _shard(block, options)
         units.append(f"image_tokenizer.{name}")
+    for name, block in model.adapter.fsdp_units():
+        _shard(block, options)
+        units.append(f"adapter.{name}")
     fully_shard(model, **options)
     for method in MODEL_FORWARD_METHODS:
         register_fsdp_forward_method(model, method)
