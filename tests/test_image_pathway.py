@@ -1,7 +1,7 @@
 """The image pathway carries information: the easiest image question is learned from the pixels.
 
 "What colour is the square?" (4 colours, a 28 px square anywhere on a 64 px grey canvas) can only be answered
-from the image. Each fusion trains on it for 100 steps and must answer held-out images (>= 90 %, Wilson lower
+from the image. Each fusion trains on it for 60 steps and must answer held-out images (>= 90 %, Wilson lower
 bound above 50 % against 25 % chance). The same training with the image features zeroed stays near chance:
 the contrast that shows accuracy comes from the pixels, not from the prompt or a label prior. A change that
 cut the pathway (features not scattered into the sequence, cross-attention gates or masks wrong, a tokenizer
@@ -27,7 +27,7 @@ from vlmlab.train.run import build_model
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (40, 60, 220), "yellow": (230, 210, 30)}
 QUESTION = "What colour is the square? Options: red, green, blue, yellow."
-STEPS, BATCH, HELD_OUT = 100, 16, 64
+STEPS, BATCH, HELD_OUT = 60, 16, 64
 
 
 def colour_sample(rng: random.Random, index: int) -> dict:

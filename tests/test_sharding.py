@@ -301,24 +301,26 @@ def _same_under_fsdp_as_under_ddp(tmp: Path, run: str) -> dict:
     return records["fsdp"]
 
 
-@pytest.mark.slow(seconds=240)
+@pytest.mark.slow(seconds=200)
 def test_fsdp_equals_ddp_through_the_mot_hand_off_and_a_killed_sharded_run_resumes_exactly(
     tmp_path: Path,
 ) -> None:
-    """Stage 1 Joint-Decoder, then a stage-2 MoT started from it (validating, i.e. generating, on the sharded
-    model): the same weights and metrics under FSDP as under DDP. Then the sharded MoT run again, killed once
-    its step-2 checkpoint is saved: the gathered last.ckpt (and each rank's stream state) resumes to the
-    bit-identical weights, metrics and best step of the unbroken run, which is the reference."""
+    """Stage 1 Joint-Decoder under FSDP, then a stage-2 MoT started from it (the hand-off of a gathered
+    sharded checkpoint; validating, i.e. generating, on the sharded model) under FSDP and under DDP: the same
+    weights and metrics. (Sharded Joint-Decoder training itself follows one process in
+    test_two_process_fsdp2_follows_one_process_training; both stage-2 runs start from the same stage-1 run, so
+    the comparison is of stage 2 alone.) Then the sharded MoT run again, killed once its step-2 checkpoint is
+    saved: the gathered last.ckpt (and each rank's stream state) resumes to the bit-identical weights,
+    metrics and best step of the unbroken run, which is the reference."""
     import json
 
+    code, error = _run(tmp_path, "jd-fsdp", 1, "joint_decoder", "fsdp")
+    assert code == 0, error
     for strategy in ("ddp", "fsdp"):
-        code, error = _run(tmp_path, f"jd-{strategy}", 1, "joint_decoder", strategy)
-        assert code == 0, error
         code, error = _run(
-            tmp_path, f"mot-{strategy}", 2, "mot", strategy, init_from=str(tmp_path / f"jd-{strategy}")
+            tmp_path, f"mot-{strategy}", 2, "mot", strategy, init_from=str(tmp_path / "jd-fsdp")
         )
         assert code == 0, error
-    _same_under_fsdp_as_under_ddp(tmp_path, "jd")
     mot = _same_under_fsdp_as_under_ddp(tmp_path, "mot")
     assert any(name.startswith("fusion.image_layers.") for name in _weights(tmp_path / "mot-fsdp"))
 

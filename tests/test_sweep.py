@@ -137,6 +137,31 @@ def test_idefics2_connector_dry_run_counts_what_its_header_states() -> None:
             assert parent["labels"]["model.adapter"] == run["labels"]["model.adapter"]
 
 
+def test_mm1_connector_dry_run_counts_what_its_header_states() -> None:
+    from vlmlab import presets
+
+    header = presets.resolve("sweeps", "mm1_connector").read_text()
+    assert "# 24 runs: 12 stage-1 + 12 stage-2" in header
+    data = dry_run_json("mm1_connector")
+    assert data["counts"]["total"] == 24 and data["counts"]["by_stage"] == {"1": 12, "2": 12}
+
+    def point(run: dict) -> tuple:
+        labels = run["labels"]
+        return labels["model.adapter"], labels["model.adapter_tokens"], labels["model.image_size"]
+
+    # MM1's grid, each point once per stage: 3 connectors x 64 / 144 tokens x 224 / 336 px
+    grid = {
+        (a, t, s) for a in ("avgpool", "perceiver", "c_abstractor") for t in (64, 144) for s in (224, 336)
+    }
+    for stage in (1, 2):
+        points = [point(run) for run in data["runs"] if run["stage"] == stage]
+        assert sorted(points) == sorted(grid)
+    for run in data["runs"]:
+        if run["stage"] == 2:  # each stage-2 run starts from the stage-1 run of its own point
+            (parent,) = [p for p in data["runs"] if p["id"] == run["depends_on"][0]]
+            assert point(parent) == point(run)
+
+
 def test_transfer_dry_run_counts_and_shared_prefix() -> None:
     data = dry_run_json("transfer")
     # Tables 6-7: 6 tokenizers x 3 fusions = 18 stage-2 models (recipe unfreeze-lm), each fine-tuned on

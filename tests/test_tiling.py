@@ -283,6 +283,7 @@ HAND_TILED = {
     "pixel_shuffle": ({"pixel_shuffle_ratio": 2}, 4, 23, 5),  # (4 / 2)^2
     "perceiver": ({"adapter_tokens": 8}, 8, 43, 9),
     "avgpool": ({"adapter_tokens": 4}, 4, 23, 5),
+    "c_abstractor": ({"adapter_tokens": 4}, 4, 23, 5),  # pools to 2 x 2 as avgpool does
 }
 
 
