@@ -215,7 +215,7 @@ stages:
         max_length: 96
         micro_batch_size: 4
         train: [{{kind: synthetic, task: spatialmap, mode: caption, difficulty: {{num_objects: 2}}}}]
-      train: {{stage: 1, freeze: unfreeze-all, max_steps: 60, global_batch_size: 8,
+      train: {{stage: 1, freeze: unfreeze-all, max_steps: 40, global_batch_size: 8,
               checkpoint_every_n_steps: 1000, deterministic: true}}
     resources: {{time: "00:20:00", cpus_per_task: 1}}
 """
@@ -261,7 +261,7 @@ def test_real_runs_preempted_before_their_first_checkpoint_resume_exactly(
     def log() -> str:  # the log is being written: a read may end inside a multi-byte character
         return run.log_path.read_text(errors="replace") if run.log_path.exists() else ""
 
-    wait_until(lambda: "step 10/60" in log(), timeout=180, what="the run to train ten steps")
+    wait_until(lambda: "step 10/40" in log(), timeout=180, what="the run to train ten steps")
     if how == "usr1":
         subprocess.run(["scancel", "--signal=USR1", job()], check=True)
     else:
@@ -274,7 +274,7 @@ def test_real_runs_preempted_before_their_first_checkpoint_resume_exactly(
     subprocess.run(["scontrol", "update", f"JobId={job()}", "StartTime=now"], check=True)
     wait_until(run.is_done, timeout=240, what="the resumed run to finish")
     stopped = [int(n) for n in re.findall(r"checkpoint of step (\d+) in place", log())]
-    assert len(stopped) <= 1 and all(0 < n < 60 for n in stopped), log()[-2000:]
+    assert len(stopped) <= 1 and all(0 < n < 40 for n in stopped), log()[-2000:]
     assert stopped or how != "usr1"
     assert "(restart 1)" in log()  # it did run again after the requeue
     a = load_file(str(uninterrupted_real_run))
