@@ -41,6 +41,8 @@ STRATEGIES = ("auto", "ddp", "fsdp")
 # where the gated cross-attention layers sit among the decoder layers (vlmlab/models/fusion/cross_attention.py)
 CROSS_ATTENTION_LAYOUTS = ("every", "llama32")
 TRAIN_METHODS = ("sft", "grpo", "eval")
+# the loss over the vocabulary head (vlmlab/models/loss.py): auto = liger on CUDA when installed, else chunked
+LOSS_IMPLS = ("auto", "dense", "chunked", "liger")
 # The adapters (connectors, paper section 2.2, and the design-space studies' connectors) `model.adapter` names
 # besides `auto`; the models' registry (vlmlab.models.adapters.ADAPTERS) holds one class per name, checked by
 # a test. Declared here, torch-free, so a misspelled adapter stops a config (and a sweep's expansion) on load.
@@ -349,8 +351,14 @@ class TrainConfig:
     # after the run, the transfer protocol (vlmlab.scoring.transfer: both modalities, InD and OOD) on the
     # synthetic task(s) the run trained on, this many samples per setting, into eval.json; 0 = not run
     transfer_eval_samples: int = 0
+    # how the loss over the vocabulary is computed (vlmlab/models/loss.py): auto | dense | chunked | liger.
+    # Every choice is exact (the same loss and gradients up to float summation order), so it is not part of
+    # a run's identity and may change on resume.
+    loss_impl: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.loss_impl not in LOSS_IMPLS:
+            raise unknown_choice("loss implementation (train.loss_impl)", self.loss_impl, LOSS_IMPLS)
         if self.method not in TRAIN_METHODS:
             raise unknown_choice("training method (train.method)", self.method, TRAIN_METHODS)
         if self.strategy not in STRATEGIES:

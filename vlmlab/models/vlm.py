@@ -28,6 +28,7 @@ from vlmlab.models.backbone import BackboneSpec, build_backbone, load_backbone_s
 from vlmlab.models.fusion import FUSIONS, FusionContext
 from vlmlab.models.fusion.context import attention_masking, positions_from_segments
 from vlmlab.models.fusion.cross_attention import image_bank_and_mask
+from vlmlab.models.loss import linear_cross_entropy
 from vlmlab.models.tokenizers import ImageTokenizer, build_tokenizer, load_tokenizer_spec
 from vlmlab.tiling import TilingPlan
 
@@ -76,6 +77,8 @@ class VisionLanguageModel(nn.Module):
         self.image_tokenizer = image_tokenizer
         self.adapter = adapter
         self.fusion = fusion
+        # the loss over the vocabulary head (vlmlab/models/loss.py); training sets it from train.loss_impl
+        self.loss_impl = "chunked"
         # the base weights loaded (source, hub revision, file sha256; None: random init), which a stage
         # checkpoint's delta is only valid on top of (vlmlab/models/provenance.py)
         self.base_weights: dict[str, dict | None] = {
@@ -262,11 +265,12 @@ class VisionLanguageModel(nn.Module):
         if labels is not None:
             targets = labels[:, 1:]
             selected = targets != IGNORE_INDEX
-            scored = int(selected.sum())
-            # only scored positions go through the (large) vocabulary head
-            logits_scored = self.lm.lm_head(hidden[:, :-1][selected])
-            loss = nn.functional.cross_entropy(logits_scored.float(), targets[selected], reduction="sum")
-            loss = loss / max(scored, 1)
+            # only scored positions go through the (large) vocabulary head. Selecting them is the step's one
+            # host sync (the count sets a shape); running the head on every position instead would cost up to
+            # three times its FLOPs on caption batches, more than the stall.
+            rows, picked = hidden[:, :-1][selected], targets[selected]
+            scored = picked.shape[0]
+            loss = linear_cross_entropy(rows, self.lm.lm_head.weight, picked, self.loss_impl) / max(scored, 1)
         logits = self.lm.lm_head(hidden) if return_logits else None
         return VLMOutput(loss=loss, logits=logits, hidden_states=hidden, num_scored_tokens=scored)
 

@@ -72,6 +72,7 @@ EXECUTION_KEYS = (
     "model.gradient_checkpointing",
     "model.attn_implementation",
     "data.num_workers",
+    "train.loss_impl",  # every implementation is exact (vlmlab/models/loss.py)
 )
 # keys that came after runs were hashed, with their defaults (identity_view)
 _LATER_KEYS = {

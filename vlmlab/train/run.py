@@ -34,6 +34,7 @@ from vlmlab.models.checkpoint import (
     resolve_checkpoint,
     save_stage_checkpoint,
 )
+from vlmlab.models.loss import resolve_loss_impl
 from vlmlab.models.open_weight import OpenWeightVLM, load_open_weight
 from vlmlab.models.vlm import VisionLanguageModel, build_vlm
 from vlmlab.recipes import load_recipe
@@ -44,7 +45,14 @@ from vlmlab.train.data import TrainData
 from vlmlab.train.freezing import apply_freezing
 from vlmlab.train.module import VLMModule
 from vlmlab.train.preemption import Preemption, slurm_job_id
-from vlmlab.train.preflight import RunLock, check_run_folder, launcher_rank, remove_leftovers, validate
+from vlmlab.train.preflight import (
+    RunLock,
+    check_run_folder,
+    launcher_rank,
+    remove_leftovers,
+    train_device,
+    validate,
+)
 
 log = logging.getLogger("vlmlab.train")
 
@@ -56,11 +64,12 @@ def build_model(config: ExperimentConfig) -> tuple[VisionLanguageModel | OpenWei
     if config.model.open_weight:  # from_pretrained returns it in eval mode
         return load_open_weight(config.model).train(), None
     model = build_vlm(config.model)
+    model.loss_impl = resolve_loss_impl(config.train.loss_impl, train_device(config))
     parent = None
     if config.train.init_from:
         parent = resolve_checkpoint(config.train.init_from)
         load_stage_checkpoint(model, parent)
-    elif config.train.stage > 1:
+    elif config.train.stage > 1 and not load_recipe(config.train.freeze).skip_stage1:
         log.warning("stage %d run without train.init_from: starting from the base models", config.train.stage)
     return model, parent
 
