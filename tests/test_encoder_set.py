@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from test_training import cli, experiment, run_cli, write_config
+from test_training import experiment, killed_and_resumed
 
 from vlmlab.config import ExperimentConfig, load_config, to_dict
 from vlmlab.errors import ConfigError
@@ -361,24 +360,12 @@ PAIR = [
 
 @pytest.mark.slow(seconds=50)
 def test_the_pair_resumes_exactly_after_sigkill(tmp_path) -> None:
-    """As tests/test_training.py's kill test, for DINOv3 + SigLIP 2 concatenated on channels with a learning
-    rate per tower (both train: unfreeze-all): SIGKILL after step 4 (its checkpoint was step 3), resumed, gives
-    the weights of an uninterrupted run."""
-    steps = dict(max_steps=6, checkpoint_every_n_steps=3, deterministic=True)
-    code, error = cli(str(write_config(tmp_path, "straight", **steps)), *PAIR)
-    assert code == 0, error
-
-    victim_config = write_config(tmp_path, "victim", **steps)
-    victim = run_cli(str(victim_config), *PAIR, fault="step:4")
-    assert victim.wait(timeout=300) == -signal.SIGKILL
-    last = tmp_path / "victim" / "checkpoints" / "last.ckpt"
-    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 3
-
-    code, error = cli(str(victim_config), *PAIR)
-    assert code == 0, error
-    a = load_file(str(tmp_path / "straight" / "final" / "weights.safetensors"))
-    b = load_file(str(tmp_path / "victim" / "final" / "weights.safetensors"))
-    assert a.keys() == b.keys()
-    assert {n.split(".")[2] for n in a if n.startswith("image_tokenizer.towers.")} == {"0", "1"}
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
+    """tests/test_training.py's kill test for DINOv3 + SigLIP 2 concatenated on channels with a learning rate
+    per tower (both train: unfreeze-all): SIGKILL after step 4 (its checkpoint was step 3), resumed, gives the
+    weights of an uninterrupted run."""
+    straight, resumed = killed_and_resumed(
+        tmp_path, PAIR, kill_at=4, saved_at=3, max_steps=6, checkpoint_every_n_steps=3
+    )
+    assert {n.split(".")[2] for n in straight if n.startswith("image_tokenizer.towers.")} == {"0", "1"}
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
