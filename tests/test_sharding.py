@@ -43,11 +43,12 @@ def global_batch(model, step: int) -> dict[str, torch.Tensor]:
         segments.append([0] * (5 + len(image)) + [1] * 6)
     ids = torch.tensor(rows)
     size = model.image_tokenizer.spec.image_size
+    channels = 3 * len(getattr(model.image_tokenizer, "towers", [None]))  # an encoder set: 3 per tower
     return {
         "input_ids": ids,
         "segment_ids": torch.tensor(segments),
         "labels": torch.where(ids == model.image_token_id, -100, ids),
-        "pixel_values": torch.randn(4, 3, size, size, generator=generator),
+        "pixel_values": torch.randn(4, channels, size, size, generator=generator),
     }
 
 
@@ -138,7 +139,14 @@ def expected_units(model: torch.nn.Module, fusion: str) -> int:
         "mot": 2 * layers,
         "cross_attention": layers + len(getattr(model.fusion, "cross_attn_layers", [])),
     }[fusion]
-    blocks = sum(isinstance(m, ResidualAttentionBlock) for m in model.image_tokenizer.modules())
+    if hasattr(model.image_tokenizer, "towers"):  # an encoder set: each tower cut as it is cut alone
+        from vlmlab.models.tokenizers import build_tokenizer
+        from vlmlab.train.sharding import tokenizer_blocks
+
+        alone = [build_tokenizer(tower.spec, pretrained=None) for tower in model.image_tokenizer.towers]
+        blocks = sum(len(tokenizer_blocks(tower)) for tower in alone)
+    else:
+        blocks = sum(isinstance(m, ResidualAttentionBlock) for m in model.image_tokenizer.modules())
     assert blocks >= 2
     return decoder + blocks + len(model.adapter.fsdp_units()) + 1
 
@@ -163,6 +171,9 @@ DESIGN_CASES = [
     ("joint_decoder", {"adapter": "pixel_shuffle", "pixel_shuffle_ratio": 2}),
     ("cross_attention", {"adapter": "avgpool", "adapter_tokens": 4}),
     ("joint_decoder", {"image_size": 96}),
+    # issue 26: two encoders at once, DINOv3 + SigLIP 2 concatenated on channels (each tower's blocks are
+    # units, cut as when it runs alone)
+    ("joint_decoder", {"tokenizer": ["dinov3-tiny", "siglip2-tiny"], "encoder_fusion": "channel"}),
 ]
 
 
@@ -175,7 +186,7 @@ def test_the_design_cases_cover_every_connector_with_blocks_or_a_token_count() -
 
 @pytest.mark.slow(seconds=30)
 def test_two_process_fsdp2_follows_one_process_for_every_connector_and_a_new_size(tmp_path: Path) -> None:
-    """Every new connector and a non-native input size, sharded in the same two ranks one model after the
+    """Every new connector, a non-native input size and a pair of encoders, sharded in the same two ranks one model after the
     other: the same losses, weights and generation as one process, the perceiver's and C-Abstractor's
     blocks units of their own."""
     out = tmp_path / "sharded.pt"
@@ -188,6 +199,9 @@ def test_two_process_fsdp2_follows_one_process_for_every_connector_and_a_new_siz
         assert len(adapter_units) == {"perceiver": 3, "c_abstractor": 6}.get(overrides.get("adapter"), 0)
         if "image_size" in overrides:
             assert model.image_tokenizer.num_tokens == (overrides["image_size"] // 16) ** 2
+        if "tokenizer" in overrides:  # both towers' weights trained and gathered under their own names
+            towers = {name.split(".")[2] for name in sharded["state"] if name.startswith("image_tokenizer.")}
+            assert towers == {"0", "1"} and model.image_tokenizer.embed_dim == 64 + 64
 
 
 def _jd_then_mot(model_for, shard, batches_for) -> tuple[list[float], dict[str, torch.Tensor]]:

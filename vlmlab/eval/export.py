@@ -742,6 +742,12 @@ def export_run(
     from vlmlab.runs.load import text_side
 
     config, model, checkpoint, chain = load_for_export(run_or_checkpoint)
+    if model.config.is_encoder_set:
+        # LLaVA holds one vision tower, and the remote-code processor gives one normalised image per input
+        raise ConfigError(
+            f"{str(run_or_checkpoint)!r} encodes images with several towers ({model.image_tokenizer.spec.name}); "
+            f"no export format expresses an encoder set yet (requested --format {format}): evaluate it in vlmlab."
+        )
     if model.config.tiling != "none":
         # LLaVA-NeXT's processor and model carry their own tiling (unpadded feature map, a learned
         # image_newline), not vlmlab's (whole tiles, newline text tokens), and the remote-code processor

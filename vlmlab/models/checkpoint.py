@@ -222,16 +222,46 @@ def _check_resolution(model: torch.nn.Module, checkpoint: Path, meta: dict[str, 
     tokenizer = getattr(model, "image_tokenizer", None)
     if not stored or tokenizer is None:
         return
-    size = stored.get("image_size")
-    if size is None:  # the stored tokenizer preset's own size (a checkpoint from before the key, or null)
-        try:
-            size = tokenizer_preset(stored.get("tokenizer", model.config.tokenizer)).get("image_size")
-        except ConfigError:
-            return  # a tokenizer file that moved: the tensor shapes are still checked below
-    if size is not None and size != tokenizer.spec.image_size:
+    tokenizers = stored.get("tokenizer", model.config.tokenizer)
+    towers = list(getattr(tokenizer, "towers", [tokenizer]))
+    for name, tower in zip(
+        tokenizers if isinstance(tokenizers, list) else [tokenizers], towers, strict=False
+    ):
+        size = stored.get("image_size")
+        if size is None:  # the stored tokenizer preset's own size (a checkpoint from before the key, or null)
+            try:
+                size = tokenizer_preset(name).get("image_size")
+            except ConfigError:
+                continue  # a tokenizer file that moved: the tensor shapes are still checked below
+        if size is not None and size != tower.spec.image_size:
+            raise ConfigError(
+                f"Checkpoint {checkpoint} was trained at {size} px images; this model's tokenizer "
+                f"{tower.spec.name} takes {tower.spec.image_size} px (set model.image_size={size})."
+            )
+
+
+def _check_encoders(model: torch.nn.Module, checkpoint: Path, meta: dict[str, Any]) -> None:
+    """Refuse weights of another encoder set (or a set's onto one tower, or the reverse): the towers' names
+    would not match, and a set fused another way hands the adapter other features in the same shape."""
+    config = getattr(model, "config", None)
+    stored = (meta.get("config") or {}).get("model")
+    if config is None or not stored or not hasattr(model, "image_tokenizer"):
+        return
+    then, now = stored.get("tokenizer"), config.tokenizer
+    if not isinstance(then, list) and not isinstance(now, list | tuple):
+        return  # one tower each: as before encoder sets (the tensor shapes are checked below)
+
+    def setting(tokenizer: Any, fusion: str) -> str:
+        if not isinstance(tokenizer, list | tuple):
+            return f"model.tokenizer={tokenizer}"
+        return f"model.tokenizer=[{','.join(map(str, tokenizer))}] model.encoder_fusion={fusion}"
+
+    trained = setting(then, stored.get("encoder_fusion", "channel"))
+    ours = setting(now, config.encoder_fusion)
+    if trained != ours:
         raise ConfigError(
-            f"Checkpoint {checkpoint} was trained at {size} px images; this model's tokenizer takes "
-            f"{tokenizer.spec.image_size} px (set model.image_size={size})."
+            f"Checkpoint {checkpoint} was trained with {trained}; this model has {ours}, so its image "
+            f"encoder weights do not fit (set {trained})."
         )
 
 
@@ -259,6 +289,7 @@ def load_stage_checkpoint(model: torch.nn.Module, path: str | Path) -> list[Path
             )
         _check_cross_attention_placement(model, checkpoint, meta)
         _check_connector(model, checkpoint, meta)
+        _check_encoders(model, checkpoint, meta)
         _check_resolution(model, checkpoint, meta)
         try:
             tensors = load_file(str(checkpoint / WEIGHTS))

@@ -23,6 +23,7 @@ from vlmlab.reports.frame import (
     display_value,
     filter_frame,
     get_dotted,
+    is_indexed_list,
     key_label,
     order_key,
     pool,
@@ -39,6 +40,7 @@ DEFAULT_GROUP_BY: dict[str, tuple[str, ...]] = {
     "scaling": ("model.tokenizer", "model.fusion", "train.freeze"),
     "open_weight": ("model.open_weight",),  # the model; rows are dataset x model (Tables 8-9)
     "resize": ("model.tokenizer",),  # Prismatic's image processing: a row per tower, a column group per rule
+    "encoders": ("model.tokenizer",),  # Prismatic's fused towers: a row per encoder or encoder set
 }
 # the config path of the resize rule (vlmlab.config.IMAGE_RESIZE_RULES), the column groups of `resize_table`
 RESIZE_KEY = "model.image_resize"
@@ -77,7 +79,8 @@ def mean(values: Sequence[float], absent: int = 0, allow_partial: bool = False) 
 
 def expand_keys(frame: pd.DataFrame, keys: Sequence[str], notes: list[str]) -> list[str]:
     """Dict-valued group keys without a name (e.g. a freezing recipe {image_s1, image_s2, lang_s2}) become
-    one column per leaf; keys absent from every record are dropped (with a note)."""
+    one column per leaf; a list (an encoder set's towers, indexed "0", "1", ... by records_frame) stays one
+    column, shown `a + b`; keys absent from every record are dropped (with a note)."""
     expanded: list[str] = []
     for key in keys:
         values = config_value(frame, key)
@@ -87,7 +90,9 @@ def expand_keys(frame: pd.DataFrame, keys: Sequence[str], notes: list[str]) -> l
         leaves = [
             path
             for value in values
-            if isinstance(value, Mapping) and not any(k in value for k in ("name", "id", "arch"))
+            if isinstance(value, Mapping)
+            and not any(k in value for k in ("name", "id", "arch"))
+            and not is_indexed_list(value)
             for path in _leaf_paths(value, key)
         ]
         expanded.extend(dict.fromkeys(leaves) if leaves else [key])
@@ -428,6 +433,28 @@ def resize_table(
         fill_missing=fill_missing,
         name="resize",
         title="Average accuracy (%) per image resize rule",
+    )
+
+
+def encoders_table(
+    records: Sequence[Mapping[str, Any]],
+    group_by: Sequence[str] = DEFAULT_GROUP_BY["encoders"],
+    *,
+    where: Mapping[str, Sequence[str]] | None = None,
+    partial_averages: bool = False,
+    fill_missing: bool = True,
+) -> Table:
+    """Prismatic VLMs' visual representations (section 4.2; the sweep prismatic_fused): a row per image
+    encoder, a set of towers (model.tokenizer a list) labelled `a + b`, with the benchmarks and the three
+    averages, so the fused row reads against each tower alone."""
+    return design_table(
+        records,
+        group_by,
+        where=where,
+        partial_averages=partial_averages,
+        fill_missing=fill_missing,
+        name="encoders",
+        title="Average accuracy (%) per image encoder (fused towers vs each alone)",
     )
 
 

@@ -84,6 +84,10 @@ _LATER_KEYS = {
     # the resolution axis (issue 25): the preset's size and today's crop keep the ids of runs hashed before
     "model.image_size": None,
     "model.image_resize": "crop",
+    # several encoders (issue 26): a single tokenizer keeps the id it had before these keys
+    "model.encoder_fusion": "channel",
+    "model.encoder_freeze": [],
+    "optim.encoder_lr": [],
 }
 _VAR_REFERENCE = re.compile(r"\$\{vars\.([A-Za-z_][A-Za-z0-9_]*)")
 
@@ -101,7 +105,9 @@ def identity_view(stage: int, config: dict[str, Any], has_parent: bool) -> dict[
     another fusion are dropped: they cannot change the result, and keeping them would split one run in two.
     Keys added after runs were hashed (`model.cross_attention_layout`, the open-weight and training-method
     keys, the `rl` section outside GRPO runs) are dropped while they hold their defaults, so those runs keep
-    their ids (so do `model.image_size` / `model.image_resize` at null / crop); the connector settings
+    their ids (so do `model.image_size` / `model.image_resize` at null / crop, and the encoder-set keys
+    `model.encoder_fusion` / `model.encoder_freeze` / `optim.encoder_lr` at channel / [] / [];
+    `model.encoder_fusion` is dropped for a single tokenizer, which fuses nothing); the connector settings
     (`model.adapter_tokens`, `model.pixel_shuffle_ratio`) are dropped unless the adapter uses them; the
     tiling keys unless images are tiled.
     """
@@ -138,7 +144,9 @@ def identity_view(stage: int, config: dict[str, Any], has_parent: bool) -> dict[
     recipe = load_recipe(view["train"]["freeze"])
     tokenizer_trains = recipe.tokenizer_stage1 if stage == 1 else recipe.tokenizer_stage2
     if not tokenizer_trains or tokenizer_kind(view["model"]["tokenizer"]) == "discrete":
-        drop.append("optim.lr.image_tokenizer")
+        drop += ["optim.lr.image_tokenizer", "optim.encoder_lr"]
+    if not isinstance(view["model"]["tokenizer"], list):  # one tower: nothing to fuse
+        drop.append("model.encoder_fusion")
     if stage == 1 or not recipe.language_stage2:
         drop.append("optim.lr.language_model")
     for key in drop:
@@ -426,7 +434,9 @@ def _pop(config: dict[str, Any], dotted: str) -> None:
 
 
 def _short(name: Any) -> str:
-    """A preset name as it is; a YAML path as its file name without the suffix."""
+    """A preset name as it is; a YAML path as its file name without the suffix; a list of towers joined by +."""
+    if isinstance(name, list | tuple):
+        return "+".join(_short(item) for item in name)
     text = str(name)
     return Path(text).stem if text.endswith((".yaml", ".yml")) else text
 

@@ -5,7 +5,9 @@ Beyond what a recipe states, the paper's rules:
 - the language model is frozen in stage 1;
 - what is unfrozen in stage 1 stays unfrozen in stage 2;
 - discrete tokenizers (TiTok, VAR) are always frozen (no straight-through estimator);
-- stage 3 keeps the stage-2 settings (a uniform learning rate over all unfrozen groups).
+- stage 3 keeps the stage-2 settings (a uniform learning rate over all unfrozen groups);
+- several encoders: the recipe's image_tokenizer state applies to every tower, except those that
+  `model.encoder_freeze` marks `frozen` (e.g. DINOv3 frozen while SigLIP 2 trains).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 from torch import nn
 
 from vlmlab.errors import ConfigError
+from vlmlab.models.tokenizers.encoder_set import tower_index
 from vlmlab.recipes import FreezeRecipe, list_recipes, load_recipe
 
 log = logging.getLogger("vlmlab.train")
@@ -41,20 +44,42 @@ def apply_freezing(model: nn.Module, recipe: FreezeRecipe, stage: int) -> dict[s
             "stage 2 from it with train.init_from."
         )
     wanted = recipe.trainable_groups(stage)
+    # several encoders: a tower marked `frozen` (model.encoder_freeze) stays frozen whatever the recipe says
+    frozen_towers = {
+        i
+        for i, state in enumerate(getattr(getattr(model, "config", None), "encoder_freeze", None) or ())
+        if state == "frozen"
+    }
     summary: dict[str, dict[str, int | bool]] = {}
+    towers: dict[int, dict[str, int | bool]] = {}
     for group, params in model.parameter_groups().items():
         trainable = wanted[group] and not (group == "image_tokenizer" and discrete)
-        count = 0
+        count = trained = 0
         for name, param in params:
+            tower = tower_index(name)
             # parameters a library keeps frozen on purpose (e.g. DINOv3's mask token) stay frozen
-            param.requires_grad_(trainable and not _never_trained(name))
+            train_it = trainable and not _never_trained(name) and tower not in frozen_towers
+            param.requires_grad_(train_it)
             count += param.numel()
-        summary[group] = {"trainable": trainable and count > 0, "params": count}
+            trained += param.numel() if tower not in frozen_towers else 0
+            if tower is not None:
+                info = towers.setdefault(
+                    tower, {"trainable": trainable and tower not in frozen_towers, "params": 0}
+                )
+                info["params"] += param.numel()
+        summary[group] = {"trainable": trainable and trained > 0, "params": count}
     lines = [f"stage {stage}, freezing recipe {recipe.name!r}:"]
     for group, info in summary.items():
         if info["params"]:
             state = "trains" if info["trainable"] else "frozen"
             lines.append(f"  {group:<16} {state:<7} {info['params']:>14,} params")
+        if group == "image_tokenizer":
+            for index, tower in sorted(towers.items()):
+                name = f"  tower {index} {tokenizer.towers[index].spec.name}"
+                state = "trains" if tower["trainable"] else "frozen"
+                lines.append(f"  {name:<16} {state:<7} {tower['params']:>14,} params")
+    if towers:
+        summary["image_tokenizer"]["towers"] = [towers[i] for i in sorted(towers)]
     log.info("\n".join(lines))
     return summary
 
