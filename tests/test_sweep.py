@@ -166,19 +166,24 @@ def test_prismatic_fused_dry_run_counts_what_its_header_states() -> None:
     from vlmlab import presets
 
     header = presets.resolve("sweeps", "prismatic_fused").read_text()
-    assert "# 6 runs: 3 stage-1 + 3 stage-2" in header
+    assert "# 9 runs: 3 stage-1 + 6 stage-2" in header
     data = dry_run_json("prismatic_fused")
-    assert data["counts"]["total"] == 6 and data["counts"]["by_stage"] == {"1": 3, "2": 3}
+    assert data["counts"]["total"] == 9 and data["counts"]["by_stage"] == {"1": 3, "2": 6}
     pair = ["dinov3-vitl16", "siglip2-so400m-p16-256"]
-    for stage in (1, 2):  # each tower alone and both fused, once per stage
-        towers = [run["labels"]["model.tokenizer"] for run in data["runs"] if run["stage"] == stage]
-        assert sorted(map(json.dumps, towers)) == sorted(map(json.dumps, [*pair, pair]))
-    for run in data["runs"]:
-        if run["stage"] == 2:  # each stage-2 run starts from the stage-1 run of its own encoder(s)
+    encoders = sorted(map(json.dumps, [*pair, pair]))
+    stage1 = [run["labels"]["model.tokenizer"] for run in data["runs"] if run["stage"] == 1]
+    assert sorted(map(json.dumps, stage1)) == encoders  # each tower alone and both fused: one stage-1 run
+    for recipe in ("unfreeze-lm", "no-align"):  # and one stage-2 run per encoder point and recipe
+        stage2 = [r for r in data["runs"] if r["stage"] == 2 and r["labels"]["train.freeze"] == recipe]
+        assert sorted(json.dumps(run["labels"]["model.tokenizer"]) for run in stage2) == encoders
+        for run in stage2:
+            if recipe == "no-align":  # single-stage: no parent
+                assert run["depends_on"] == []
+                continue
             (parent,) = [p for p in data["runs"] if p["id"] == run["depends_on"][0]]
             assert parent["labels"]["model.tokenizer"] == run["labels"]["model.tokenizer"]
     # the pair's ids spell both towers; the single towers' configs carry no encoder-set keys' effect
-    assert sum("dinov3-vitl16-siglip2-so400m-p16-256" in run["id"] for run in data["runs"]) == 2
+    assert sum("dinov3-vitl16-siglip2-so400m-p16-256" in run["id"] for run in data["runs"]) == 3
 
 
 def test_transfer_dry_run_counts_and_shared_prefix() -> None:
