@@ -15,7 +15,8 @@ from vlmlab.train.schedule import build_optimizer, build_scheduler, lr_multiplie
 
 
 def test_the_six_table_2_recipes():
-    assert list(TABLE_2) == list_recipes()  # in Table 2's row order
+    table = [name for name in list_recipes() if load_recipe(name).table_row is not None]
+    assert list(TABLE_2) == table  # in Table 2's row order; recipes outside the table sort after
     for name, (tok1, tok2, lang2) in TABLE_2.items():
         recipe = load_recipe(name)
         assert (recipe.tokenizer_stage1, recipe.tokenizer_stage2, recipe.language_stage2) == (
