@@ -289,7 +289,16 @@ def test_mot_stage_2_from_a_sharded_joint_decoder_stage_1_follows_one_process(tm
 TWO_CPUS = ["train.devices=2", "train.accelerator=cpu", "train.deterministic=true"]
 
 
-def _run(tmp: Path, name: str, stage: int, fusion: str, strategy: str, fault: str | None = None, **train):
+def _run(
+    tmp: Path,
+    name: str,
+    stage: int,
+    fusion: str,
+    strategy: str,
+    fault: str | None = None,
+    overrides: tuple[str, ...] = (),
+    **train,
+):
     from omegaconf import OmegaConf
     from test_training import experiment, run_cli
 
@@ -297,7 +306,7 @@ def _run(tmp: Path, name: str, stage: int, fusion: str, strategy: str, fault: st
     if not path.exists():
         config = experiment(tmp, name, stage, fusion, **train)
         path.write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
-    proc = run_cli(str(path), f"train.strategy={strategy}", *TWO_CPUS, fault=fault, ranks=2)
+    proc = run_cli(str(path), f"train.strategy={strategy}", *TWO_CPUS, *overrides, fault=fault, ranks=2)
     _, error = proc.communicate(timeout=600)
     return proc.returncode, error[-3000:]
 
@@ -358,11 +367,20 @@ def test_fsdp_equals_ddp_through_the_mot_hand_off_and_a_killed_sharded_run_resum
     assert record["metrics"] == mot["metrics"] and record["best"] == mot["best"]
 
 
+# AnyRes tiles through the training engine: a 64 px synthetic square becomes its thumbnail and a 1 x 2 grid
+# (the smallest canvas that keeps all its pixels, LLaVA-NeXT's rule), three tiles pooled to 4 tokens each
+TILED_AVGPOOL = ("model.tiling=anyres", "model.adapter=avgpool", "model.adapter_tokens=4")
+
+
 @pytest.mark.slow(seconds=80)
-def test_fsdp_equals_ddp_for_a_cross_attention_stage_2_run(tmp_path: Path) -> None:
-    """A stage-2 Cross-Attention run (its gated cross-attention layers sharded), validating on the
-    sharded model: the same weights and metrics under FSDP as under DDP."""
+def test_fsdp_equals_ddp_for_a_tiled_cross_attention_stage_2_run(tmp_path: Path) -> None:
+    """A stage-2 Cross-Attention run (its gated cross-attention layers sharded) on tiled images, validating
+    (generating from tiled prompts) on the sharded model: the same weights and metrics under FSDP as under
+    DDP."""
     for strategy in ("ddp", "fsdp"):
-        code, error = _run(tmp_path, f"xattn-{strategy}", 2, "cross_attention", strategy)
+        code, error = _run(
+            tmp_path, f"xattn-{strategy}", 2, "cross_attention", strategy, overrides=TILED_AVGPOOL
+        )
         assert code == 0, error
-    _same_under_fsdp_as_under_ddp(tmp_path, "xattn")
+    fsdp = _same_under_fsdp_as_under_ddp(tmp_path, "xattn")
+    assert fsdp["config"]["model"]["tiling"] == "anyres"

@@ -133,6 +133,11 @@ def test_budget_below_a_thumbnail_is_refused_in_one_line():
             {"tiling": "anyres", "adapter": "perceiver", "adapter_tokens": 16, "max_image_tokens": 16},
             r"max_image_tokens=16 .*valid: 17 or more",
         ),
+        (
+            {"tiling": "anyres", "image_resize": "letterbox"},
+            r"model.image_resize=letterbox .*valid here: crop",
+        ),
+        ({"tiling": "anyres", "image_resize": "squash"}, r"Unknown image resize rule .*'squash'"),
     ],
 )
 def test_bad_tiling_settings_refused_on_load(overrides, message):
@@ -391,6 +396,47 @@ def test_tiled_samples_train_and_generate_with_every_fusion(fusion):
         assert greedy_generate(*args, use_cache=True) == greedy_generate(*args, use_cache=False)
 
 
+def test_data_inspect_and_stats_count_a_tiled_config_as_training_does(tmp_path):
+    """`vlmlab data inspect / stats` on a config that tiles: each image on its grid, hand-counted positions
+    (2 per tile here: tokens-per-image counts a tile's placeholders); under a budget the second image of a
+    sample falls back to its thumbnail."""
+    import json
+
+    from vlmlab.data.inspect import inspect, stats
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    for name, (width, height) in {"wide.png": (192, 64), "tall.png": (60, 200)}.items():
+        pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / "images" / name)
+    rows = [
+        {"id": "wide", "image": "wide.png", "conversations": [
+            {"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "Noise."}]},
+        {"id": "both", "image": ["wide.png", "tall.png"], "conversations": [
+            {"from": "human", "value": "<image> and <image>"}, {"from": "gpt", "value": "Noise."}]},
+    ]  # fmt: skip
+    (tmp_path / "llava.json").write_text(json.dumps(rows))
+    config = tmp_path / "exp.yaml"
+    config.write_text(
+        f"model: {{tokenizer: clip-tiny, tiling: anyres}}\n"  # 64 px tiles
+        f"data:\n  train:\n    - {{kind: llava, path: {tmp_path / 'llava.json'}, image_root: {tmp_path / 'images'}}}\n"
+    )
+    # 192 x 64 -> 1x3: thumbnail 2 + newline, one row of 3 tiles + newline = 3 + 7 = 10 positions;
+    # 60 x 200 -> 3x1: 3 + 3 * (2 + 1) = 12 positions
+    report = inspect(str(config), [], 2, 2, None)
+    assert "-- wide: " in report and "1 image(s), 8 image tokens; tiles: 1x3 + thumbnail" in report
+    assert "2 image(s), 16 image tokens; tiles: 1x3 + thumbnail, 3x1 + thumbnail" in report
+    # a budget of 12 positions: each of two images may take 6, a thumbnail (3) but no grid (10, 12)
+    budget = ["model.max_image_tokens=12"]
+    assert "2 image(s), 4 image tokens; tiles: thumbnail, thumbnail" in inspect(
+        str(config), budget, 2, 2, None
+    )
+    summary = stats(str(config), budget, 10, 2)
+    assert "tile grids: thumbnail: 2, 1x3 + thumbnail: 1" in summary
+    untiled = inspect(str(config), ["model.tiling=none"], 2, 2, None)
+    assert "tiles:" not in untiled and "2 image(s), 4 image tokens" in untiled
+
+
 # -- step 4: export, exact resume, FSDP ----------------------------------------------------------------------
 @pytest.mark.parametrize("fmt", ["llava", "remote-code", "auto"])
 def test_export_refuses_tiling_in_one_line(tmp_path, capsys, fmt):
@@ -406,45 +452,7 @@ def test_export_refuses_tiling_in_one_line(tmp_path, capsys, fmt):
     assert not (tmp_path / "out").exists()
 
 
-TILED_RUN = {
-    "model.tiling": "anyres",
-    "model.adapter": "pixel_shuffle",  # 4 tokens per tile: a 2x2 image in 23 positions fits max_length 96
-    "model.max_image_tokens": 40,
-}
-
-
-@pytest.mark.slow(seconds=30)
-def test_a_tiled_run_resumes_exactly_after_a_kill(tmp_path):
-    """SIGKILL after step 3 (checkpoint at 2): the resumed run's weights equal an uninterrupted run's."""
-    import signal
-
-    from safetensors.torch import load_file
-    from test_training import cli, run_cli, write_config
-
-    steps = dict(
-        max_steps=4,
-        checkpoint_every_n_steps=2,
-        deterministic=True,
-        val_every_n_steps=None,
-        global_batch_size=4,
-    )
-    overrides = [*(f"{key}={value}" for key, value in TILED_RUN.items()), "data.val_samples=1"]
-    code, error = cli(str(write_config(tmp_path, "straight", **steps)), *overrides)
-    assert code == 0, error
-    victim_config = write_config(tmp_path, "victim", **steps)
-    victim = run_cli(str(victim_config), *overrides, fault="step:3")
-    assert victim.wait(timeout=300) == -signal.SIGKILL
-    killed = torch.load(
-        tmp_path / "victim" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
-    )
-    assert killed["global_step"] == 2
-    code, error = cli(str(victim_config), *overrides)
-    assert code == 0, error
-    a = load_file(str(tmp_path / "straight" / "final" / "weights.safetensors"))
-    b = load_file(str(tmp_path / "victim" / "final" / "weights.safetensors"))
-    assert a.keys() == b.keys()
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
+# exact resume after a kill, tiled through each fusion: tests/test_training.py KILL_CASES
 
 
 def tiled_rows(encoder) -> list[dict]:

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -127,8 +128,10 @@ def test_rerunning_a_finished_run_does_nothing(tmp_path):
     assert (tmp_path / "done" / "final" / "weights.safetensors").exists()
 
 
-def write_config(tmp: Path, name: str, **train_overrides) -> Path:
-    config = experiment(tmp, name, 1, "joint_decoder", **train_overrides)
+def write_config(
+    tmp: Path, name: str, stage: int = 1, fusion: str = "joint_decoder", **train_overrides
+) -> Path:
+    config = experiment(tmp, name, stage, fusion, **train_overrides)
     from omegaconf import OmegaConf
 
     path = tmp / f"{name}.yaml"
@@ -162,39 +165,139 @@ def cli(*args: str) -> tuple[int, str]:
     return code, stderr.getvalue()
 
 
-# (loader workers, connector): the second case also resumes the connector with the most state of its own,
-# Idefics2's perceiver (learned latents, a bare parameter expanded over the batch, and attention over
-# [patches; latents]), at no extra cost. The C-Abstractor holds no buffers (LayerNorm, not BatchNorm: only
-# weights and their AdamW moments, as every connector); pixel_shuffle and avgpool are the MLP after a fixed
-# rearrangement. What makes a resume exact (weights, moments, data position, RNG) is the same for all.
-KILL_CASES = [(0, ["model.adapter=auto"]), (2, ["model.adapter=perceiver", "model.adapter_tokens=4"])]
+def killed_and_resumed(
+    tmp: Path,
+    overrides: list[str],
+    *,
+    kill_at: int,
+    saved_at: int,
+    stage: int = 1,
+    fusion: str = "joint_decoder",
+    **steps,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The final weights of an uninterrupted run and of the same run SIGKILLed after step `kill_at` (its last
+    checkpoint at step `saved_at`: the steps after it are lost and trained again on resume, from the data
+    position saved with it) and then resumed. The victim is a process of its own; the reference and the
+    resume run in this one (bit-identical to a separate process, tests above)."""
+    settings = dict(deterministic=True, **steps)
+    code, error = cli(str(write_config(tmp, "straight", stage, fusion, **settings)), *overrides)
+    assert code == 0, error
+    victim_config = write_config(tmp, "victim", stage, fusion, **settings)
+    victim = run_cli(str(victim_config), *overrides, fault=f"step:{kill_at}")
+    assert victim.wait(timeout=300) == -signal.SIGKILL, victim.stderr_text()
+    last = tmp / "victim" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == saved_at
+    assert not (tmp / "victim" / "result.json").exists()
+    code, error = cli(str(victim_config), *overrides)
+    assert code == 0, error
+    straight = load_file(str(tmp / "straight" / "final" / "weights.safetensors"))
+    resumed = load_file(str(tmp / "victim" / "final" / "weights.safetensors"))
+    assert straight.keys() == resumed.keys()
+    return straight, resumed
+
+
+SHORT_RUN = dict(max_steps=4, checkpoint_every_n_steps=2, global_batch_size=4, val_every_n_steps=None)
+NO_VALIDATION = ["data.val=[]", "train.select_best=false"]  # generation would cost more than the steps
+TILED = ["model.tiling=anyres", "model.max_image_tokens=40", "data.val=[]"]
+
+
+@dataclass(frozen=True)
+class KillCase:
+    """One setting resumed after a SIGKILL: what a resume restores (weights, AdamW moments, data position,
+    RNG) is the same for every setting; what differs is the state each brings (the perceiver's learned
+    latents, tiled rows of a variable number of tiles, another input size) and the path its batches take."""
+
+    overrides: list[str]
+    fusion: str = "joint_decoder"
+    steps: dict = field(default_factory=lambda: dict(max_steps=12, checkpoint_every_n_steps=3))
+    kill_at: int = 7
+    saved_at: int = 6
+    expect_in_weights: str | None = None  # a tensor name the setting must have put in the checkpoint
+
+
+KILL_CASES = {
+    # the engine's own case, in-process loading (0 workers); step 7 is lost and trained again on resume
+    "mlp-0-workers": KillCase(["data.num_workers=0", "model.adapter=auto"]),
+    # Idefics2's perceiver brings the most state of its own (learned latents, a bare parameter expanded over
+    # the batch) and two loader workers whose positions are restored
+    "perceiver-2-workers": KillCase(
+        ["data.num_workers=2", "model.adapter=perceiver", "model.adapter_tokens=4"],
+        expect_in_weights="adapter.latents",
+    ),
+    # AnyRes rows with a variable number of tiles per sample, pixel shuffle by 2 on each 4 x 4 tile grid
+    "tiled-pixel-shuffle-joint-decoder": KillCase(
+        [*TILED, "model.adapter=pixel_shuffle"],
+        steps=SHORT_RUN,
+        kill_at=3,
+        saved_at=2,
+    ),
+    # tiled through the MoT and Cross-Attention paths of the CLI too, with the two other token-count
+    # connectors (their thumbnail plus tiles still fit max_image_tokens=40)
+    "tiled-c-abstractor-mot": KillCase(
+        [*TILED, "model.adapter=c_abstractor", "model.adapter_tokens=4", *NO_VALIDATION],
+        fusion="mot",
+        steps=SHORT_RUN,
+        kill_at=3,
+        saved_at=2,
+        expect_in_weights="fusion.image_layers.0.mlp.up_proj.weight",
+    ),
+    "tiled-avgpool-cross-attention": KillCase(
+        [*TILED, "model.adapter=avgpool", "model.adapter_tokens=4"],
+        fusion="cross_attention",
+        steps=SHORT_RUN,
+        kill_at=3,
+        saved_at=2,
+    ),
+    # a non-native size (96 px: 6 x 6 patches) under both rules that are not the default crop
+    "96px-letterbox-mlp": KillCase(
+        ["model.image_size=96", "model.image_resize=letterbox", "data.max_length=160", "data.val=[]"],
+        steps=SHORT_RUN,
+        kill_at=3,
+        saved_at=2,
+        expect_in_weights="image_tokenizer.visual.positional_embedding",
+    ),
+    "96px-resize-pixel-shuffle-cross-attention": KillCase(
+        ["model.image_size=96", "model.image_resize=resize", "model.adapter=pixel_shuffle", "data.val=[]"],
+        fusion="cross_attention",
+        steps=SHORT_RUN,
+        kill_at=3,
+        saved_at=2,
+    ),
+}
+
+
+def test_the_kill_cases_cover_every_connector_and_fusion() -> None:
+    from vlmlab.models.adapters import ADAPTERS
+    from vlmlab.models.fusion import FUSIONS
+
+    adapters = {
+        option.split("=")[1]
+        for case in KILL_CASES.values()
+        for option in case.overrides
+        if "adapter=" in option
+    }
+    assert set(ADAPTERS.names()) - {"mlp", "linear", "embedding"} <= adapters
+    assert {case.fusion for case in KILL_CASES.values()} == set(FUSIONS.names())
 
 
 @pytest.mark.slow(seconds=30)
-@pytest.mark.parametrize(("num_workers", "model"), KILL_CASES, ids=["mlp-0-workers", "perceiver-2-workers"])
-def test_kill_9_mid_run_then_resume_gives_the_same_weights(tmp_path, num_workers, model):
-    """SIGKILL after step 7 (its checkpoint interval began at step 6, so step 7 is lost and trained again on
-    resume, from the data position saved with step 6): the weights of an uninterrupted run."""
-    steps = dict(max_steps=12, checkpoint_every_n_steps=3, deterministic=True)
-    overrides = [f"data.num_workers={num_workers}", *model]
-    code, error = cli(str(write_config(tmp_path, "straight", **steps)), *overrides)
-    assert code == 0, error
-
-    victim_config = write_config(tmp_path, "victim", **steps)
-    victim = run_cli(str(victim_config), *overrides, fault="step:7")
-    assert victim.wait(timeout=300) == -signal.SIGKILL
-    last = tmp_path / "victim" / "checkpoints" / "last.ckpt"
-    killed_at = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
-    assert killed_at == 6 and not (tmp_path / "victim" / "result.json").exists()
-
-    code, error = cli(str(victim_config), *overrides)
-    assert code == 0, error
-    a = load_file(str(tmp_path / "straight" / "final" / "weights.safetensors"))
-    b = load_file(str(tmp_path / "victim" / "final" / "weights.safetensors"))
-    assert a.keys() == b.keys()
-    assert any(name.endswith("adapter.latents") for name in a) == ("model.adapter=perceiver" in model)
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
+@pytest.mark.parametrize("case", list(KILL_CASES.values()), ids=list(KILL_CASES))
+def test_kill_9_mid_run_then_resume_gives_the_same_weights(tmp_path, case):
+    """SIGKILL mid-interval: the resumed run's weights equal an uninterrupted run's, bit for bit."""
+    stage = 2 if case.fusion == "mot" else 1  # MoT has no stage 1 (paper, 2.3)
+    straight, resumed = killed_and_resumed(
+        tmp_path,
+        case.overrides,
+        kill_at=case.kill_at,
+        saved_at=case.saved_at,
+        stage=stage,
+        fusion=case.fusion,
+        **case.steps,
+    )
+    if case.expect_in_weights:
+        assert case.expect_in_weights in straight
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
 
 
 @pytest.mark.slow(seconds=110)

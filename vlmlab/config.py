@@ -151,6 +151,14 @@ class ModelConfig:
             raise unknown_choice(
                 "image resize rule (model.image_resize)", self.image_resize, IMAGE_RESIZE_RULES
             )
+        if self.tiling != "none" and self.image_resize != "crop":
+            # a tiled image is framed by the tiling rule itself (vlmlab/data/tiling.py): another rule would
+            # be silently ignored, and a sweep over rules would train identical runs under different names
+            raise ConfigError(
+                f"model.image_resize={self.image_resize} frames untiled images; with model.tiling="
+                f"{self.tiling} the thumbnail is resized to the tile and the tiles keep the aspect ratio on "
+                "padding (LLaVA-NeXT's rule), so no other rule applies (valid here: crop, the default)."
+            )
         if self.open_weight and (self.image_size is not None or self.image_resize != "crop"):
             raise ConfigError(
                 "model.image_size / model.image_resize set the input of vlmlab's own image tokenizers; the "

@@ -4,8 +4,10 @@ dry run never imports torch.
 
 A recipe states, for the image tokenizer, whether it trains in stages 1 and 2, and for the language model
 whether it trains in stage 2; `table_row` is its row in Table 2 (a user's own recipe may leave it out and
-sorts after the paper's). A group that trains may train fully (`trainable`) or through low-rank adapters
-(`lora`: Idefics2's third state, section 3.2; the adapters' settings are `train.lora`, applied by
+sorts after the paper's). `skip_stage1: true` makes it single-stage (Prismatic's `no-align`, section 4.1): no
+alignment stage, the stage-2 run starts from the base weights with its connector freshly initialised, and a
+sweep's DAG gives that run no parent. A group that trains may train fully (`trainable`) or through low-rank
+adapters (`lora`: Idefics2's third state, section 3.2; the adapters' settings are `train.lora`, applied by
 vlmlab.models.lora): the base weights stay frozen and only the adapters learn.
 """
 
@@ -26,7 +28,12 @@ STATES = ("frozen", "trainable", "lora")
 LORA_GROUPS = ("image_tokenizer", "language_model")
 # parts that train in every recipe: the adapter, cross-attention layers and the MoT image transformer
 ALWAYS_TRAINABLE = ("adapter", "cross_attention", "mot_image")
-_KEYS = {"image_tokenizer": ("stage1", "stage2"), "language_model": ("stage1", "stage2"), "table_row": ()}
+_KEYS = {
+    "image_tokenizer": ("stage1", "stage2"),
+    "language_model": ("stage1", "stage2"),
+    "table_row": (),
+    "skip_stage1": (),
+}
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,7 @@ class FreezeRecipe:
     tokenizer_stage2: bool
     language_stage2: bool
     table_row: int | None = None
+    skip_stage1: bool = False  # single-stage: no stage-1 run, stage 2 starts from the base weights
     # (group, stage) pairs that train through LoRA adapters instead of fully; stage 3 follows stage 2
     lora: frozenset[tuple[str, int]] = frozenset()
 
@@ -63,6 +71,11 @@ class FreezeRecipe:
     def trainable_groups(self, stage: int) -> dict[str, bool]:
         if stage not in (1, 2, 3):
             raise ConfigError(f"Unknown training stage {stage!r}. Valid choices: 1, 2, 3.")
+        if stage == 1 and self.skip_stage1:
+            raise ConfigError(
+                f"Recipe {self.name!r} is single-stage (skip_stage1: true): it has no stage 1; train its stage 2 "
+                "from the base weights (train.stage=2, no train.init_from)."
+            )
         if stage == 1:
             states = {"image_tokenizer": self.tokenizer_stage1, "language_model": False}
         else:
@@ -102,6 +115,12 @@ def _load(path_text: str) -> FreezeRecipe:
             raise unknown_choice(f"group in freezing recipe {path.stem!r}", group, _KEYS)
         if group == "table_row":
             continue
+        if group == "skip_stage1":
+            if not isinstance(stages, bool):
+                raise ConfigError(
+                    f"skip_stage1 in recipe {path.stem!r} must be true or false, got {stages!r}."
+                )
+            continue
         for stage, state in stages.items():
             if stage not in _KEYS[group]:
                 raise unknown_choice(f"stage key in recipe {path.stem!r}", stage, _KEYS[group])
@@ -119,6 +138,7 @@ def _load(path_text: str) -> FreezeRecipe:
         tokenizer_stage2=tokenizer.get("stage2", "frozen") != "frozen",
         language_stage2=language.get("stage2", "frozen") != "frozen",
         table_row=data.get("table_row"),
+        skip_stage1=data.get("skip_stage1", False),
         lora=frozenset(
             (group, int(stage[-1]))
             for group in LORA_GROUPS
@@ -126,6 +146,11 @@ def _load(path_text: str) -> FreezeRecipe:
             if state == "lora"
         ),
     )
+    if recipe.skip_stage1 and "stage1" in tokenizer:
+        raise ConfigError(
+            f"Recipe {path.stem!r} skips stage 1 (skip_stage1: true) but states image_tokenizer.stage1; a "
+            "single-stage recipe states stage 2 only."
+        )
     if recipe.tokenizer_stage1 and not recipe.tokenizer_stage2:
         raise ConfigError(
             f"Recipe {path.stem!r} unfreezes the image tokenizer in stage 1 but freezes it in stage 2; what is "

@@ -67,7 +67,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     inspect.add_argument("overrides", nargs="*", help="key=value config overrides (with a config YAML)")
     inspect.add_argument("-n", type=int, default=8, help="samples per source")
-    inspect.add_argument("--tokens-per-image", type=int, default=16, help="placeholder tokens per image")
+    inspect.add_argument(
+        "--tokens-per-image",
+        type=int,
+        default=16,
+        help="placeholder tokens per image (per tile when the config tiles)",
+    )
     inspect.add_argument("--sheet", default="inspect.png", help="contact sheet PNG ('' for none)")
     inspect.set_defaults(func=_inspect)
 
@@ -79,7 +84,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     stats.add_argument("overrides", nargs="*", help="key=value config overrides (with a config YAML)")
     stats.add_argument("-n", type=int, default=1000, help="samples read per source")
-    stats.add_argument("--tokens-per-image", type=int, default=16, help="placeholder tokens per image")
+    stats.add_argument(
+        "--tokens-per-image",
+        type=int,
+        default=16,
+        help="placeholder tokens per image (per tile when the config tiles)",
+    )
     stats.set_defaults(func=_stats)
 
 

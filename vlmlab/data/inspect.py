@@ -3,6 +3,10 @@
 A source is named by a config file (its `data.train` sources, after overrides) or by a path whose form
 tells the kind: shards (`.tar`, `.tar.gz`, brace patterns, `shards.json`, a folder of tars) -> webdataset,
 `.json` / `.jsonl` -> llava, a `save_to_disk` folder or `.parquet` / `.arrow` files -> hf.
+
+A config whose model tiles (model.tiling=anyres) is counted as training counts it: each image on the grid its
+size and the budget pick, `--tokens-per-image` placeholders per tile (the connector's count: `vlmlab
+describe` prints it), a newline after the thumbnail and after each row of tiles.
 """
 
 from __future__ import annotations
@@ -17,14 +21,23 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageOps
 
-from vlmlab.config import DataConfig, DataSourceConfig, ExperimentConfig, ModelConfig, load_config
+from vlmlab.config import (
+    DataConfig,
+    DataSourceConfig,
+    ExperimentConfig,
+    ModelConfig,
+    load_config,
+    tokenizer_preset,
+)
 from vlmlab.data.chat_encode import ChatEncoder
 from vlmlab.data.encode import Encoder, SampleEncoder
 from vlmlab.data.sources import BadSample, DataHealth, open_source
 from vlmlab.data.synthetic.generate import DEFAULT_IMAGE_SIZE
 from vlmlab.data.text_tokenizer import load_text_tokenizer
+from vlmlab.data.tiling import ImageTiler
 from vlmlab.errors import ConfigError
 from vlmlab.files import atomic_open
+from vlmlab.tiling import TilingPlan
 
 IMAGE_MARK = "<image>"
 
@@ -77,7 +90,31 @@ def _encoder(data: DataConfig, tokens_per_image: int, model: ModelConfig | None 
     image_id = tokenizer.get_vocab().get("<|image_pad|>")
     if image_id is None:
         raise ConfigError(f"text tokenizer {data.text_tokenizer!r} has no <|image_pad|> token.")
-    return SampleEncoder(tokenizer, None, tokens_per_image, image_id, data.max_length)
+    tiler = None if model is None else _token_tiler(model, tokens_per_image)
+    return SampleEncoder(tokenizer, None, tokens_per_image, image_id, data.max_length, tiler=tiler)
+
+
+def _token_tiler(model: ModelConfig, tokens_per_tile: int) -> ImageTiler | None:
+    """The model's tiling plan for token counts (tiles of the tokenizer's input size; no pixels are cut)."""
+    if model.tiling == "none":
+        return None
+    tile_size = model.image_size or tokenizer_preset(model.tokenizer)["image_size"]
+    grids = tuple(tuple(grid) for grid in model.tile_grids)
+    plan = TilingPlan(grids, tile_size, tokens_per_tile, model.max_image_tokens)
+    return ImageTiler(plan, normalize=lambda tiles: tiles)
+
+
+def _grid_name(grid: tuple[int, int]) -> str:
+    """`2x1 + thumbnail` (rows x columns of tiles), or `thumbnail` alone (no grid fit the budget)."""
+    rows, cols = grid
+    return f"{rows}x{cols} + thumbnail" if rows * cols else "thumbnail"
+
+
+def _tiles(tokens: dict[str, Any]) -> str:
+    """`; tiles: 2x1 + thumbnail, thumbnail` for a tiled sample, nothing for an untiled one."""
+    if "grids" not in tokens:
+        return ""
+    return "; tiles: " + ", ".join(_grid_name(grid) for grid in tokens["grids"] if grid)
 
 
 def samples(
@@ -181,7 +218,7 @@ def inspect(target: str, overrides: list[str], limit: int, tokens_per_image: int
             image_tokens = sum(token == encoder.image_token_id for token in tokens["input_ids"])
             lines.append(
                 f"-- {key}: {len(tokens['input_ids'])} tokens ({scored} scored), {len(images)} image(s), "
-                f"{image_tokens} image tokens"
+                f"{image_tokens} image tokens{_tiles(tokens)}"
             )
             text = render_text(encoder, tokens)
             lines.append(text)
@@ -197,7 +234,7 @@ def stats(target: str, overrides: list[str], limit: int, tokens_per_image: int) 
     encoder = _encoder(data, tokens_per_image, model)
     lines = []
     for config in configs:
-        lengths, images, bad, too_long = [], Counter(), 0, 0
+        lengths, images, grids, bad, too_long = [], Counter(), Counter(), 0, 0
         for _, sample in samples(config, limit):
             if isinstance(sample, str):
                 bad += 1
@@ -208,6 +245,7 @@ def stats(target: str, overrides: list[str], limit: int, tokens_per_image: int) 
                 continue
             lengths.append(len(tokens["input_ids"]))
             images[len(tokens["images"])] += 1
+            grids.update(_grid_name(grid) for grid in tokens.get("grids", ()) if grid)
         size = open_source(config).num_samples()
         lines.append(
             f"{config.name or config.kind}: {size if size is not None else 'unknown'} samples per epoch; first "
@@ -219,6 +257,8 @@ def stats(target: str, overrides: list[str], limit: int, tokens_per_image: int) 
                 f"max {max(lengths)}; images per sample: "
                 + ", ".join(f"{n}: {count}" for n, count in sorted(images.items()))
             )
+            if grids:  # tiled: how many images each grid took
+                lines.append("  tile grids: " + ", ".join(f"{grid}: {n}" for grid, n in grids.most_common()))
             top = max(lengths)
             width = max(1, 2 ** math.ceil(math.log2(max(top / 8, 1))))
             histogram = Counter(length // width for length in lengths)

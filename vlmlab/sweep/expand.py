@@ -12,7 +12,9 @@ then reduced to what that stage can see (the paper's rules, sections 2.3 and App
 * discrete tokenizers (TiTok, VAR) are always frozen: points pairing one with a recipe that trains the
   tokenizer are left out;
 * text-only training data (TQA) only trains the language model (section 4.2): a stage 2/3 run on it with a
-  recipe that freezes the language model would train nothing, and is left out.
+  recipe that freezes the language model would train nothing, and is left out;
+* a single-stage recipe (`skip_stage1: true`, Prismatic's `no-align`) has no stage-1 run: its stage-2 run
+  starts from the base weights and has no parent.
 It is an error when an axis value would be left out entirely by these rules (asked for explicitly).
 
 A run's id is a hash of its stage, its resolved config (minus keys that only say how it executes, see
@@ -142,7 +144,7 @@ def identity_view(stage: int, config: dict[str, Any], has_parent: bool) -> dict[
     # LoRA came after runs were hashed: its settings only count where a group trains through it (a run
     # without one keeps its id), the targets only of those groups, the hand-off only where a parent can have
     # left adapters (stage 1 has no parent; a stage-2 parent only where its tokenizer trained through LoRA)
-    lora_groups = recipe.lora_groups(stage)
+    lora_groups = [] if stage == 1 and recipe.skip_stage1 else recipe.lora_groups(stage)
     if not lora_groups:
         drop.append("train.lora")
     elif isinstance(view["train"].get("lora"), dict):
@@ -315,6 +317,8 @@ class _Expander:
                     deep_merge(current, value)
                 else:
                     _set(config, key, value)
+            if stage == 1 and load_recipe(config["train"]["freeze"]).skip_stage1:
+                continue  # a single-stage recipe: its stage-2 run has no parent (module docstring)
             reason = _rule_violation(config, stage)
             if reason:
                 # a ruled-out stage 3 (e.g. text-only transfer of a frozen language model) cuts the chain short:

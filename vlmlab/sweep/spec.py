@@ -345,7 +345,11 @@ def check_fusion(name: str) -> None:
 def stage1_recipe(recipe: FreezeRecipe) -> str:
     """The recipe name stage-1 runs use for `recipe`: stage 1 only sees the tokenizer's stage-1 state, so all
     recipes that share it map to one name (the one training least), and their stage-1 runs become one run."""
-    same = [r for r in map(load_recipe, list_recipes()) if r.states(1) == recipe.states(1)]
+    same = [
+        r
+        for r in map(load_recipe, list_recipes())
+        if not r.skip_stage1 and r.states(1) == recipe.states(1)  # a single-stage recipe has no stage 1
+    ]
     if not same:  # a user's recipe whose stage 1 no shipped one has (e.g. the tokenizer through LoRA)
         return recipe.name
     return min(same, key=lambda r: (r.tokenizer_stage2 + r.language_stage2, r.name)).name

@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 from vlmlab.config import ExperimentConfig
 from vlmlab.errors import ConfigError, unknown_choice
 from vlmlab.models.backbone import ATTENTION_IMPLEMENTATIONS
+from vlmlab.recipes import list_recipes, load_recipe
 
 # keys that change how a run executes or logs, not what it computes: they may differ on a re-run
 EXECUTION_KEYS = ("train.log_every_n_steps", "train.accelerator")
@@ -113,7 +114,23 @@ def validate(config: ExperimentConfig) -> int:
         )
     if train.init_from and not Path(train.init_from).exists():
         raise ConfigError(f"train.init_from={train.init_from!r} does not exist (a run folder or checkpoint).")
+    if not config.model.open_weight:
+        _check_single_stage(config)
     return train.global_batch_size // per_step
+
+
+def _check_single_stage(config: ExperimentConfig) -> None:
+    """A single-stage recipe (skip_stage1) has no stage 1, and its stage 2 starts from the base weights: a
+    parent there would make it the two-stage recipe under another name."""
+    recipe = load_recipe(config.train.freeze)
+    recipe.trainable_groups(config.train.stage)  # stage 1 of a single-stage recipe: one line
+    if recipe.skip_stage1 and config.train.stage == 2 and config.train.init_from:
+        two_stage = [name for name in list_recipes() if not load_recipe(name).skip_stage1]
+        raise ConfigError(
+            f"Recipe {recipe.name!r} is single-stage (skip_stage1: true): its stage 2 starts from the base "
+            f"weights, but train.init_from={config.train.init_from!r} names a parent (drop it, or pick one "
+            f"of the two-stage recipes: {', '.join(two_stage)})."
+        )
 
 
 def _check_open_weight(config: ExperimentConfig) -> None:
