@@ -578,6 +578,8 @@ def test_bench_loss_prints_both_peaks_by_hand_and_the_goal() -> None:
     peaks = dict(re.findall(r"^\s+(dense|chunked)\s+peak\s+([\d.]+) GiB", out, re.M))
     assert set(peaks) == {"dense", "chunked"}, out
     # the dense loss's largest tensor is its fp32 logits: 64 x 1000 x 4 bytes, by hand
-    assert re.search(rf"dense\s+peak\s+[\d.]+ GiB\s+largest tensor\s+{64 * 1000 * 4 / 2**30:7.3f} GiB", out), out
+    assert re.search(
+        rf"dense\s+peak\s+[\d.]+ GiB\s+largest tensor\s+{64 * 1000 * 4 / 2**30:7.3f} GiB", out
+    ), out
     assert re.search(r"peak chunked / dense: [\d.]+ \(goal <= 0.25\) (meets goal|ABOVE GOAL)", out), out
     assert len(re.findall(r"^\s+(dense|chunked)\s+[\d.]+ s wall\s+[\d.]+ s CPU", out, re.M)) == 2, out

@@ -25,10 +25,19 @@ STEPS = 3
 
 
 def tiny_model(fusion: str, **model: object) -> torch.nn.Module:
-    """The tiny VLM of `fusion`, with `model` keys over the defaults (a connector and its settings)."""
+    """The tiny VLM of `fusion`, with `model` keys over the defaults (a connector and its settings); a `lora`
+    entry (train.lora settings) puts the language model in the LoRA state of stage 2 instead (lora-lm)."""
+    from vlmlab.config import LoraSettings
+    from vlmlab.recipes import load_recipe
+    from vlmlab.train.freezing import apply_freezing
+
     torch.manual_seed(0)
+    lora = model.pop("lora", None)
     settings = dict(backbone="qwen3-tiny", tokenizer="clip-tiny", random_tokenizer=True, fusion=fusion)
-    return build_vlm({**settings, **model})
+    vlm = build_vlm({**settings, **model})
+    if lora is not None:
+        apply_freezing(vlm, load_recipe("lora-lm"), 2, LoraSettings(**lora))
+    return vlm
 
 
 def global_batch(model, step: int) -> dict[str, torch.Tensor]:
@@ -91,7 +100,7 @@ def _sharded_worker(rank: int, cases: list[tuple[str, dict]], port: int, out: st
     mesh = init_device_mesh("cpu", (2,))
     results = []
     for fusion, overrides in cases:
-        model = tiny_model(fusion, **overrides)
+        model = tiny_model(fusion, **dict(overrides))
         model.adapter.requires_grad_(False) if fusion == "cross_attention" else None  # frozen parts in units
         units = shard_model(model, mesh)
         local = [half(global_batch(model, step), rank) for step in range(STEPS)]
@@ -112,7 +121,7 @@ def _sharded_worker(rank: int, cases: list[tuple[str, dict]], port: int, out: st
 def assert_follows_one_process(sharded: dict, fusion: str, overrides: dict) -> torch.nn.Module:
     """The sharded run's losses, final weights and generation against the same steps in one process;
     -> the one-process model."""
-    model = tiny_model(fusion, **overrides)
+    model = tiny_model(fusion, **dict(overrides))
     model.adapter.requires_grad_(False) if fusion == "cross_attention" else None
     losses = train_steps(model, [global_batch(model, step) for step in range(STEPS)])
     assert sharded["losses"] == pytest.approx(losses, rel=1e-4, abs=1e-5)
@@ -174,6 +183,9 @@ DESIGN_CASES = [
     # issue 26: two encoders at once, DINOv3 + SigLIP 2 concatenated on channels (each tower's blocks are
     # units, cut as when it runs alone)
     ("joint_decoder", {"tokenizer": ["dinov3-tiny", "siglip2-tiny"], "encoder_fusion": "channel"}),
+    # issue 26: LoRA (DoRA, whose weight norm needs the gathered base weight) on the language model, whose
+    # frozen base weights share their FSDP units with the trained adapters
+    ("joint_decoder", {"lora": {"rank": 4, "alpha": 8, "dora": True}}),
 ]
 
 
@@ -202,6 +214,14 @@ def test_two_process_fsdp2_follows_one_process_for_every_connector_and_a_new_siz
         if "tokenizer" in overrides:  # both towers' weights trained and gathered under their own names
             towers = {name.split(".")[2] for name in sharded["state"] if name.startswith("image_tokenizer.")}
             assert towers == {"0", "1"} and model.image_tokenizer.embed_dim == 64 + 64
+        if "lora" in overrides:  # what trained is the adapters: the base weights are the initial ones
+            trained = [n for n, p in model.named_parameters() if p.requires_grad and n.startswith("lm.")]
+            assert trained and all(".lora_" in name for name in trained)
+            base = tiny_model(fusion).state_dict()
+            for name, value in sharded["state"].items():
+                if name.startswith("lm.") and ".lora_" not in name:
+                    plain = name.replace(".base_layer.", ".")
+                    torch.testing.assert_close(value, base[plain], rtol=0, atol=0, msg=name)
 
 
 def _jd_then_mot(model_for, shard, batches_for) -> tuple[list[float], dict[str, torch.Tensor]]:

@@ -414,6 +414,68 @@ class OptimConfig:
     grad_clip: float | None = 1.0
 
 
+# What happens to a parent stage's LoRA adapters when a stage starts (vlmlab.models.lora.hand_off): carry = the
+# same adapters keep training where this stage trains that group through LoRA too (the update stays of rank
+# r); merge = fold them into the base weights (peft's merge_and_unload) and start fresh adapters. A group that
+# is frozen or fully trainable in the new stage always has its adapters merged.
+LORA_HANDOFFS = ("carry", "merge")
+# the groups `train.lora.target_modules` may name (vlmlab.recipes.LORA_GROUPS, kept torch- and import-free here)
+LORA_TARGET_GROUPS = ("image_tokenizer", "language_model")
+# Qwen3's attention and MLP projections: HF m4 / LLaMA-Factory adapt every linear layer of the decoder
+# (all-linear); `all-linear` picks every nn.Linear of a group (a vision tower's names differ by library)
+# except the output head and the projections nn.MultiheadAttention calls by weight (open_clip's)
+DEFAULT_LORA_TARGETS = {
+    "language_model": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "image_tokenizer": ["all-linear"],
+}
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapters (peft) of the groups a freezing recipe puts in the `lora` state (vlmlab.models.lora).
+
+    Defaults are LLaMA-Factory's (rank 8, alpha 2 x rank, no dropout) on every projection of the decoder. The
+    adapters train at the group's learning rate (optim.lr.<group>)."""
+
+    rank: int = 8
+    alpha: float = 16.0  # the update is scaled by alpha / rank
+    dropout: float = 0.0  # on the adapter's input
+    # per group: module names (the last part of a module path, e.g. q_proj) or `all-linear`
+    target_modules: dict[str, list[str]] = field(
+        default_factory=lambda: {group: list(names) for group, names in DEFAULT_LORA_TARGETS.items()}
+    )
+    dora: bool = False  # weight-decomposed LoRA (Liu et al. 2024; Idefics2's instruction tuning)
+    handoff: str = "carry"  # carry | merge (LORA_HANDOFFS above)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
+            raise ConfigError(f"train.lora.rank={self.rank!r} is not a rank (valid: an integer >= 1).")
+        if not self.alpha > 0:
+            raise ConfigError(
+                f"train.lora.alpha={self.alpha!r} must be positive (the update's scale alpha/rank)."
+            )
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(
+                f"train.lora.dropout={self.dropout!r} is not a probability (valid: 0 <= p < 1)."
+            )
+        if self.handoff not in LORA_HANDOFFS:
+            raise unknown_choice("LoRA hand-off (train.lora.handoff)", self.handoff, LORA_HANDOFFS)
+        for group, names in self.target_modules.items():
+            if group not in LORA_TARGET_GROUPS:
+                raise unknown_choice("group of train.lora.target_modules", group, LORA_TARGET_GROUPS)
+            if not names or any(not isinstance(n, str) or not n or "." in n for n in names):
+                raise ConfigError(
+                    f"train.lora.target_modules.{group}={list(names)!r} must list module names (the last part of "
+                    "a module path, e.g. q_proj) or all-linear."
+                )
+
+    def targets(self, group: str) -> list[str]:
+        return list(self.target_modules.get(group) or DEFAULT_LORA_TARGETS[group])
+
+    def describe(self) -> str:
+        return f"r={self.rank} alpha={self.alpha:g}" + (" dora" if self.dora else "")
+
+
 @dataclass
 class TrainConfig:
     stage: int = 1  # 1 caption pretraining | 2 VQA fine-tuning | 3 reasoning transfer
@@ -446,6 +508,8 @@ class TrainConfig:
     # Every choice is exact (the same loss and gradients up to float summation order), so it is not part of
     # a run's identity and may change on resume.
     loss_impl: str = "auto"
+    # the adapters of groups a recipe trains through LoRA (`lora` in vlmlab/presets/freeze/); unused otherwise
+    lora: LoraSettings = field(default_factory=LoraSettings)
 
     def __post_init__(self) -> None:
         if self.loss_impl not in LOSS_IMPLS:
@@ -535,6 +599,7 @@ _SCHEMAS: dict[str, type] = {
     "DataConfig": DataConfig,
     "OptimConfig": OptimConfig,
     "TrainConfig": TrainConfig,
+    "LoraSettings": LoraSettings,
     "RLConfig": RLConfig,
     "ExperimentConfig": ExperimentConfig,
 }
@@ -679,6 +744,9 @@ __all__ = [
     "ADAPTER_NAMES",
     "ENCODER_FREEZE_STATES",
     "ENCODER_FUSIONS",
+    "DEFAULT_LORA_TARGETS",
+    "LORA_HANDOFFS",
+    "LoraSettings",
     "CROSS_ATTENTION_LAYOUTS",
     "FUSIONS",
     "FUSION_NAMES",

@@ -274,7 +274,12 @@ class VisionLanguageModel(nn.Module):
             # three times its FLOPs on caption batches, more than the stall.
             rows, picked = hidden[:, :-1][selected], targets[selected]
             scored = picked.shape[0]
-            loss = linear_cross_entropy(rows, self.lm.lm_head.weight, picked, self.loss_impl) / max(scored, 1)
+            head = self.lm.lm_head
+            if type(head) is nn.Linear and head.bias is None:
+                loss = linear_cross_entropy(rows, head.weight, picked, self.loss_impl)
+            else:  # a head wrapped by peft (LoRA targeting lm_head) computes more than its weight: run it
+                loss = nn.functional.cross_entropy(head(rows).float(), picked, reduction="sum")
+            loss = loss / max(scored, 1)
         logits = self.lm.lm_head(hidden) if return_logits else None
         return VLMOutput(loss=loss, logits=logits, hidden_states=hidden, num_scored_tokens=scored)
 

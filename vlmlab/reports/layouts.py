@@ -35,6 +35,7 @@ from vlmlab.reports.table import Column, Table
 AVERAGE_LABELS = {"avg_ind": "Avg In-domain", "avg_ood": "Avg Out-of-domain", "avg_all": "Avg All"}
 DEFAULT_GROUP_BY: dict[str, tuple[str, ...]] = {
     "idefics2_connector": (),  # keys before the connector; the connector row is always there
+    "idefics2_lora": ("model.fusion",),  # keys before the language model's training; that row is always there
     "design": ("model.tokenizer", "model.fusion", "train.freeze"),
     "transfer": ("model.tokenizer", "model.fusion"),
     "scaling": ("model.tokenizer", "model.fusion", "train.freeze"),
@@ -493,6 +494,61 @@ def connector_table(
         fill_missing=fill_missing,
         name="idefics2_connector",
         title="Accuracy (%) by connector, with the image tokens each gives the language model",
+    )
+
+
+# ------------------------------------------------------------------- Idefics2's frozen / LoRA / full backbone
+
+LM_TRAINING_KEY = (
+    "train.language_model"  # the row label the idefics2_lora layout adds to each record's config
+)
+# row labels in Idefics2's order (frozen, LoRA, full), which the tables' natural sort keeps
+LM_TRAINING_LABELS = {"frozen": "frozen", "lora": "LoRA", "trainable": "trained fully"}
+
+
+def lm_training(config: Mapping[str, Any]) -> str:
+    """How a run's language model trained, from its config: frozen, LoRA (with its rank, and DoRA) or fully
+    (the recipe's state for the run's stage; stage 1 always freezes it)."""
+    from vlmlab.recipes import load_recipe
+
+    train = config.get("train", {})
+    state = load_recipe(str(train.get("freeze"))).states(int(train.get("stage", 2)))["language_model"]
+    label = LM_TRAINING_LABELS[state]
+    if state == "lora":
+        lora = train.get("lora") or {}
+        label += f" (r={lora.get('rank', 8)}{', DoRA' if lora.get('dora') else ''})"
+    return label
+
+
+def lm_training_table(
+    records: Sequence[Mapping[str, Any]],
+    group_by: Sequence[str] = DEFAULT_GROUP_BY["idefics2_lora"],
+    *,
+    where: Mapping[str, Sequence[str]] | None = None,
+    partial_averages: bool = False,
+    fill_missing: bool = True,
+) -> Table:
+    """Idefics2's backbone-training ablation (sweep idefics2_lora, its section 3.2): a row per fusion and
+    language-model training (frozen / LoRA / trained fully), with the benchmarks and the three averages."""
+    labelled = []
+    for record in records:
+        record = copy.deepcopy(dict(record))
+        config = record.get("config", {})
+        if config.get("train", {}).get("freeze") is not None and not config.get("model", {}).get(
+            "open_weight"
+        ):
+            config["train"]["language_model"] = lm_training(config)
+            labelled.append(record)
+    if not labelled:
+        raise ConfigError("No records with a train.freeze recipe to tabulate by language-model training.")
+    return design_table(
+        labelled,
+        [*group_by, LM_TRAINING_KEY],
+        where=where,
+        partial_averages=partial_averages,
+        fill_missing=fill_missing,
+        name="idefics2_lora",
+        title="Accuracy (%) by fusion and how the language model trains (frozen, LoRA, fully)",
     )
 
 

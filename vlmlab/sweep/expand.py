@@ -105,9 +105,10 @@ def identity_view(stage: int, config: dict[str, Any], has_parent: bool) -> dict[
     another fusion are dropped: they cannot change the result, and keeping them would split one run in two.
     Keys added after runs were hashed (`model.cross_attention_layout`, the open-weight and training-method
     keys, the `rl` section outside GRPO runs) are dropped while they hold their defaults, so those runs keep
-    their ids (so do `model.image_size` / `model.image_resize` at null / crop, and the encoder-set keys
-    `model.encoder_fusion` / `model.encoder_freeze` / `optim.encoder_lr` at channel / [] / [];
-    `model.encoder_fusion` is dropped for a single tokenizer, which fuses nothing); the connector settings
+    their ids (so do `model.image_size` / `model.image_resize` at null / crop, the encoder-set keys
+    `model.encoder_fusion` / `model.encoder_freeze` / `optim.encoder_lr` at channel / [] / [] (and
+    `model.encoder_fusion` for a single tokenizer, which fuses nothing), and `train.lora` wherever no group
+    trains through LoRA); the connector settings
     (`model.adapter_tokens`, `model.pixel_shuffle_ratio`) are dropped unless the adapter uses them; the
     tiling keys unless images are tiled.
     """
@@ -149,6 +150,18 @@ def identity_view(stage: int, config: dict[str, Any], has_parent: bool) -> dict[
         drop.append("model.encoder_fusion")
     if stage == 1 or not recipe.language_stage2:
         drop.append("optim.lr.language_model")
+    # LoRA came after runs were hashed: its settings only count where a group trains through it (a run
+    # without one keeps its id), the targets only of those groups, the hand-off only where a parent can have
+    # left adapters (stage 1 has no parent; a stage-2 parent only where its tokenizer trained through LoRA)
+    lora_groups = [] if stage == 1 and recipe.skip_stage1 else recipe.lora_groups(stage)
+    if not lora_groups:
+        drop.append("train.lora")
+    elif isinstance(view["train"].get("lora"), dict):
+        settings = view["train"]["lora"]
+        targets = settings.get("target_modules") or {}
+        settings["target_modules"] = {g: v for g, v in targets.items() if g in lora_groups}
+        if stage == 1 or (stage == 2 and ("image_tokenizer", 1) not in recipe.lora):
+            drop.append("train.lora.handoff")
     for key in drop:
         _pop(view, key)
     return view

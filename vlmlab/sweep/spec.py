@@ -354,8 +354,10 @@ def stage1_recipe(recipe: FreezeRecipe) -> str:
     same = [
         r
         for r in map(load_recipe, list_recipes())
-        if r.tokenizer_stage1 == recipe.tokenizer_stage1 and not r.skip_stage1
+        if not r.skip_stage1 and r.states(1) == recipe.states(1)  # a single-stage recipe has no stage 1
     ]
+    if not same:  # a user's recipe whose stage 1 no shipped one has (e.g. the tokenizer through LoRA)
+        return recipe.name
     return min(same, key=lambda r: (r.tokenizer_stage2 + r.language_stage2, r.name)).name
 
 

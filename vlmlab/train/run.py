@@ -133,7 +133,8 @@ def checkpoint_step(path: Path) -> int:
 def train(config: ExperimentConfig) -> dict[str, Any]:
     out = Path(config.train.output_dir)
     accumulate = validate(config)  # before anything is written
-    load_recipe(config.train.freeze)
+    recipe = load_recipe(config.train.freeze)
+    _check_lora(config, recipe.lora_groups(config.train.stage))
     resolved = to_dict(config)
     done = check_run_folder(out, resolved)
     if done is not None:
@@ -153,6 +154,22 @@ def train(config: ExperimentConfig) -> dict[str, Any]:
         else:
             record = _train(config, out, resolved, accumulate)
         return record
+
+
+def _check_lora(config: ExperimentConfig, lora_groups: list[str]) -> None:
+    """The layouts LoRA is not wired into, refused in one line before anything is built."""
+    if not lora_groups:
+        return
+    if config.train.method == "grpo":
+        raise ConfigError(
+            f"Recipe {config.train.freeze!r} trains the {', '.join(lora_groups)} through LoRA, which GRPO runs do "
+            "not support (valid: train.method sft, or a recipe without lora)."
+        )
+    if config.model.open_weight and config.train.strategy == "fsdp":
+        raise ConfigError(
+            f"Recipe {config.train.freeze!r} trains an open-weight model through LoRA, whose export merges the "
+            "adapters on one process: train it with train.strategy auto or ddp (LoRA adapters are small)."
+        )
 
 
 def save_checkpoint(
@@ -218,7 +235,7 @@ def _fit_and_export(
         torch.use_deterministic_algorithms(True, warn_only=True)
 
     model, parent = build_model(config)
-    freezing = apply_freezing(model, load_recipe(config.train.freeze), config.train.stage)
+    freezing = apply_freezing(model, load_recipe(config.train.freeze), config.train.stage, config.train.lora)
 
     data = TrainData(config, model)
 
