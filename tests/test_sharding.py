@@ -137,6 +137,15 @@ def assert_follows_one_process(sharded: dict, fusion: str, overrides: dict) -> t
     return model
 
 
+def _preset_depth(tokenizer: str) -> int:
+    """A tower's transformer blocks as its preset states them (timm `depth`, open_clip `vision_cfg.layers`,
+    transformers `num_hidden_layers`)."""
+    from vlmlab.config import tokenizer_preset
+
+    kwargs = tokenizer_preset(tokenizer)["arch_kwargs"]
+    return kwargs.get("depth") or kwargs.get("num_hidden_layers") or kwargs["vision_cfg"]["layers"]
+
+
 def expected_units(model: torch.nn.Module, fusion: str) -> int:
     """One unit per decoder layer of every kind, per tokenizer block (open_clip's residual attention blocks)
     and per connector block, + the root: no layer's weights are ever all gathered at once."""
@@ -148,12 +157,8 @@ def expected_units(model: torch.nn.Module, fusion: str) -> int:
         "mot": 2 * layers,
         "cross_attention": layers + len(getattr(model.fusion, "cross_attn_layers", [])),
     }[fusion]
-    if hasattr(model.image_tokenizer, "towers"):  # an encoder set: each tower cut as it is cut alone
-        from vlmlab.models.tokenizers import build_tokenizer
-        from vlmlab.train.sharding import tokenizer_blocks
-
-        alone = [build_tokenizer(tower.spec, pretrained=None) for tower in model.image_tokenizer.towers]
-        blocks = sum(len(tokenizer_blocks(tower)) for tower in alone)
+    if hasattr(model.image_tokenizer, "towers"):  # an encoder set: each tower's depth, from its preset
+        blocks = sum(_preset_depth(tower.spec.name) for tower in model.image_tokenizer.towers)
     else:
         blocks = sum(isinstance(m, ResidualAttentionBlock) for m in model.image_tokenizer.modules())
     assert blocks >= 2
@@ -398,3 +403,17 @@ def test_fsdp_equals_ddp_for_a_tiled_cross_attention_stage_2_run(tmp_path: Path)
         assert code == 0, error
     fsdp = _same_under_fsdp_as_under_ddp(tmp_path, "xattn")
     assert fsdp["config"]["model"]["tiling"] == "anyres"
+
+
+@pytest.mark.parametrize("tokenizer", ["clip-tiny", "siglip2-tiny", "aimv2-tiny", "dinov3-tiny", "dinov3-tiny-hf"])
+def test_every_continuous_tower_is_cut_into_its_blocks(tokenizer: str) -> None:
+    """Each tower's FSDP units are its transformer blocks, as many as its preset's depth, whatever container
+    its library keeps them in (open_clip and transformers: a ModuleList; timm: an nn.Sequential)."""
+    from vlmlab.models.tokenizers import build_tokenizer, load_tokenizer_spec
+    from vlmlab.train.sharding import tokenizer_blocks
+
+    tower = build_tokenizer(load_tokenizer_spec(tokenizer), pretrained=None)
+    blocks = tokenizer_blocks(tower)
+    assert len(blocks) == _preset_depth(tokenizer) >= 2
+    assert len({type(block) for _, block in blocks}) == 1
+    assert all(any(p.numel() for p in block.parameters()) for _, block in blocks)

@@ -88,8 +88,9 @@ def shard_open_weight(model: OpenWeightVLM, mesh: DeviceMesh, bf16: bool = False
 
 def tokenizer_blocks(tokenizer: nn.Module) -> list[tuple[str, nn.Module]]:
     """The transformer blocks of an image tokenizer, whatever library built it (open_clip, timm,
-    transformers, TiTok, VAR): the members of every outermost list of two or more same-type modules; for an
-    encoder set, each tower's blocks (`towers.<i>.<block>`), never whole towers."""
+    transformers, TiTok, VAR): the members of every outermost list of two or more same-type modules (a
+    ModuleList, or the nn.Sequential timm keeps its ViT blocks in: SigLIP 2, AIMv2); for an encoder set, each
+    tower's blocks (`towers.<i>.<block>`), never whole towers."""
     if isinstance(tokenizer, EncoderSet):
         return [
             (f"towers.{i}.{name}", block)
@@ -99,7 +100,7 @@ def tokenizer_blocks(tokenizer: nn.Module) -> list[tuple[str, nn.Module]]:
     lists = [
         (name, module)
         for name, module in tokenizer.named_modules()
-        if isinstance(module, nn.ModuleList)
+        if isinstance(module, nn.ModuleList | nn.Sequential)
         and len(module) > 1
         and len({type(child) for child in module}) == 1
         and any(p.numel() for p in module.parameters())
