@@ -405,7 +405,9 @@ def test_fsdp_equals_ddp_for_a_tiled_cross_attention_stage_2_run(tmp_path: Path)
     assert fsdp["config"]["model"]["tiling"] == "anyres"
 
 
-@pytest.mark.parametrize("tokenizer", ["clip-tiny", "siglip2-tiny", "aimv2-tiny", "dinov3-tiny", "dinov3-tiny-hf"])
+@pytest.mark.parametrize(
+    "tokenizer", ["clip-tiny", "siglip2-tiny", "aimv2-tiny", "dinov3-tiny", "dinov3-tiny-hf"]
+)
 def test_every_continuous_tower_is_cut_into_its_blocks(tokenizer: str) -> None:
     """Each tower's FSDP units are its transformer blocks, as many as its preset's depth, whatever container
     its library keeps them in (open_clip and transformers: a ModuleList; timm: an nn.Sequential)."""
