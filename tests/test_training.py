@@ -115,6 +115,10 @@ def test_rerunning_a_finished_run_does_nothing(tmp_path):
     config.data.num_workers = 1
     handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGUSR1)}
     first = train(config)
+    # throughput in the record: model FLOPs per second from the model's own count; no MFU on a CPU
+    throughput = first["timings"]["throughput"]
+    assert throughput["device"] == "cpu" and throughput["mfu"] is None and throughput["tflops"] > 0
+    assert throughput["tokens_per_s_per_device"] > 0
     # a run inside a process that goes on (a notebook, a sweep driver) leaves it as it found it: the signal
     # handlers of before (the run's would keep it alive and checkpoint it on the next signal) and no
     # data-loader worker still running

@@ -6,7 +6,11 @@ Batch dict (both modes; every value a tensor except `num_real_tokens`):
 - `position_ids` [B, T] long: restart at 0 at each sample's first token (padding: 0, 1, ... per run, as
   `vlmlab.models.fusion.context.positions_from_segments` computes),
 - `pixel_values` [N, 3, H, W] float: every image in placeholder order (row by row, sample by sample),
-- `num_real_tokens` int: non-padding positions, for throughput and real-token-fraction logging.
+- `num_real_tokens` int: non-padding positions, for throughput and real-token-fraction logging;
+- `shape` dict of ints, counted here on the CPU so that the training step never waits on the device for
+  them: `tokens` (= num_real_tokens), `square_lengths` (the sum of every sample's length squared: what
+  attention within samples costs), `images_per_row` (images, or tiles, per row) and `scored` (positions whose
+  next token is scored) — the model's FLOPs per step (vlmlab/models/flops.py).
 
 Packing several samples into one row wastes no compute on padding. The attention mask built from
 `segment_ids` keeps samples apart, and each sample's first label is set to -100 so the last token of one
@@ -58,8 +62,11 @@ def _batch(
     labels: torch.Tensor,
     segment_ids: torch.Tensor,
     pixels: torch.Tensor,
+    images_per_row: list[int],
     tiles: dict[str, torch.Tensor] | None = None,
 ) -> dict:
+    real = int((segment_ids >= 0).sum())
+    square_lengths = sum(int((torch.bincount(row[row >= 0]) ** 2).sum()) for row in segment_ids)
     return {
         **(tiles or {}),
         "input_ids": input_ids,
@@ -67,8 +74,18 @@ def _batch(
         "segment_ids": segment_ids,
         "position_ids": _positions(segment_ids),
         "pixel_values": pixels,
-        "num_real_tokens": int((segment_ids >= 0).sum()),
+        "num_real_tokens": real,
+        "shape": {
+            "tokens": real,
+            "square_lengths": square_lengths,
+            "images_per_row": images_per_row,
+            "scored": int((labels[:, 1:] != IGNORE_INDEX).sum()),
+        },
     }
+
+
+def _images(sample: dict[str, Any]) -> int:
+    return int(sample["pixel_values"].shape[0])
 
 
 def collate_padded(encoded: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Any]:
@@ -85,7 +102,8 @@ def collate_padded(encoded: Sequence[dict[str, Any]], pad_id: int) -> dict[str, 
         labels[row, :n] = sample["labels"]
         labels[row, 0] = IGNORE_INDEX
         segment_ids[row, :n] = 0
-    return _batch(input_ids, labels, segment_ids, _pixels(encoded), image_tiles(encoded))
+    images = [_images(sample) for sample in encoded]
+    return _batch(input_ids, labels, segment_ids, _pixels(encoded), images, image_tiles(encoded))
 
 
 class RowPacker(Generic[T]):
@@ -201,7 +219,8 @@ def collate_packed(rows: Sequence[Sequence[dict[str, Any]]], max_length: int, pa
             segment_ids[row, start : start + n] = segment
             start += n
     flat = [s for samples in rows for s in samples]
-    return _batch(input_ids, labels, segment_ids, _pixels(flat), image_tiles(flat))
+    images = [sum(_images(sample) for sample in samples) for samples in rows]
+    return _batch(input_ids, labels, segment_ids, _pixels(flat), images, image_tiles(flat))
 
 
 def real_token_fraction(batch: dict[str, Any]) -> float:

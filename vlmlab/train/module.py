@@ -15,10 +15,12 @@ import torch
 from vlmlab.config import ExperimentConfig
 from vlmlab.errors import ConfigError, TrainingStopped
 from vlmlab.files import atomic_write_bytes
+from vlmlab.models.flops import FlopModel, batch_shape
 from vlmlab.models.open_weight import OpenWeightVLM
 from vlmlab.models.vlm import VisionLanguageModel
 from vlmlab.train.schedule import build_optimizer, build_scheduler
 from vlmlab.train.sharding import local_tensor
+from vlmlab.train.throughput import Throughput, this_device
 
 BATCH_KEYS = ("input_ids", "labels", "segment_ids", "position_ids", "pixel_values")
 progress = logging.getLogger("vlmlab.train")
@@ -42,6 +44,10 @@ class VLMModule(L.LightningModule):
         self._loader: Any = None
         self._reported_step = -1
         self._data_state: dict[str, Any] | None = None
+        # FLOPs per step (vlmlab/models/flops.py; set by the run for vlmlab's own models) and the rates
+        self.flop_model: FlopModel | None = None
+        self._flops_since = 0.0
+        self.throughput = Throughput(*this_device(config.train.precision))
 
     def configure_model(self) -> None:
         mesh = self.device_mesh  # set by ModelParallelStrategy (train.strategy: fsdp) only
@@ -118,8 +124,17 @@ class VLMModule(L.LightningModule):
             loss = loss + 0.0 * sum(local_tensor(p).sum() for p in self.model.parameters() if p.requires_grad)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(self._non_finite_report(float(loss)))
-        real = int(batch["segment_ids"].ge(0).sum()) if "segment_ids" in batch else batch["input_ids"].numel()
+        if "num_real_tokens" in batch:  # counted when the batch was collated: no wait on the device
+            real = int(batch["num_real_tokens"])
+        else:
+            real = (
+                int(batch["segment_ids"].ge(0).sum())
+                if "segment_ids" in batch
+                else batch["input_ids"].numel()
+            )
         self._tokens_since += real
+        if self.flop_model is not None and "shape" in batch:
+            self._flops_since += self.flop_model.step(batch_shape(batch))
         self.log("train/loss", loss, prog_bar=True, on_step=True, batch_size=batch["input_ids"].shape[0])
         self.log("train/real_token_fraction", real / batch["input_ids"].numel(), on_step=True)
         return loss
@@ -127,9 +142,14 @@ class VLMModule(L.LightningModule):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         now = time.perf_counter()
         if self._last_time is not None and now > self._last_time:
-            rate = self._tokens_since / (now - self._last_time) * self.trainer.world_size
+            window = self.throughput.add(now - self._last_time, self._tokens_since, self._flops_since)
+            rate = window["tokens_per_s_per_device"] * self.trainer.world_size
             self.log("train/tokens_per_s", rate, prog_bar=True, on_step=True)
-        self._last_time, self._tokens_since = now, 0
+            if self.flop_model is not None:  # per device: model FLOPs of this process's batches
+                self.log("train/tflops", window["tflops"], on_step=True)
+                if "mfu" in window:
+                    self.log("train/mfu", window["mfu"], prog_bar=True, on_step=True)
+        self._last_time, self._tokens_since, self._flops_since = now, 0, 0.0
         for group in self.trainer.optimizers[0].param_groups:
             if not group["name"].endswith(".no_decay"):
                 self.log(f"lr/{group['name']}", group["lr"], on_step=True)

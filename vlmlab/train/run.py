@@ -34,6 +34,7 @@ from vlmlab.models.checkpoint import (
     resolve_checkpoint,
     save_stage_checkpoint,
 )
+from vlmlab.models.flops import flop_model
 from vlmlab.models.loss import resolve_loss_impl
 from vlmlab.models.open_weight import OpenWeightVLM, load_open_weight
 from vlmlab.models.vlm import VisionLanguageModel, build_vlm
@@ -263,6 +264,8 @@ def _fit_and_export(
         best["last"] = dict(metrics)
 
     module = VLMModule(config, model)
+    if isinstance(model, VisionLanguageModel):  # FLOPs per step for TFLOP/s and MFU (after freezing)
+        module.flop_model = flop_model(model, config.model)
 
     def full_state() -> dict[str, torch.Tensor]:
         """The complete weights on rank 0 (FSDP gathers its shards; other strategies just return them)."""
@@ -353,7 +356,11 @@ def _fit_and_export(
         resolved,
         metrics=best.get("last", {}),
         chance=data.chance_levels(),
-        timings={"train_seconds": round(time.time() - started, 1), "steps": trainer.global_step},
+        timings={
+            "train_seconds": round(time.time() - started, 1),
+            "steps": trainer.global_step,
+            "throughput": module.throughput.summary(),  # medians per device: tokens/s, TFLOP/s, MFU
+        },
         checkpoint=str((out / "best") if best["step"] is not None else final),
         best={"step": best["step"], "metrics": best["metrics"]} if config.train.select_best else None,
         parent=str(parent) if parent else None,
