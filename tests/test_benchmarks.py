@@ -568,3 +568,17 @@ def test_bench_connectors_prints_tokens_times_and_flops_for_every_connector() ->
     for row in rows:  # forward + backward costs about 3 forwards: more than one, never more than four
         forward, both = float(row[4]), float(row[5])
         assert forward > 0 and forward < both <= 4 * forward + 0.01, row
+
+
+@pytest.mark.slow(seconds=25)
+def test_bench_json_index_prints_memory_and_build_figures_with_their_goals(tmp_path: Path) -> None:
+    # part 2 (launch to first step) starts 2 x --repeats fresh processes, ~5 s of imports each: skipped here;
+    # part 3 starts two (0 and 2 workers)
+    out = _run_benchmark(
+        "bench_json_index.py", "--data-dir", str(tmp_path), "--entries", "300", "--small", "20",
+        "--batches", "2", "--skip-startup",
+    )  # fmt: skip
+    assert re.search(r"1\. index of mix-300\.json: built in wall [\d.]+ s, CPU [\d.]+ s", out)
+    assert "2. launch to first step: skipped (--skip-startup)" in out
+    assert re.search(r"0 workers: [\d,]+ MB PSS \(process wall [\d.]+ s, CPU [\d.]+ s\)", out)
+    assert re.search(r"2 workers / 0 workers: [\d.]+ \(goal <= 1.2: (met|NOT met)\)", out)

@@ -282,6 +282,18 @@ class DataSourceConfig:
     )  # hf: part -> column (image, messages, question, ...)
     streaming: bool = False  # hf: read through datasets' IterableDataset (parquet files or the hub)
     benchmark: str | None = None  # vqa: coco_captions | vqav2 | docvqa | textvqa | chartqa | aokvqa
+    # keys below came after runs were hashed: at their defaults they leave run ids unchanged
+    subset: str | None = None  # hf: the dataset's config name in a hub snapshot (The Cauldron's "ai2d", ...)
+    max_images: int | None = (
+        None  # interleaved documents: cut before the (max_images + 1)-th image; None = no cap
+    )
+
+    def __post_init__(self) -> None:
+        if self.max_images is not None and (isinstance(self.max_images, bool) or self.max_images < 1):
+            raise ConfigError(
+                f"data source {self.name or self.path or self.kind!r}: max_images must be an integer >= 1 "
+                f"(or null: no cap), got {self.max_images!r}."
+            )
 
 
 @dataclass

@@ -84,6 +84,8 @@ _LATER_KEYS = {
     "model.image_size": None,
     "model.image_resize": "crop",
 }
+# keys of each data source (data.train / data.val items) that came after runs were hashed, with their defaults
+_LATER_SOURCE_KEYS = {"subset": None, "max_images": None}
 _VAR_REFERENCE = re.compile(r"\$\{vars\.([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -132,6 +134,11 @@ def identity_view(stage: int, config: dict[str, Any], has_parent: bool) -> dict[
     for key, default in _LATER_KEYS.items():
         if _get(view, key) == default:
             drop.append(key)
+    for group in ("train", "val"):
+        for source in (view.get("data") or {}).get(group) or []:
+            for key, default in _LATER_SOURCE_KEYS.items():
+                if isinstance(source, dict) and key in source and source[key] == default:
+                    source.pop(key)
     if view["train"].get("method", "sft") != "grpo":
         drop.append("rl")
     recipe = load_recipe(view["train"]["freeze"])

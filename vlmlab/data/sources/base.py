@@ -30,7 +30,14 @@ LOGGED_PER_SOURCE = 20  # bad samples logged one by one per reader and source; t
 
 
 class BadSample(Exception):
-    """This record cannot be used (undecodable image, broken schema, ...): skip it and count it."""
+    """This record cannot be used (undecodable image, broken schema, ...): skip it and count it.
+
+    `place`, when given, is where the fault lies if that is wider than the record (a missing image folder):
+    bad-data reports count it there instead of at the record's `where`, so the worst place is the folder."""
+
+    def __init__(self, message: str, place: str | None = None) -> None:
+        super().__init__(message)
+        self.place = place
 
 
 def source_name(config: DataSourceConfig) -> str:
@@ -63,6 +70,10 @@ class Source:
         """Where the record came from, for bad-data reports (shard URL or split)."""
         return self.name
 
+    def place(self, record: Record, error: BadSample) -> str:
+        """Where a bad record is counted: the error's own place (a missing folder), else `where`."""
+        return error.place or self.where(record)
+
     def text_sample(self, record: Record) -> dict[str, Any]:
         raise NotImplementedError
 
@@ -84,7 +95,7 @@ class Source:
                 yield self.full_sample(record)
                 produced += 1
             except BadSample as error:
-                health.skip(self.name, self.where(record), self.key(record), "bad sample", str(error))
+                health.skip(self.name, self.place(record, error), self.key(record), "bad sample", str(error))
 
 
 class SourceReader(Iterator[Record]):
