@@ -1,7 +1,7 @@
 """A 1 GB-class LLaVA JSON through the shared Arrow index: memory per loader worker and start-up vs size.
 
 Generates a LLaVA-v1.5-mix665k-like JSON (multi-turn conversations, a few images reused by every entry) of
---entries entries (default 1.4 million, about 1 GB) and a 150-entry one, then prints, each beside its goal:
+--entries entries (default 1.6 million, about 1 GB) and a 150-entry one, then prints, each beside its goal:
 
 1. the index's one-time build (wall and CPU time, size on disk);
 2. launch to first step: a fresh process imports vlmlab, opens the stream and builds its first batch, for
@@ -92,15 +92,18 @@ def stream_for(path: str, workers: int):
     return train_loader(stream, num_workers=workers)
 
 
-def tree_pss_mb(pid: int) -> float:
-    """PSS of `pid` and all its descendants, from /proc/<pid>/smaps_rollup."""
-    total, pending = 0.0, [pid]
+def tree_pss_mb(pid: int) -> dict[str, float]:
+    """PSS of `pid` and all its descendants (MB), in all and split into anonymous memory (each process's own
+    heap) and file-backed pages (the memory-mapped index, libraries: shared through the page cache)."""
+    total = {"Pss": 0.0, "Pss_Anon": 0.0, "Pss_File": 0.0}
+    pending = [pid]
     while pending:
         current = pending.pop()
         try:
             for line in Path(f"/proc/{current}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1]) / 1024
+                name = line.split(":")[0]
+                if name in total:
+                    total[name] += int(line.split()[1]) / 1024
             for task in Path(f"/proc/{current}/task").iterdir():
                 pending += [int(c) for c in (task / "children").read_text().split()]
         except (FileNotFoundError, ProcessLookupError):
@@ -118,7 +121,7 @@ def child(mode: str, path: str, workers: int, batches: int) -> None:
     for _ in range(1 if mode == "first-step" else batches):
         next(iterator)
     if mode == "pss":
-        print(json.dumps({"pss_mb": tree_pss_mb(os.getpid())}))
+        print(json.dumps(tree_pss_mb(os.getpid())))
     loader.close()
 
 
@@ -161,7 +164,7 @@ def report_startup(small: Path, large: Path, args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=str(Path(tempfile.gettempdir()) / "vlmlab-bench-json"))
-    parser.add_argument("--entries", type=int, default=1_400_000, help="entries of the large JSON (~1 GB)")
+    parser.add_argument("--entries", type=int, default=1_600_000, help="entries of the large JSON (~1 GB)")
     parser.add_argument("--small", type=int, default=150, help="entries of the small JSON")
     parser.add_argument("--images", type=int, default=8, help="distinct images, reused by every entry")
     parser.add_argument("--batches", type=int, default=50, help="batches read before measuring memory")
@@ -217,9 +220,11 @@ def main() -> None:
     pss = {}
     for workers in (0, 2):
         out, wall, cpu = run_child("pss", str(large), str(workers), str(args.batches))
-        pss[workers] = json.loads(out.strip().splitlines()[-1])["pss_mb"]
+        figures = json.loads(out.strip().splitlines()[-1])
+        pss[workers] = figures["Pss"]
         print(
-            f"   {workers} workers: {pss[workers]:,.0f} MB PSS (process wall {wall:.2f} s, CPU {cpu:.2f} s)"
+            f"   {workers} workers: {pss[workers]:,.0f} MB PSS ({figures['Pss_Anon']:,.0f} anonymous, "
+            f"{figures['Pss_File']:,.0f} file-backed) (process wall {wall:.2f} s, CPU {cpu:.2f} s)"
         )
     ratio = pss[2] / pss[0]
     print(

@@ -580,5 +580,8 @@ def test_bench_json_index_prints_memory_and_build_figures_with_their_goals(tmp_p
     )  # fmt: skip
     assert re.search(r"1\. index of mix-300\.json: built in wall [\d.]+ s, CPU [\d.]+ s", out)
     assert "2. launch to first step: skipped (--skip-startup)" in out
-    assert re.search(r"0 workers: [\d,]+ MB PSS \(process wall [\d.]+ s, CPU [\d.]+ s\)", out)
+    assert re.search(
+        r"0 workers: [\d,]+ MB PSS \([\d,]+ anonymous, [\d,]+ file-backed\) \(process wall [\d.]+ s, CPU [\d.]+ s\)",
+        out,
+    )
     assert re.search(r"2 workers / 0 workers: [\d.]+ \(goal <= 1.2: (met|NOT met)\)", out)

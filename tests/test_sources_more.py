@@ -542,3 +542,21 @@ def test_a_missing_image_folder_is_named_as_the_worst_place(tmp_path, encoder):
         f"{tmp_path / 'ocr_vqa'}/ (missing folder)"
     }
     assert all(f"image folder {str(tmp_path / 'ocr_vqa')!r} does not exist" in e for _, e in errors)
+
+
+def test_large_sources_are_permuted_by_numpy_with_disjoint_shares(monkeypatch):
+    import random
+
+    from vlmlab.data.sources import base
+
+    small = base.epoch_order(10, "k")
+    expected = list(range(10))
+    random.Random("k").shuffle(expected)
+    assert small == expected  # below the threshold: the order runs were made with
+    monkeypatch.setattr(base, "NUMPY_ORDER_FROM", 8)
+    big = base.epoch_order(50, "k")
+    assert sorted(big.tolist()) == list(range(50)) and big.tolist() != list(range(50))
+    assert big.tolist() == base.epoch_order(50, "k").tolist() != base.epoch_order(50, "k2").tolist()
+    readers = [base.IndexedReader("s", 50, g, 3, 0, DataHealth(1.0)) for g in range(3)]
+    first_epoch = [next(readers[position % 3])["index"] for position in range(50)]
+    assert sorted(first_epoch) == list(range(50)) and all(type(i) is int for i in first_epoch)

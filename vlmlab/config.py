@@ -275,11 +275,12 @@ class DataSourceConfig:
     # webdataset (img2dataset layout): the JSON field holding the caption when a sample has no .txt member
     caption_field: str = "caption"
     instruction: str = ""  # the user text of caption samples ("" = "Describe the image.")
-    image_root: str | None = None  # llava: folder of the image paths (default: the JSON's); vqa: extra folder
+    # llava: folder of the image paths (default: the JSON's); hf: folder of documents' image paths; vqa: extra
+    image_root: str | None = None
     system: str = ""  # llava / hf conversations: a system turn for samples that have none
     fields: dict[str, str] = field(
         default_factory=dict
-    )  # hf: part -> column (image, messages, question, ...)
+    )  # hf: part -> column (id, image, images, messages, texts, question, answer, options, caption)
     streaming: bool = False  # hf: read through datasets' IterableDataset (parquet files or the hub)
     benchmark: str | None = None  # vqa: coco_captions | vqav2 | docvqa | textvqa | chartqa | aokvqa
     # keys below came after runs were hashed: at their defaults they leave run ids unchanged

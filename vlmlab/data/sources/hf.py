@@ -3,9 +3,10 @@
 `path`: a folder written by `save_to_disk` (a DatasetDict: `split` picks the split), parquet or arrow files
 (a file, a glob), a hub snapshot folder as `huggingface-cli download` leaves it (`README.md` + data files:
 read by `datasets.load_dataset` as the hub would, its README's configs picked by `subset`, else its
-`data/` / split-named files), any other folder of data files, or a hub id (needs a network). `streaming: true` reads through datasets' IterableDataset
-(parquet files or the hub), split across readers with `datasets.distributed.split_dataset_by_node` and
-resumed with its own `state_dict()`; otherwise the dataset is memory-mapped and records are row indices.
+`data/` / split-named files), any other folder of data files, or a hub id (needs a network).
+`streaming: true` reads through datasets' IterableDataset (parquet files or the hub), split across readers
+with `datasets.distributed.split_dataset_by_node` and resumed with its own `state_dict()`; otherwise the
+dataset is memory-mapped and records are row indices.
 
 `fields` maps the sample's parts to columns; unmapped parts use the column of the same name when there is
 one: `id` (the sample's id in logs and bad-data reports; else the row index), `image` (bytes, `{"bytes",

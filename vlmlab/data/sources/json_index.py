@@ -179,6 +179,8 @@ def open_json_index(path: Path, name: str) -> Any:
     if not target.is_file():
         with FileLock(str(root / f"{path_key}.lock")):
             if not target.is_file():  # another rank or worker may have built it while this one waited
+                for leftover in root.glob(f"*-{path_key}-*.arrow.tmp-*"):  # a builder killed mid-way
+                    leftover.unlink(missing_ok=True)  # (the lock is held: nobody else writes these)
                 _build(path, target, name)
                 for stale in root.glob(f"*-{path_key}-*.arrow"):  # older versions of this file
                     if stale != target:
