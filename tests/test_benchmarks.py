@@ -570,6 +570,21 @@ def test_bench_connectors_prints_tokens_times_and_flops_for_every_connector() ->
         assert forward > 0 and forward < both <= 4 * forward + 0.01, row
 
 
+def test_bench_loss_prints_both_peaks_by_hand_and_the_goal() -> None:
+    out = _run_benchmark(
+        "bench_loss.py", "--tokens", "64", "--vocab", "1000", "--hidden", "16", "--time-tokens", "8",
+        "--steps", "1", "--threads", "1",
+    )  # fmt: skip
+    peaks = dict(re.findall(r"^\s+(dense|chunked)\s+peak\s+([\d.]+) GiB", out, re.M))
+    assert set(peaks) == {"dense", "chunked"}, out
+    # the dense loss's largest tensor is its fp32 logits: 64 x 1000 x 4 bytes, by hand
+    assert re.search(
+        rf"dense\s+peak\s+[\d.]+ GiB\s+largest tensor\s+{64 * 1000 * 4 / 2**30:7.3f} GiB", out
+    ), out
+    assert re.search(r"peak chunked / dense: [\d.]+ \(goal <= 0.25\) (meets goal|ABOVE GOAL)", out), out
+    assert len(re.findall(r"^\s+(dense|chunked)\s+[\d.]+ s wall\s+[\d.]+ s CPU", out, re.M)) == 2, out
+
+
 @pytest.mark.slow(seconds=25)
 def test_bench_json_index_prints_memory_and_build_figures_with_their_goals(tmp_path: Path) -> None:
     # part 2 (launch to first step) starts 2 x --repeats fresh processes, ~5 s of imports each: skipped here;

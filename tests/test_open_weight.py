@@ -723,3 +723,60 @@ def test_grpo_selects_its_checkpoint_on_samples_the_tables_do_not_report(tmp_pat
     assert not {tuple(i["input_ids"].tolist()) for i in validation} & {
         tuple(i["input_ids"].tolist()) for i in test
     }
+
+
+# ------------------------------------------------------------------------------------ LoRA (issue 26, SFT)
+
+
+def test_sft_with_lora_trains_the_adapters_and_saves_a_merged_model(saved, tmp_path: Path) -> None:
+    """LLaMA-Factory's default for SFT: LoRA on every projection of the language model. The run's record
+    counts the adapters as summed by hand from the text config; the saved model is the plain architecture
+    (adapters merged), where only the projections of the language model (and the always-trained projector)
+    differ from the base."""
+    _, base = saved
+    config = run_config(base, tmp_path / "lora", "sft")
+    config.train.freeze = "lora-lm"
+    config.train.max_steps, config.train.transfer_eval_samples = 3, 0
+    config.train.select_best, config.train.val_every_n_steps = False, None
+    config.data.val = []
+    config.train.lora.rank = 4
+    record = train(config)
+    text = load_open_weight(ModelConfig(open_weight=str(base))).hf.config.get_text_config()
+    heads, kv_heads = text.num_attention_heads, text.num_key_value_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    hidden, inner = text.hidden_size, text.intermediate_size
+    per_layer = sum(  # r x (in + out) for q, k, v, o, gate, up, down
+        4 * (i + o)
+        for i, o in [
+            (hidden, heads * head_dim),
+            (hidden, kv_heads * head_dim),
+            (hidden, kv_heads * head_dim),
+            (heads * head_dim, hidden),
+            (hidden, inner),
+            (hidden, inner),
+            (inner, hidden),
+        ]
+    )
+    lm = record["freezing"]["language_model"]
+    assert lm["lora"] == "r=4 alpha=16" and lm["trainable_params"] == per_layer * text.num_hidden_layers
+    final = tmp_path / "lora" / "final"
+    assert json.loads((final / "meta.json").read_text())["lora"]["language_model"]["rank"] == 4
+    before = dict(load_open_weight(ModelConfig(open_weight=str(base))).hf.named_parameters())
+    after = dict(load_open_weight(ModelConfig(open_weight=str(final))).hf.named_parameters())  # plain names
+    assert before.keys() == after.keys()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    projections = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    in_lm = {name for name in changed if parameter_group(name) == "language_model"}
+    assert in_lm and all(name.rsplit(".", 2)[-2] in projections for name in in_lm)
+    assert {parameter_group(name) for name in changed} == {"language_model", "adapter"}
+
+
+def test_lora_layouts_not_supported_fail_with_one_line(saved, tmp_path: Path) -> None:
+    _, base = saved
+    for method, strategy, words in (("grpo", "auto", "GRPO"), ("sft", "fsdp", "train.strategy auto or ddp")):
+        config = run_config(base, tmp_path / method, method)
+        config.train.freeze, config.train.strategy = "lora-lm", strategy
+        with pytest.raises(ConfigError) as error:
+            train(config)
+        assert words in str(error.value) and "\n" not in str(error.value)
+        assert not (tmp_path / method / "config.yaml").exists()  # refused before anything is written

@@ -583,3 +583,24 @@ def test_cli_results_prints_intervals(tmp_path: Path, capsys: pytest.CaptureFixt
     printed = capsys.readouterr().out
     assert "**5.0** [2.7, 9.0]" in printed and "| Chance |" in printed
     assert "No Train_lo" in (out / "transfer_tqa.csv").read_text()
+
+
+def test_encoders_layout_rows_a_set_of_towers_against_each_alone() -> None:
+    """Prismatic's fused towers (sweep prismatic_fused): a record's model.tokenizer list is one row, `a + b`."""
+    from vlmlab.reports.layouts import encoders_table
+
+    pair = ["dinov3-vitl16", "siglip2-so400m-p16-256"]
+    records = [
+        make_record("dinov3", {"model": {"tokenizer": pair[0]}}, CLIP_FROZEN, stage=2),
+        make_record("siglip2", {"model": {"tokenizer": pair[1]}}, shifted(CLIP_FROZEN, 0.01), stage=2),
+        make_record("fused", {"model": {"tokenizer": pair}}, shifted(CLIP_FROZEN, 0.03), stage=2),
+    ]
+    table = encoders_table(records)
+    assert table.name == "encoders" and table.keys == ["model.tokenizer"]
+    labels = [row[0] for row in table.row_labels]
+    assert sorted(labels) == sorted([*pair, "dinov3-vitl16 + siglip2-so400m-p16-256"])
+    fused = labels.index("dinov3-vitl16 + siglip2-so400m-p16-256")
+    # VQAv2 49.8 + 3 points; the fused row is best in every column
+    assert table.value(fused, "vqav2") == pytest.approx(0.528)
+    assert table.value(fused, "avg_all") == pytest.approx(0.259625 + 0.03)
+    assert "| dinov3-vitl16 + siglip2-so400m-p16-256 | **52.8** |" in table.to_markdown()

@@ -25,10 +25,19 @@ STEPS = 3
 
 
 def tiny_model(fusion: str, **model: object) -> torch.nn.Module:
-    """The tiny VLM of `fusion`, with `model` keys over the defaults (a connector and its settings)."""
+    """The tiny VLM of `fusion`, with `model` keys over the defaults (a connector and its settings); a `lora`
+    entry (train.lora settings) puts the language model in the LoRA state of stage 2 instead (lora-lm)."""
+    from vlmlab.config import LoraSettings
+    from vlmlab.recipes import load_recipe
+    from vlmlab.train.freezing import apply_freezing
+
     torch.manual_seed(0)
+    lora = model.pop("lora", None)
     settings = dict(backbone="qwen3-tiny", tokenizer="clip-tiny", random_tokenizer=True, fusion=fusion)
-    return build_vlm({**settings, **model})
+    vlm = build_vlm({**settings, **model})
+    if lora is not None:
+        apply_freezing(vlm, load_recipe("lora-lm"), 2, LoraSettings(**lora))
+    return vlm
 
 
 def global_batch(model, step: int) -> dict[str, torch.Tensor]:
@@ -43,11 +52,12 @@ def global_batch(model, step: int) -> dict[str, torch.Tensor]:
         segments.append([0] * (5 + len(image)) + [1] * 6)
     ids = torch.tensor(rows)
     size = model.image_tokenizer.spec.image_size
+    channels = 3 * len(getattr(model.image_tokenizer, "towers", [None]))  # an encoder set: 3 per tower
     return {
         "input_ids": ids,
         "segment_ids": torch.tensor(segments),
         "labels": torch.where(ids == model.image_token_id, -100, ids),
-        "pixel_values": torch.randn(4, 3, size, size, generator=generator),
+        "pixel_values": torch.randn(4, channels, size, size, generator=generator),
     }
 
 
@@ -90,7 +100,7 @@ def _sharded_worker(rank: int, cases: list[tuple[str, dict]], port: int, out: st
     mesh = init_device_mesh("cpu", (2,))
     results = []
     for fusion, overrides in cases:
-        model = tiny_model(fusion, **overrides)
+        model = tiny_model(fusion, **dict(overrides))
         model.adapter.requires_grad_(False) if fusion == "cross_attention" else None  # frozen parts in units
         units = shard_model(model, mesh)
         local = [half(global_batch(model, step), rank) for step in range(STEPS)]
@@ -111,7 +121,7 @@ def _sharded_worker(rank: int, cases: list[tuple[str, dict]], port: int, out: st
 def assert_follows_one_process(sharded: dict, fusion: str, overrides: dict) -> torch.nn.Module:
     """The sharded run's losses, final weights and generation against the same steps in one process;
     -> the one-process model."""
-    model = tiny_model(fusion, **overrides)
+    model = tiny_model(fusion, **dict(overrides))
     model.adapter.requires_grad_(False) if fusion == "cross_attention" else None
     losses = train_steps(model, [global_batch(model, step) for step in range(STEPS)])
     assert sharded["losses"] == pytest.approx(losses, rel=1e-4, abs=1e-5)
@@ -127,6 +137,15 @@ def assert_follows_one_process(sharded: dict, fusion: str, overrides: dict) -> t
     return model
 
 
+def _preset_depth(tokenizer: str) -> int:
+    """A tower's transformer blocks as its preset states them (timm `depth`, open_clip `vision_cfg.layers`,
+    transformers `num_hidden_layers`)."""
+    from vlmlab.config import tokenizer_preset
+
+    kwargs = tokenizer_preset(tokenizer)["arch_kwargs"]
+    return kwargs.get("depth") or kwargs.get("num_hidden_layers") or kwargs["vision_cfg"]["layers"]
+
+
 def expected_units(model: torch.nn.Module, fusion: str) -> int:
     """One unit per decoder layer of every kind, per tokenizer block (open_clip's residual attention blocks)
     and per connector block, + the root: no layer's weights are ever all gathered at once."""
@@ -138,7 +157,10 @@ def expected_units(model: torch.nn.Module, fusion: str) -> int:
         "mot": 2 * layers,
         "cross_attention": layers + len(getattr(model.fusion, "cross_attn_layers", [])),
     }[fusion]
-    blocks = sum(isinstance(m, ResidualAttentionBlock) for m in model.image_tokenizer.modules())
+    if hasattr(model.image_tokenizer, "towers"):  # an encoder set: each tower's depth, from its preset
+        blocks = sum(_preset_depth(tower.spec.name) for tower in model.image_tokenizer.towers)
+    else:
+        blocks = sum(isinstance(m, ResidualAttentionBlock) for m in model.image_tokenizer.modules())
     assert blocks >= 2
     return decoder + blocks + len(model.adapter.fsdp_units()) + 1
 
@@ -163,6 +185,12 @@ DESIGN_CASES = [
     ("joint_decoder", {"adapter": "pixel_shuffle", "pixel_shuffle_ratio": 2}),
     ("cross_attention", {"adapter": "avgpool", "adapter_tokens": 4}),
     ("joint_decoder", {"image_size": 96}),
+    # issue 26: two encoders at once, DINOv3 + SigLIP 2 concatenated on channels (each tower's blocks are
+    # units, cut as when it runs alone)
+    ("joint_decoder", {"tokenizer": ["dinov3-tiny", "siglip2-tiny"], "encoder_fusion": "channel"}),
+    # issue 26: LoRA (DoRA, whose weight norm needs the gathered base weight) on the language model, whose
+    # frozen base weights share their FSDP units with the trained adapters
+    ("joint_decoder", {"lora": {"rank": 4, "alpha": 8, "dora": True}}),
 ]
 
 
@@ -175,7 +203,7 @@ def test_the_design_cases_cover_every_connector_with_blocks_or_a_token_count() -
 
 @pytest.mark.slow(seconds=30)
 def test_two_process_fsdp2_follows_one_process_for_every_connector_and_a_new_size(tmp_path: Path) -> None:
-    """Every new connector and a non-native input size, sharded in the same two ranks one model after the
+    """Every new connector, a non-native input size and a pair of encoders, sharded in the same two ranks one model after the
     other: the same losses, weights and generation as one process, the perceiver's and C-Abstractor's
     blocks units of their own."""
     out = tmp_path / "sharded.pt"
@@ -188,6 +216,17 @@ def test_two_process_fsdp2_follows_one_process_for_every_connector_and_a_new_siz
         assert len(adapter_units) == {"perceiver": 3, "c_abstractor": 6}.get(overrides.get("adapter"), 0)
         if "image_size" in overrides:
             assert model.image_tokenizer.num_tokens == (overrides["image_size"] // 16) ** 2
+        if "tokenizer" in overrides:  # both towers' weights trained and gathered under their own names
+            towers = {name.split(".")[2] for name in sharded["state"] if name.startswith("image_tokenizer.")}
+            assert towers == {"0", "1"} and model.image_tokenizer.embed_dim == 64 + 64
+        if "lora" in overrides:  # what trained is the adapters: the base weights are the initial ones
+            trained = [n for n, p in model.named_parameters() if p.requires_grad and n.startswith("lm.")]
+            assert trained and all(".lora_" in name for name in trained)
+            base = tiny_model(fusion).state_dict()
+            for name, value in sharded["state"].items():
+                if name.startswith("lm.") and ".lora_" not in name:
+                    plain = name.replace(".base_layer.", ".")
+                    torch.testing.assert_close(value, base[plain], rtol=0, atol=0, msg=name)
 
 
 def _jd_then_mot(model_for, shard, batches_for) -> tuple[list[float], dict[str, torch.Tensor]]:
@@ -364,3 +403,19 @@ def test_fsdp_equals_ddp_for_a_tiled_cross_attention_stage_2_run(tmp_path: Path)
         assert code == 0, error
     fsdp = _same_under_fsdp_as_under_ddp(tmp_path, "xattn")
     assert fsdp["config"]["model"]["tiling"] == "anyres"
+
+
+@pytest.mark.parametrize(
+    "tokenizer", ["clip-tiny", "siglip2-tiny", "aimv2-tiny", "dinov3-tiny", "dinov3-tiny-hf"]
+)
+def test_every_continuous_tower_is_cut_into_its_blocks(tokenizer: str) -> None:
+    """Each tower's FSDP units are its transformer blocks, as many as its preset's depth, whatever container
+    its library keeps them in (open_clip and transformers: a ModuleList; timm: an nn.Sequential)."""
+    from vlmlab.models.tokenizers import build_tokenizer, load_tokenizer_spec
+    from vlmlab.train.sharding import tokenizer_blocks
+
+    tower = build_tokenizer(load_tokenizer_spec(tokenizer), pretrained=None)
+    blocks = tokenizer_blocks(tower)
+    assert len(blocks) == _preset_depth(tokenizer) >= 2
+    assert len({type(block) for _, block in blocks}) == 1
+    assert all(any(p.numel() for p in block.parameters()) for _, block in blocks)

@@ -162,6 +162,30 @@ def test_mm1_connector_dry_run_counts_what_its_header_states() -> None:
             assert point(parent) == point(run)
 
 
+def test_prismatic_fused_dry_run_counts_what_its_header_states() -> None:
+    from vlmlab import presets
+
+    header = presets.resolve("sweeps", "prismatic_fused").read_text()
+    assert "# 9 runs: 3 stage-1 + 6 stage-2" in header
+    data = dry_run_json("prismatic_fused")
+    assert data["counts"]["total"] == 9 and data["counts"]["by_stage"] == {"1": 3, "2": 6}
+    pair = ["dinov3-vitl16", "siglip2-so400m-p16-256"]
+    encoders = sorted(map(json.dumps, [*pair, pair]))
+    stage1 = [run["labels"]["model.tokenizer"] for run in data["runs"] if run["stage"] == 1]
+    assert sorted(map(json.dumps, stage1)) == encoders  # each tower alone and both fused: one stage-1 run
+    for recipe in ("unfreeze-lm", "no-align"):  # and one stage-2 run per encoder point and recipe
+        stage2 = [r for r in data["runs"] if r["stage"] == 2 and r["labels"]["train.freeze"] == recipe]
+        assert sorted(json.dumps(run["labels"]["model.tokenizer"]) for run in stage2) == encoders
+        for run in stage2:
+            if recipe == "no-align":  # single-stage: no parent
+                assert run["depends_on"] == []
+                continue
+            (parent,) = [p for p in data["runs"] if p["id"] == run["depends_on"][0]]
+            assert parent["labels"]["model.tokenizer"] == run["labels"]["model.tokenizer"]
+    # the pair's ids spell both towers; the single towers' configs carry no encoder-set keys' effect
+    assert sum("dinov3-vitl16-siglip2-so400m-p16-256" in run["id"] for run in data["runs"]) == 3
+
+
 def test_transfer_dry_run_counts_and_shared_prefix() -> None:
     data = dry_run_json("transfer")
     # Tables 6-7: 6 tokenizers x 3 fusions = 18 stage-2 models (recipe unfreeze-lm), each fine-tuned on

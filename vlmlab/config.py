@@ -41,6 +41,8 @@ STRATEGIES = ("auto", "ddp", "fsdp")
 # where the gated cross-attention layers sit among the decoder layers (vlmlab/models/fusion/cross_attention.py)
 CROSS_ATTENTION_LAYOUTS = ("every", "llama32")
 TRAIN_METHODS = ("sft", "grpo", "eval")
+# the loss over the vocabulary head (vlmlab/models/loss.py): auto = liger on CUDA when installed, else chunked
+LOSS_IMPLS = ("auto", "dense", "chunked", "liger")
 # The adapters (connectors, paper section 2.2, and the design-space studies' connectors) `model.adapter` names
 # besides `auto`; the models' registry (vlmlab.models.adapters.ADAPTERS) holds one class per name, checked by
 # a test. Declared here, torch-free, so a misspelled adapter stops a config (and a sweep's expansion) on load.
@@ -55,6 +57,13 @@ PIXEL_SHUFFLE_RATIOS = (2, 3, 4)
 # evaluation transform, vlmlab's default), resize = squash to the square ignoring the aspect ratio, letterbox =
 # pad to a square with the normalisation mean colour, then resize.
 IMAGE_RESIZE_RULES = ("crop", "resize", "letterbox")
+# How the features of several image encoders (`model.tokenizer` as a list; vlmlab/models/tokenizers/encoder_set.py)
+# become one sequence per image: channel = concatenate the widths of towers on the same patch grid (Prismatic's
+# fused DINOv2 + SigLIP, Eagle), tokens = each tower's tokens in turn (Cambrian-1's towers side by side; equal
+# widths), resample = every grid resampled to the first tower's, then channel
+ENCODER_FUSIONS = ("channel", "tokens", "resample")
+# what `model.encoder_freeze` may say of each tower: follow the recipe's image_tokenizer state, or stay frozen
+ENCODER_FREEZE_STATES = ("recipe", "frozen")
 
 
 @dataclass
@@ -63,7 +72,13 @@ class ModelConfig:
 
     backbone: str = "qwen3-tiny"  # preset name in vlmlab/presets/backbone/ or a YAML path
     backbone_weights: str | None = None  # local folder or hub id for from_pretrained; None = random init
-    tokenizer: str = "clip-tiny"  # preset name in vlmlab/presets/tokenizer/ or a YAML path
+    # preset name in vlmlab/presets/tokenizer/ or a YAML path; or a list of two or more continuous ones, the
+    # towers of one image encoder set (e.g. [dinov3-vitl16, siglip2-so400m-p16-256]), fused by encoder_fusion
+    tokenizer: Any = "clip-tiny"
+    # a list's fusion rule (ENCODER_FUSIONS above); not used by a single tokenizer
+    encoder_fusion: str = "channel"
+    # per tower of a list, `recipe` (the freezing recipe's image_tokenizer state) or `frozen`; [] = all recipe
+    encoder_freeze: list[str] = field(default_factory=list)
     tokenizer_weights: str | None = None  # overrides the preset's `pretrained` (a file or a library tag)
     random_tokenizer: bool = False  # ignore the preset's `pretrained`: random init (tests, offline runs)
     fusion: str = "joint_decoder"  # joint_decoder | cross_attention | mot
@@ -108,7 +123,7 @@ class ModelConfig:
         # at a misspelled name instead of a run failing when it builds its model
         if self.fusion not in FUSIONS:
             raise unknown_choice("fusion architecture", self.fusion, FUSION_NAMES)
-        for kind, value in (("backbone", self.backbone), ("tokenizer", self.tokenizer)):
+        for kind, value in (("backbone", self.backbone), *(("tokenizer", t) for t in self.towers)):
             if isinstance(value, str):  # a shipped preset's name or a YAML file (an inline spec is a mapping)
                 presets.resolve(kind, value)
         if self.cross_attention_layout not in CROSS_ATTENTION_LAYOUTS:
@@ -117,9 +132,83 @@ class ModelConfig:
                 self.cross_attention_layout,
                 CROSS_ATTENTION_LAYOUTS,
             )
+        self._check_encoders()
         self._check_adapter()
         self._check_tiling()
         self._check_image()
+
+    @property
+    def towers(self) -> list[Any]:
+        """The tokenizer presets this model encodes images with: one, or a list's towers in order."""
+        return list(self.tokenizer) if isinstance(self.tokenizer, list | tuple) else [self.tokenizer]
+
+    @property
+    def is_encoder_set(self) -> bool:
+        return isinstance(self.tokenizer, list | tuple)
+
+    def _check_encoders(self) -> None:
+        """A list of tokenizers (several encoders at once): what the presets alone tell; the towers' real
+        grids and widths are checked again when the set is built (vlmlab.models.tokenizers.encoder_set)."""
+        if self.encoder_fusion not in ENCODER_FUSIONS:
+            raise unknown_choice(
+                "encoder fusion rule (model.encoder_fusion)", self.encoder_fusion, ENCODER_FUSIONS
+            )
+        if not self.is_encoder_set:
+            if self.encoder_freeze:
+                raise ConfigError(
+                    f"model.encoder_freeze={self.encoder_freeze} names states per tower, but model.tokenizer "
+                    f"is one tokenizer ({self.tokenizer}); valid: [] (the recipe decides), or a list of tokenizers."
+                )
+            return
+        names = [str(tokenizer_preset(t).get("name", t)) for t in self.towers]
+        if len(names) < 2:
+            raise ConfigError(
+                f"model.tokenizer={names} lists one tower; write it as a name (model.tokenizer={names[0]}) "
+                "or list two or more."
+            )
+        for tower, name in zip(self.towers, names, strict=True):
+            if tokenizer_preset(tower).get("kind") == "discrete":
+                raise ConfigError(
+                    f"model.tokenizer lists the discrete tokenizer {name!r}: an encoder set fuses patch "
+                    "features, and token ids have none (valid: continuous towers only, e.g. CLIP, SigLIP 2, "
+                    "AIMv2, DINOv3)."
+                )
+        if self.tiling != "none":
+            raise ConfigError(
+                f"model.tiling={self.tiling} with several encoders ({' + '.join(names)}) is not supported: "
+                "a tile is one tower's input (valid with a list of tokenizers: none)."
+            )
+        if self.tokenizer_weights is not None:
+            raise ConfigError(
+                f"model.tokenizer_weights={self.tokenizer_weights!r} names one tower's weights, but model.tokenizer "
+                f"lists {len(names)} ({' + '.join(names)}); set each tower's `pretrained` in its preset file "
+                "(valid here: null)."
+            )
+        if self.encoder_freeze and len(self.encoder_freeze) != len(names):
+            raise ConfigError(
+                f"model.encoder_freeze={self.encoder_freeze} has {len(self.encoder_freeze)} state(s) for "
+                f"{len(names)} towers ({' + '.join(names)}); give one per tower, or [] for the recipe's."
+            )
+        for state in self.encoder_freeze:
+            if state not in ENCODER_FREEZE_STATES:
+                raise unknown_choice(
+                    "encoder freezing state (model.encoder_freeze)", state, ENCODER_FREEZE_STATES
+                )
+        if self.encoder_fusion == "channel":
+            grids = {name: self._preset_grid(tower) for tower, name in zip(self.towers, names, strict=True)}
+            if None not in grids.values() and len(set(grids.values())) > 1:
+                found = ", ".join(f"{name} {side}x{side}" for name, side in grids.items())
+                raise ConfigError(
+                    f"model.encoder_fusion=channel concatenates features patch by patch, but the towers' "
+                    f"patch grids differ ({found}); valid here: tokens or resample."
+                )
+
+    def _preset_grid(self, tower: Any) -> int | None:
+        """The side of a tower's patch grid at this model's size, where its preset states the patch size."""
+        preset = tokenizer_preset(tower)
+        patch = preset_patch_size(preset)
+        size = self.image_size or preset.get("image_size")
+        return size // patch if patch and isinstance(size, int) else None
 
     def _check_tiling(self) -> None:
         """The tiling settings; the budget against the tokenizer's real token count is checked again when
@@ -170,16 +259,17 @@ class ModelConfig:
             raise ConfigError(
                 f"model.image_size={self.image_size!r} is not a size in pixels (valid: an integer >= 1)."
             )
-        preset = tokenizer_preset(self.tokenizer)
-        if preset.get("kind") == "discrete" and self.image_size != preset.get("image_size"):
-            raise ConfigError(
-                f"model.image_size={self.image_size}: the discrete tokenizer {preset.get('name')!r} only runs at "
-                f"its own {preset.get('image_size')} px (its codes are a fixed grid; valid: null or "
-                f"{preset.get('image_size')})."
-            )
-        patch = preset_patch_size(preset)
-        if patch is not None:
-            check_multiple_of_patch(self.image_size, patch, str(preset.get("name")))
+        for tower in self.towers:  # a list's towers all take this size
+            preset = tokenizer_preset(tower)
+            if preset.get("kind") == "discrete" and self.image_size != preset.get("image_size"):
+                raise ConfigError(
+                    f"model.image_size={self.image_size}: the discrete tokenizer {preset.get('name')!r} only runs "
+                    f"at its own {preset.get('image_size')} px (its codes are a fixed grid; valid: null or "
+                    f"{preset.get('image_size')})."
+                )
+            patch = preset_patch_size(preset)
+            if patch is not None:
+                check_multiple_of_patch(self.image_size, patch, str(preset.get("name")))
 
     def _check_adapter(self) -> None:
         """The connector's settings; what depends on the tokenizer's patch grid is checked when the model is
@@ -197,16 +287,16 @@ class ModelConfig:
                 f"model.adapter_tokens={self.adapter_tokens} is impossible: an image needs at least one token "
                 "(valid: 1 or more)."
             )
-        if self.adapter != "auto" and isinstance(self.tokenizer, str):
+        if self.adapter != "auto" and isinstance(self.tokenizer, str | list | tuple):
             # token ids (TiTok, VAR) have no patch features to project, pool or resample, and patch features
             # no ids to look up: refused here, not when the model is built (an inline tokenizer spec is
             # checked there, vlmlab.models.adapters.build_adapter)
-            discrete = _tokenizer_kind(self.tokenizer) == "discrete"
+            discrete = any(_tokenizer_kind(t) == "discrete" for t in self.towers if isinstance(t, str))
             if discrete != (self.adapter == "embedding"):
                 valid = "embedding" if discrete else ", ".join(n for n in ADAPTER_NAMES if n != "embedding")
                 raise ConfigError(
                     f"Adapter {self.adapter!r} cannot take a {'discrete' if discrete else 'continuous'} "
-                    f"tokenizer's output ({self.tokenizer}); use {valid} (or auto)."
+                    f"tokenizer's output ({' + '.join(map(str, self.towers))}); use {valid} (or auto)."
                 )
         side = math.isqrt(self.adapter_tokens)
         if self.adapter in ("avgpool", "c_abstractor") and side * side != self.adapter_tokens:
@@ -327,11 +417,76 @@ class OptimConfig:
             "mot_image": 5e-5,
         }
     )
+    # per tower of a list of tokenizers (model.tokenizer), its peak learning rate; null (or []) =
+    # lr.image_tokenizer. Each tower is its own optimizer group (`image_tokenizer.<i>`) either way.
+    encoder_lr: list[float | None] = field(default_factory=list)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 0.01
     warmup_steps: int = 0
     min_lr_ratio: float = 0.1  # cosine decays to this fraction of each group's maximum
     grad_clip: float | None = 1.0
+
+
+# What happens to a parent stage's LoRA adapters when a stage starts (vlmlab.models.lora.hand_off): carry = the
+# same adapters keep training where this stage trains that group through LoRA too (the update stays of rank
+# r); merge = fold them into the base weights (peft's merge_and_unload) and start fresh adapters. A group that
+# is frozen or fully trainable in the new stage always has its adapters merged.
+LORA_HANDOFFS = ("carry", "merge")
+# the groups `train.lora.target_modules` may name (vlmlab.recipes.LORA_GROUPS, kept torch- and import-free here)
+LORA_TARGET_GROUPS = ("image_tokenizer", "language_model")
+# Qwen3's attention and MLP projections: HF m4 / LLaMA-Factory adapt every linear layer of the decoder
+# (all-linear); `all-linear` picks every nn.Linear of a group (a vision tower's names differ by library)
+# except the output head and the projections nn.MultiheadAttention calls by weight (open_clip's)
+DEFAULT_LORA_TARGETS = {
+    "language_model": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "image_tokenizer": ["all-linear"],
+}
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapters (peft) of the groups a freezing recipe puts in the `lora` state (vlmlab.models.lora).
+
+    Defaults are LLaMA-Factory's (rank 8, alpha 2 x rank, no dropout) on every projection of the decoder. The
+    adapters train at the group's learning rate (optim.lr.<group>)."""
+
+    rank: int = 8
+    alpha: float = 16.0  # the update is scaled by alpha / rank
+    dropout: float = 0.0  # on the adapter's input
+    # per group: module names (the last part of a module path, e.g. q_proj) or `all-linear`
+    target_modules: dict[str, list[str]] = field(
+        default_factory=lambda: {group: list(names) for group, names in DEFAULT_LORA_TARGETS.items()}
+    )
+    dora: bool = False  # weight-decomposed LoRA (Liu et al. 2024; Idefics2's instruction tuning)
+    handoff: str = "carry"  # carry | merge (LORA_HANDOFFS above)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
+            raise ConfigError(f"train.lora.rank={self.rank!r} is not a rank (valid: an integer >= 1).")
+        if not self.alpha > 0:
+            raise ConfigError(
+                f"train.lora.alpha={self.alpha!r} must be positive (the update's scale alpha/rank)."
+            )
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(
+                f"train.lora.dropout={self.dropout!r} is not a probability (valid: 0 <= p < 1)."
+            )
+        if self.handoff not in LORA_HANDOFFS:
+            raise unknown_choice("LoRA hand-off (train.lora.handoff)", self.handoff, LORA_HANDOFFS)
+        for group, names in self.target_modules.items():
+            if group not in LORA_TARGET_GROUPS:
+                raise unknown_choice("group of train.lora.target_modules", group, LORA_TARGET_GROUPS)
+            if not names or any(not isinstance(n, str) or not n or "." in n for n in names):
+                raise ConfigError(
+                    f"train.lora.target_modules.{group}={list(names)!r} must list module names (the last part of "
+                    "a module path, e.g. q_proj) or all-linear."
+                )
+
+    def targets(self, group: str) -> list[str]:
+        return list(self.target_modules.get(group) or DEFAULT_LORA_TARGETS[group])
+
+    def describe(self) -> str:
+        return f"r={self.rank} alpha={self.alpha:g}" + (" dora" if self.dora else "")
 
 
 @dataclass
@@ -362,8 +517,16 @@ class TrainConfig:
     # after the run, the transfer protocol (vlmlab.scoring.transfer: both modalities, InD and OOD) on the
     # synthetic task(s) the run trained on, this many samples per setting, into eval.json; 0 = not run
     transfer_eval_samples: int = 0
+    # how the loss over the vocabulary is computed (vlmlab/models/loss.py): auto | dense | chunked | liger.
+    # Every choice is exact (the same loss and gradients up to float summation order), so it is not part of
+    # a run's identity and may change on resume.
+    loss_impl: str = "auto"
+    # the adapters of groups a recipe trains through LoRA (`lora` in vlmlab/presets/freeze/); unused otherwise
+    lora: LoraSettings = field(default_factory=LoraSettings)
 
     def __post_init__(self) -> None:
+        if self.loss_impl not in LOSS_IMPLS:
+            raise unknown_choice("loss implementation (train.loss_impl)", self.loss_impl, LOSS_IMPLS)
         if self.method not in TRAIN_METHODS:
             raise unknown_choice("training method (train.method)", self.method, TRAIN_METHODS)
         if self.strategy not in STRATEGIES:
@@ -397,6 +560,21 @@ class ExperimentConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     rl: RLConfig = field(default_factory=RLConfig)
+
+    def __post_init__(self) -> None:
+        towers = len(self.model.towers) if self.model.is_encoder_set else 0
+        if self.optim.encoder_lr and len(self.optim.encoder_lr) != towers:
+            raise ConfigError(
+                f"optim.encoder_lr={self.optim.encoder_lr} gives {len(self.optim.encoder_lr)} rate(s), but "
+                f"model.tokenizer has {towers or 'no list of'} towers; give one per tower (null: "
+                "optim.lr.image_tokenizer), or []."
+            )
+        for rate in self.optim.encoder_lr:
+            if rate is not None and rate <= 0:
+                raise ConfigError(
+                    f"optim.encoder_lr={self.optim.encoder_lr}: {rate} is no learning rate (valid: a positive "
+                    "number, or null for optim.lr.image_tokenizer; freeze a tower with model.encoder_freeze)."
+                )
 
 
 def check_keys(data: Any, schema: type, where: str = "") -> None:
@@ -434,6 +612,7 @@ _SCHEMAS: dict[str, type] = {
     "DataConfig": DataConfig,
     "OptimConfig": OptimConfig,
     "TrainConfig": TrainConfig,
+    "LoraSettings": LoraSettings,
     "RLConfig": RLConfig,
     "ExperimentConfig": ExperimentConfig,
 }
@@ -576,6 +755,11 @@ __all__ = [
     "TrainConfig",
     "ModelConfig",
     "ADAPTER_NAMES",
+    "ENCODER_FREEZE_STATES",
+    "ENCODER_FUSIONS",
+    "DEFAULT_LORA_TARGETS",
+    "LORA_HANDOFFS",
+    "LoraSettings",
     "CROSS_ATTENTION_LAYOUTS",
     "FUSIONS",
     "FUSION_NAMES",

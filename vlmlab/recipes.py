@@ -6,7 +6,9 @@ A recipe states, for the image tokenizer, whether it trains in stages 1 and 2, a
 whether it trains in stage 2; `table_row` is its row in Table 2 (a user's own recipe may leave it out and
 sorts after the paper's). `skip_stage1: true` makes it single-stage (Prismatic's `no-align`, section 4.1): no
 alignment stage, the stage-2 run starts from the base weights with its connector freshly initialised, and a
-sweep's DAG gives that run no parent.
+sweep's DAG gives that run no parent. A group that trains may train fully (`trainable`) or through low-rank
+adapters (`lora`: Idefics2's third state, section 3.2; the adapters' settings are `train.lora`, applied by
+vlmlab.models.lora): the base weights stay frozen and only the adapters learn.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from vlmlab import presets
 from vlmlab.config import read_yaml_file
 from vlmlab.errors import ConfigError, unknown_choice
 
-STATES = ("frozen", "trainable")
+STATES = ("frozen", "trainable", "lora")
+# the groups a recipe may put in the `lora` state (the always-trainable ones are small and new: trained fully)
+LORA_GROUPS = ("image_tokenizer", "language_model")
 # parts that train in every recipe: the adapter, cross-attention layers and the MoT image transformer
 ALWAYS_TRAINABLE = ("adapter", "cross_attention", "mot_image")
 _KEYS = {
@@ -35,11 +39,30 @@ _KEYS = {
 @dataclass(frozen=True)
 class FreezeRecipe:
     name: str
-    tokenizer_stage1: bool  # True = trainable
+    tokenizer_stage1: bool  # True = trains (fully, or through LoRA adapters when `lora` lists it)
     tokenizer_stage2: bool
     language_stage2: bool
     table_row: int | None = None
     skip_stage1: bool = False  # single-stage: no stage-1 run, stage 2 starts from the base weights
+    # (group, stage) pairs that train through LoRA adapters instead of fully; stage 3 follows stage 2
+    lora: frozenset[tuple[str, int]] = frozenset()
+
+    def states(self, stage: int) -> dict[str, str]:
+        """{group: frozen | trainable | lora} of the image tokenizer and the language model in `stage`."""
+        trains = self.trainable_groups(stage)
+        row = min(stage, 2)  # stage 3 keeps the stage-2 settings
+        return {
+            group: ("lora" if (group, row) in self.lora else "trainable") if trains[group] else "frozen"
+            for group in LORA_GROUPS
+        }
+
+    def lora_groups(self, stage: int) -> list[str]:
+        """The groups that train through LoRA adapters in `stage`."""
+        return [group for group, state in self.states(stage).items() if state == "lora"]
+
+    @property
+    def uses_lora(self) -> bool:
+        return bool(self.lora)
 
     @property
     def trains_tokenizer(self) -> bool:
@@ -111,11 +134,17 @@ def _load(path_text: str) -> FreezeRecipe:
         )
     recipe = FreezeRecipe(
         name=path.stem,
-        tokenizer_stage1=tokenizer.get("stage1", "frozen") == "trainable",
-        tokenizer_stage2=tokenizer.get("stage2", "frozen") == "trainable",
-        language_stage2=language.get("stage2", "frozen") == "trainable",
+        tokenizer_stage1=tokenizer.get("stage1", "frozen") != "frozen",
+        tokenizer_stage2=tokenizer.get("stage2", "frozen") != "frozen",
+        language_stage2=language.get("stage2", "frozen") != "frozen",
         table_row=data.get("table_row"),
         skip_stage1=data.get("skip_stage1", False),
+        lora=frozenset(
+            (group, int(stage[-1]))
+            for group in LORA_GROUPS
+            for stage, state in data.get(group, {}).items()
+            if state == "lora"
+        ),
     )
     if recipe.skip_stage1 and "stage1" in tokenizer:
         raise ConfigError(
@@ -130,4 +159,12 @@ def _load(path_text: str) -> FreezeRecipe:
     return recipe
 
 
-__all__ = ["ALWAYS_TRAINABLE", "STATES", "FreezeRecipe", "list_recipes", "load_recipe", "recipe_order"]
+__all__ = [
+    "ALWAYS_TRAINABLE",
+    "LORA_GROUPS",
+    "STATES",
+    "FreezeRecipe",
+    "list_recipes",
+    "load_recipe",
+    "recipe_order",
+]

@@ -55,6 +55,7 @@ from torch import nn
 
 from vlmlab.errors import ConfigError, unknown_choice
 from vlmlab.files import atomic_write_text, fsync_file, shareable
+from vlmlab.models.lora import merge_all
 
 FORMATS = ("auto", "llava", "remote-code")
 TEMPLATES = Path(__file__).resolve().parent / "export_templates"
@@ -742,6 +743,15 @@ def export_run(
     from vlmlab.runs.load import text_side
 
     config, model, checkpoint, chain = load_for_export(run_or_checkpoint)
+    if model.config.is_encoder_set:
+        # LLaVA holds one vision tower, and the remote-code processor gives one normalised image per input
+        raise ConfigError(
+            f"{str(run_or_checkpoint)!r} encodes images with several towers ({model.image_tokenizer.spec.name}); "
+            f"no export format expresses an encoder set yet (requested --format {format}): evaluate it in vlmlab."
+        )
+    # both formats are plain architectures: LoRA adapters (vlmlab.models.lora) are folded into the base
+    # weights with peft's merge first, so the export computes what the trained model computes
+    merged_lora = merge_all(model)
     if model.config.tiling != "none":
         # LLaVA-NeXT's processor and model carry their own tiling (unpadded feature map, a learned
         # image_newline), not vlmlab's (whole tiles, newline text tokens), and the remote-code processor
@@ -762,6 +772,7 @@ def export_run(
         "image_tokenizer": model.image_tokenizer.spec.name,
         "tokens_per_image": int(model.tokens_per_image),
         "image_token_id": int(model.image_token_id),
+        "lora_merged": merged_lora,  # groups whose LoRA adapters were merged into the exported weights
     }
     llava = None
     if plan is not None:

@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from vlmlab.errors import ConfigError
 from vlmlab.files import atomic_write_text, fsync_file, replace_folder, shareable
+from vlmlab.models.lora import add_lora, lora_adapters, merge_lora
 from vlmlab.models.provenance import PART_PREFIX, check_base_weights
 
 WEIGHTS, META = "weights.safetensors", "meta.json"
@@ -75,6 +76,10 @@ def save_stage_checkpoint(
         # relative to this checkpoint folder, so a moved runs/ tree still loads (absolute when on another root)
         "parent": _relative(Path(parent), folder) if parent else None,
         "trained": sorted(n for n, p in model.named_parameters() if p.requires_grad),
+        # LoRA (vlmlab/models/lora.py): the adapters the weights hold ({group: settings}), and the groups whose
+        # inherited adapters this run folded into the base weights when it started; loading replays both
+        "lora": lora_adapters(model),
+        "lora_merged": list(getattr(model, "lora_merged", [])),
         # what the delta sits on: the base weights' source, hub revision and file sha256 (provenance.py)
         "base_weights": getattr(model, "base_weights", None),
         "config": config,
@@ -222,16 +227,46 @@ def _check_resolution(model: torch.nn.Module, checkpoint: Path, meta: dict[str, 
     tokenizer = getattr(model, "image_tokenizer", None)
     if not stored or tokenizer is None:
         return
-    size = stored.get("image_size")
-    if size is None:  # the stored tokenizer preset's own size (a checkpoint from before the key, or null)
-        try:
-            size = tokenizer_preset(stored.get("tokenizer", model.config.tokenizer)).get("image_size")
-        except ConfigError:
-            return  # a tokenizer file that moved: the tensor shapes are still checked below
-    if size is not None and size != tokenizer.spec.image_size:
+    tokenizers = stored.get("tokenizer", model.config.tokenizer)
+    towers = list(getattr(tokenizer, "towers", [tokenizer]))
+    for name, tower in zip(
+        tokenizers if isinstance(tokenizers, list) else [tokenizers], towers, strict=False
+    ):
+        size = stored.get("image_size")
+        if size is None:  # the stored tokenizer preset's own size (a checkpoint from before the key, or null)
+            try:
+                size = tokenizer_preset(name).get("image_size")
+            except ConfigError:
+                continue  # a tokenizer file that moved: the tensor shapes are still checked below
+        if size is not None and size != tower.spec.image_size:
+            raise ConfigError(
+                f"Checkpoint {checkpoint} was trained at {size} px images; this model's tokenizer "
+                f"{tower.spec.name} takes {tower.spec.image_size} px (set model.image_size={size})."
+            )
+
+
+def _check_encoders(model: torch.nn.Module, checkpoint: Path, meta: dict[str, Any]) -> None:
+    """Refuse weights of another encoder set (or a set's onto one tower, or the reverse): the towers' names
+    would not match, and a set fused another way hands the adapter other features in the same shape."""
+    config = getattr(model, "config", None)
+    stored = (meta.get("config") or {}).get("model")
+    if config is None or not stored or not hasattr(model, "image_tokenizer"):
+        return
+    then, now = stored.get("tokenizer"), config.tokenizer
+    if not isinstance(then, list) and not isinstance(now, list | tuple):
+        return  # one tower each: as before encoder sets (the tensor shapes are checked below)
+
+    def setting(tokenizer: Any, fusion: str) -> str:
+        if not isinstance(tokenizer, list | tuple):
+            return f"model.tokenizer={tokenizer}"
+        return f"model.tokenizer=[{','.join(map(str, tokenizer))}] model.encoder_fusion={fusion}"
+
+    trained = setting(then, stored.get("encoder_fusion", "channel"))
+    ours = setting(now, config.encoder_fusion)
+    if trained != ours:
         raise ConfigError(
-            f"Checkpoint {checkpoint} was trained at {size} px images; this model's tokenizer takes "
-            f"{tokenizer.spec.image_size} px (set model.image_size={size})."
+            f"Checkpoint {checkpoint} was trained with {trained}; this model has {ours}, so its image "
+            f"encoder weights do not fit (set {trained})."
         )
 
 
@@ -242,11 +277,12 @@ def load_stage_checkpoint(model: torch.nn.Module, path: str | Path) -> list[Path
     """
     chain = checkpoint_chain(path)
     _check_base_weights(model, chain)
-    params = dict(model.named_parameters())
-    buffers = dict(model.named_buffers())
     fusion = getattr(getattr(model, "config", None), "fusion", None)
     for checkpoint in chain:
         meta = json.loads((checkpoint / META).read_text())
+        _replay_lora(model, meta)
+        params = dict(model.named_parameters())  # after the replay: LoRA renames the layers it wraps
+        buffers = dict(model.named_buffers())
         trained_with = meta.get("fusion")
         compatible = {trained_with} | (
             {"joint_decoder", "mot"} if trained_with in ("joint_decoder", "mot") else set()
@@ -259,6 +295,7 @@ def load_stage_checkpoint(model: torch.nn.Module, path: str | Path) -> list[Path
             )
         _check_cross_attention_placement(model, checkpoint, meta)
         _check_connector(model, checkpoint, meta)
+        _check_encoders(model, checkpoint, meta)
         _check_resolution(model, checkpoint, meta)
         try:
             tensors = load_file(str(checkpoint / WEIGHTS))
@@ -279,4 +316,16 @@ def load_stage_checkpoint(model: torch.nn.Module, path: str | Path) -> list[Path
                 target.copy_(value)
         if meta["fusion"] != "mot" and getattr(model.config, "fusion", None) == "mot":
             model.fusion.reset_image_copy(model.lm)  # hand-off: both modality transformers start as the LLM
+    model.lora_merged = []  # the merges replayed belong to the chain; a new run records its own
     return chain
+
+
+def _replay_lora(model: torch.nn.Module, meta: dict[str, Any]) -> None:
+    """Bring the model's LoRA layers to what the checkpoint's run trained: merge the adapters it merged when
+    it started (their weights came from its parents), add the adapters it holds (their weights follow)."""
+    for group in meta.get("lora_merged", []):
+        if group in lora_adapters(model):
+            merge_lora(model, group)
+    for group, settings in (meta.get("lora") or {}).items():
+        if group not in lora_adapters(model):
+            add_lora(model, group, settings)

@@ -2,7 +2,8 @@
 
 FLOPs count the matrix multiplies (2 per multiply-add) of one forward pass, per token, with causal
 self-attention over an average context of `context_length / 2`. Image tokenizers are counted as
-2 x parameters per patch token (their own attention is left out: it is small at 196-256 patches). An image
+2 x parameters per patch token (their own attention is left out: it is small at 196-256 patches); the towers of
+an encoder set each on their own patches. An image
 token is one the language model reads (the adapter's output): the tokenizer's and the adapter's FLOPs for one
 image are spread over the adapter's tokens, so a connector that pools 4 patches into one token carries their
 tokenizer cost (vlmlab.models.adapters: `flops_per_image`).
@@ -17,6 +18,7 @@ import torch
 
 from vlmlab.config import ModelConfig
 from vlmlab.models.adapters import adapter_name
+from vlmlab.models.tokenizers.encoder_set import EncoderSet
 from vlmlab.models.vlm import PARAMETER_GROUPS, VisionLanguageModel, build_vlm
 
 
@@ -40,7 +42,9 @@ def describe(model: VisionLanguageModel, context_length: int = 2048) -> dict[str
     decoder = 2 * layers + cfg.num_hidden_layers * attention_per_layer
     head = 2 * model.lm.lm_head.weight.numel()
     patches, tokens = model.image_tokenizer.num_tokens, model.features_per_image
-    tokenizer_per_image = 2 * _matmul_params(model.image_tokenizer) * patches
+    # each tower runs on its own patches (an encoder set's towers may have different grids)
+    towers = list(getattr(model.image_tokenizer, "towers", [model.image_tokenizer]))
+    tokenizer_per_image = sum(2 * _matmul_params(tower) * tower.num_tokens for tower in towers)
     adapter_per_image = model.adapter.flops_per_image()
     # the tokenizer and adapter cost of one image, per token the language model reads
     encoder = (tokenizer_per_image + adapter_per_image) / tokens
@@ -53,7 +57,7 @@ def describe(model: VisionLanguageModel, context_length: int = 2048) -> dict[str
         )
         text += 2 * per_query + len(xattn_layers) * 4 * tokens * cfg.num_attention_heads * cfg.head_dim
         image = encoder + sum(2 * (x.k_proj.weight.numel() + x.v_proj.weight.numel()) for x in xattn_layers)
-    return {
+    info = {
         "backbone": model.backbone_spec.name,
         "tokenizer": model.image_tokenizer.spec.name,
         "fusion": model.config.fusion,
@@ -72,6 +76,20 @@ def describe(model: VisionLanguageModel, context_length: int = 2048) -> dict[str
         "forward_flops_per_image_token": int(image),
         "tiling": _tiling(model),
     }
+    if isinstance(model.image_tokenizer, EncoderSet):
+        info["encoder_fusion"] = model.image_tokenizer.rule
+        info["encoders"] = [
+            {
+                "tokenizer": tower.spec.name,
+                "image_size": tower.spec.image_size,
+                "tokens_per_image": tower.num_tokens,
+                "width": tower.embed_dim,
+                "params": sum(p.numel() for p in tower.parameters()),
+            }
+            for tower in towers
+        ]
+        info["tokenizer_width"] = model.image_tokenizer.embed_dim
+    return info
 
 
 def _tiling(model: VisionLanguageModel) -> dict[str, Any] | None:
@@ -106,6 +124,17 @@ def format_description(info: dict[str, Any]) -> str:
         f"{info['forward_flops_per_text_token'] / 1e9:.3f} GFLOP",
         f"forward FLOPs per image token: {info['forward_flops_per_image_token'] / 1e9:.3f} GFLOP",
     ]
+    if info.get("encoders"):
+        lines += [
+            "",
+            f"encoders ({info['encoder_fusion']} fusion -> {info['tokenizer_tokens_per_image']} tokens "
+            f"of width {info['tokenizer_width']}):",
+        ]
+        for tower in info["encoders"]:
+            lines.append(
+                f"  {tower['tokenizer']:<24} {tower['image_size']} px, {tower['tokens_per_image']} tokens of width "
+                f"{tower['width']}, {tower['params']:,} parameters"
+            )
     tiling = info.get("tiling")
     if tiling:
         lines += ["", f"tiling anyres ({tiling['tile_size']} px tiles), sequence positions per image:"]

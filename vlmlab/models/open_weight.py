@@ -19,6 +19,7 @@ them. `OpenWeightVLM` gives such a model the interface vlmlab's training and eva
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -33,6 +34,7 @@ from torch import nn
 from vlmlab.config import ModelConfig
 from vlmlab.errors import ConfigError
 from vlmlab.files import atomic_write_text, fsync_file, replace_folder, shareable
+from vlmlab.models.lora import lora_adapters, merge_all
 
 log = logging.getLogger("vlmlab.models")
 
@@ -95,7 +97,8 @@ class OpenWeightVLM(nn.Module):
     def parameter_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
         groups: dict[str, list[tuple[str, nn.Parameter]]] = {group: [] for group in GROUPS}
         for name, param in self.hf.named_parameters():
-            groups[self._groups[name]].append((f"hf.{name}", param))
+            # by prefix, not the names seen at load: LoRA layers (vlmlab.models.lora) rename what they wrap
+            groups[self._groups.get(name) or parameter_group(name)].append((f"hf.{name}", param))
         return groups
 
     def forward(
@@ -177,12 +180,20 @@ class OpenWeightVLM(nn.Module):
         tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
         shareable(tmp, folder=True)
         weights = None if state is None else {k.removeprefix("hf."): v for k, v in state.items()}
-        self.hf.save_pretrained(tmp, state_dict=weights)
+        hf = self.hf
+        if lora_adapters(self):
+            # what any HF tool loads is the plain architecture: the adapters merged, into a copy, since
+            # training goes on with them (a best/ checkpoint is written mid-run)
+            merged = copy.deepcopy(self)
+            merge_all(merged)
+            hf = merged.hf
+        hf.save_pretrained(tmp, state_dict=weights)
         self.processor.save_pretrained(tmp)
         meta = {
             "open_weight": self.source,
             "base_weights": self.base_weights,
             "trained": sorted(n for n, p in self.named_parameters() if p.requires_grad),
+            "lora": lora_adapters(self),  # trained through these adapters, merged into the saved weights
             "config": config,
             "metrics": metrics or {},
         }

@@ -5,7 +5,10 @@ Batch contract (the same for every fusion):
   Joint-Decoder and MoT each image occupies `tokens_per_image` consecutive placeholder positions (the
   adapter's output count: the tokenizer's, or fewer after pixel_shuffle / perceiver / avgpool); in
   Cross-Attention one marker position. Any number of images may sit anywhere among the text.
-- `pixel_values` [N, 3, H, W]: the images in the order their placeholders appear (row by row).
+- `pixel_values` [N, 3, H, W]: the images in the order their placeholders appear (row by row), each as the
+  image tokenizer's own preprocessing made it (`image_tokenizer.image_transform()`). With several encoders
+  (`model.tokenizer` a list) [N, 3 * towers, S, S]: tower i's own view (its size, framing and normalisation) in
+  channels 3i..3i+2, top-left, S the largest tower input (vlmlab/models/tokenizers/encoder_set.py).
 - `segment_ids` [B, T] (optional): which packed sample each position belongs to (0, 1, ...), -1 padding.
   Without it, every row is one sample; `attention_mask` [B, T] (1 real, 0 pad) is accepted instead.
 - `position_ids` [B, T] (optional): default restart at 0 for every segment.
@@ -28,7 +31,9 @@ from vlmlab.models.backbone import BackboneSpec, build_backbone, load_backbone_s
 from vlmlab.models.fusion import FUSIONS, FusionContext
 from vlmlab.models.fusion.context import attention_masking, positions_from_segments
 from vlmlab.models.fusion.cross_attention import image_bank_and_mask
+from vlmlab.models.loss import linear_cross_entropy
 from vlmlab.models.tokenizers import ImageTokenizer, build_tokenizer, load_tokenizer_spec
+from vlmlab.models.tokenizers.encoder_set import EncoderSet
 from vlmlab.tiling import TilingPlan
 
 # Named parameter groups: what training freezes and gives learning rates to (paper, Appendix D).
@@ -76,6 +81,8 @@ class VisionLanguageModel(nn.Module):
         self.image_tokenizer = image_tokenizer
         self.adapter = adapter
         self.fusion = fusion
+        # the loss over the vocabulary head (vlmlab/models/loss.py); training sets it from train.loss_impl
+        self.loss_impl = "chunked"
         # the base weights loaded (source, hub revision, file sha256; None: random init), which a stage
         # checkpoint's delta is only valid on top of (vlmlab/models/provenance.py)
         self.base_weights: dict[str, dict | None] = {
@@ -262,13 +269,37 @@ class VisionLanguageModel(nn.Module):
         if labels is not None:
             targets = labels[:, 1:]
             selected = targets != IGNORE_INDEX
-            scored = int(selected.sum())
-            # only scored positions go through the (large) vocabulary head
-            logits_scored = self.lm.lm_head(hidden[:, :-1][selected])
-            loss = nn.functional.cross_entropy(logits_scored.float(), targets[selected], reduction="sum")
+            # only scored positions go through the (large) vocabulary head. Selecting them is the step's one
+            # host sync (the count sets a shape); running the head on every position instead would cost up to
+            # three times its FLOPs on caption batches, more than the stall.
+            rows, picked = hidden[:, :-1][selected], targets[selected]
+            scored = picked.shape[0]
+            head = self.lm.lm_head
+            if type(head) is nn.Linear and head.bias is None:
+                loss = linear_cross_entropy(rows, head.weight, picked, self.loss_impl)
+            else:  # a head wrapped by peft (LoRA targeting lm_head) computes more than its weight: run it
+                loss = nn.functional.cross_entropy(head(rows).float(), picked, reduction="sum")
             loss = loss / max(scored, 1)
         logits = self.lm.lm_head(hidden) if return_logits else None
         return VLMOutput(loss=loss, logits=logits, hidden_states=hidden, num_scored_tokens=scored)
+
+
+def build_image_tokenizer(config: ModelConfig) -> ImageTokenizer:
+    """The image tokenizer of `model.tokenizer`: one tower, or an encoder set of a list's towers
+    (vlmlab/models/tokenizers/encoder_set.py) fused by `model.encoder_fusion`."""
+    towers = []
+    for name in config.towers:
+        spec = load_tokenizer_spec(name)
+        if config.random_tokenizer:
+            spec = spec.replace(pretrained=None)
+        if config.tokenizer_weights is not None:
+            spec = spec.replace(pretrained=config.tokenizer_weights)
+        # the effective input size and resize rule live in the tokenizer's spec alone: the data transform, the
+        # synthetic rendering size, validation, describe and the export processor all read
+        # model.image_tokenizer.spec (a set's spec: the largest tower's size, its towers' rule)
+        spec = spec.replace(image_size=config.image_size or spec.image_size, resize=config.image_resize)
+        towers.append(build_tokenizer(spec))
+    return EncoderSet(towers, config.encoder_fusion) if config.is_encoder_set else towers[0]
 
 
 def build_vlm(config: ModelConfig | dict | None = None, **overrides: object) -> VisionLanguageModel:
@@ -281,17 +312,8 @@ def build_vlm(config: ModelConfig | dict | None = None, **overrides: object) -> 
         config = dataclasses.replace(config, **overrides)
     backbone_spec = load_backbone_spec(config.backbone)
     lm = build_backbone(backbone_spec, config.backbone_weights, config.attn_implementation)
-    tokenizer_spec = load_tokenizer_spec(config.tokenizer)
-    if config.random_tokenizer:
-        tokenizer_spec = tokenizer_spec.replace(pretrained=None)
-    if config.tokenizer_weights is not None:
-        tokenizer_spec = tokenizer_spec.replace(pretrained=config.tokenizer_weights)
-    # the effective input size and resize rule live in the tokenizer's spec alone: the data transform, the
-    # synthetic rendering size, validation, describe and the export processor all read model.image_tokenizer.spec
-    tokenizer_spec = tokenizer_spec.replace(
-        image_size=config.image_size or tokenizer_spec.image_size, resize=config.image_resize
-    )
-    tokenizer = build_tokenizer(tokenizer_spec)
+    tokenizer = build_image_tokenizer(config)
+    tokenizer_spec = tokenizer.spec
     adapter_name = config.adapter
     if adapter_name == "auto":
         adapter_name = default_adapter(tokenizer.is_discrete, config.fusion)

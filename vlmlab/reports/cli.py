@@ -12,6 +12,8 @@ Examples:
     vlmlab results runs/scaling --layout scaling                 # Figure 2
     vlmlab results runs/open --layout open_weight                # Tables 8-11 (open-weight VLMs)
     vlmlab results runs/idefics2_connector --layout idefics2_connector   # Idefics2's connectors (3.3)
+    vlmlab results runs/prismatic_fused --layout encoders        # Prismatic's fused towers vs each alone
+    vlmlab results runs/idefics2_lora --layout idefics2_lora   # Idefics2's frozen / LoRA / full LM (3.2)
 
 The open_weight layout reads records whose config names config.model.open_weight (train.method eval = the
 base model, sft, grpo = RL) and writes open_weight_sft_vqa (Table 8), open_weight_sft_tqa (Table 9) and
@@ -35,7 +37,16 @@ from vlmlab.files import atomic_write_text
 if TYPE_CHECKING:
     from vlmlab.reports.table import Table
 
-LAYOUTS = ("design", "transfer", "scaling", "open_weight", "resize", "idefics2_connector")
+LAYOUTS = (
+    "design",
+    "transfer",
+    "scaling",
+    "open_weight",
+    "resize",
+    "idefics2_connector",
+    "encoders",
+    "idefics2_lora",
+)
 
 
 def _split_list(text: str | None) -> list[str]:
@@ -161,11 +172,33 @@ def run_results(args: argparse.Namespace) -> int:
                 fill_missing=not args.no_fill,
             )
         )
+    elif (
+        args.layout == "encoders"
+    ):  # Prismatic's fused towers vs each alone (sweep prismatic_fused): no figure
+        tables.append(
+            layouts.encoders_table(
+                records,
+                group_by,
+                where=where,
+                partial_averages=args.partial_averages,
+                fill_missing=not args.no_fill,
+            )
+        )
     elif args.layout == "idefics2_connector":  # no figure: three rows read as a table
         tables.append(
             layouts.connector_table(
                 records,
                 _tokens_per_image,
+                group_by,
+                where=where,
+                partial_averages=args.partial_averages,
+                fill_missing=not args.no_fill,
+            )
+        )
+    elif args.layout == "idefics2_lora":  # no figure: six rows read as a table
+        tables.append(
+            layouts.lm_training_table(
+                records,
                 group_by,
                 where=where,
                 partial_averages=args.partial_averages,

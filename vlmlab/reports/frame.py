@@ -223,6 +223,11 @@ _TOKENIZER_ORDER = ("clip", "aimv2", "siglip", "dinov3", "dino", "titok", "var")
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([bm])(?![a-z])", re.IGNORECASE)
 
 
+def is_indexed_list(value: Any) -> bool:
+    """Whether a mapping is a list that records_frame indexed ({"0": a, "1": b}), rebuilt by config_value."""
+    return isinstance(value, Mapping) and bool(value) and all(str(k) == str(i) for i, k in enumerate(value))
+
+
 def display_value(value: Any) -> str:
     """How a config value appears in a table cell: names for named configs, yes/no for flags."""
     if value is None:
@@ -230,6 +235,8 @@ def display_value(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, Mapping):
+        if is_indexed_list(value):  # e.g. an encoder set's towers
+            return " + ".join(display_value(item) for item in value.values())  # e.g. an encoder set's towers
         for key in ("name", "id", "arch"):
             if isinstance(value.get(key), str | int | float):
                 return display_value(value[key])

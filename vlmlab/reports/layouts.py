@@ -23,6 +23,7 @@ from vlmlab.reports.frame import (
     display_value,
     filter_frame,
     get_dotted,
+    is_indexed_list,
     key_label,
     order_key,
     pool,
@@ -34,11 +35,13 @@ from vlmlab.reports.table import Column, Table
 AVERAGE_LABELS = {"avg_ind": "Avg In-domain", "avg_ood": "Avg Out-of-domain", "avg_all": "Avg All"}
 DEFAULT_GROUP_BY: dict[str, tuple[str, ...]] = {
     "idefics2_connector": (),  # keys before the connector; the connector row is always there
+    "idefics2_lora": ("model.fusion",),  # keys before the language model's training; that row is always there
     "design": ("model.tokenizer", "model.fusion", "train.freeze"),
     "transfer": ("model.tokenizer", "model.fusion"),
     "scaling": ("model.tokenizer", "model.fusion", "train.freeze"),
     "open_weight": ("model.open_weight",),  # the model; rows are dataset x model (Tables 8-9)
     "resize": ("model.tokenizer",),  # Prismatic's image processing: a row per tower, a column group per rule
+    "encoders": ("model.tokenizer",),  # Prismatic's fused towers: a row per encoder or encoder set
 }
 # the config path of the resize rule (vlmlab.config.IMAGE_RESIZE_RULES), the column groups of `resize_table`
 RESIZE_KEY = "model.image_resize"
@@ -77,7 +80,8 @@ def mean(values: Sequence[float], absent: int = 0, allow_partial: bool = False) 
 
 def expand_keys(frame: pd.DataFrame, keys: Sequence[str], notes: list[str]) -> list[str]:
     """Dict-valued group keys without a name (e.g. a freezing recipe {image_s1, image_s2, lang_s2}) become
-    one column per leaf; keys absent from every record are dropped (with a note)."""
+    one column per leaf; a list (an encoder set's towers, indexed "0", "1", ... by records_frame) stays one
+    column, shown `a + b`; keys absent from every record are dropped (with a note)."""
     expanded: list[str] = []
     for key in keys:
         values = config_value(frame, key)
@@ -87,7 +91,9 @@ def expand_keys(frame: pd.DataFrame, keys: Sequence[str], notes: list[str]) -> l
         leaves = [
             path
             for value in values
-            if isinstance(value, Mapping) and not any(k in value for k in ("name", "id", "arch"))
+            if isinstance(value, Mapping)
+            and not any(k in value for k in ("name", "id", "arch"))
+            and not is_indexed_list(value)
             for path in _leaf_paths(value, key)
         ]
         expanded.extend(dict.fromkeys(leaves) if leaves else [key])
@@ -431,6 +437,28 @@ def resize_table(
     )
 
 
+def encoders_table(
+    records: Sequence[Mapping[str, Any]],
+    group_by: Sequence[str] = DEFAULT_GROUP_BY["encoders"],
+    *,
+    where: Mapping[str, Sequence[str]] | None = None,
+    partial_averages: bool = False,
+    fill_missing: bool = True,
+) -> Table:
+    """Prismatic VLMs' visual representations (section 4.2; the sweep prismatic_fused): a row per image
+    encoder, a set of towers (model.tokenizer a list) labelled `a + b`, with the benchmarks and the three
+    averages, so the fused row reads against each tower alone."""
+    return design_table(
+        records,
+        group_by,
+        where=where,
+        partial_averages=partial_averages,
+        fill_missing=fill_missing,
+        name="encoders",
+        title="Average accuracy (%) per image encoder (fused towers vs each alone)",
+    )
+
+
 # ------------------------------------------------------------------------------- Idefics2's connectors
 
 CONNECTOR_KEY = "model.connector"  # the row label the connector layout adds to each record's config
@@ -466,6 +494,61 @@ def connector_table(
         fill_missing=fill_missing,
         name="idefics2_connector",
         title="Accuracy (%) by connector, with the image tokens each gives the language model",
+    )
+
+
+# ------------------------------------------------------------------- Idefics2's frozen / LoRA / full backbone
+
+LM_TRAINING_KEY = (
+    "train.language_model"  # the row label the idefics2_lora layout adds to each record's config
+)
+# row labels in Idefics2's order (frozen, LoRA, full), which the tables' natural sort keeps
+LM_TRAINING_LABELS = {"frozen": "frozen", "lora": "LoRA", "trainable": "trained fully"}
+
+
+def lm_training(config: Mapping[str, Any]) -> str:
+    """How a run's language model trained, from its config: frozen, LoRA (with its rank, and DoRA) or fully
+    (the recipe's state for the run's stage; stage 1 always freezes it)."""
+    from vlmlab.recipes import load_recipe
+
+    train = config.get("train", {})
+    state = load_recipe(str(train.get("freeze"))).states(int(train.get("stage", 2)))["language_model"]
+    label = LM_TRAINING_LABELS[state]
+    if state == "lora":
+        lora = train.get("lora") or {}
+        label += f" (r={lora.get('rank', 8)}{', DoRA' if lora.get('dora') else ''})"
+    return label
+
+
+def lm_training_table(
+    records: Sequence[Mapping[str, Any]],
+    group_by: Sequence[str] = DEFAULT_GROUP_BY["idefics2_lora"],
+    *,
+    where: Mapping[str, Sequence[str]] | None = None,
+    partial_averages: bool = False,
+    fill_missing: bool = True,
+) -> Table:
+    """Idefics2's backbone-training ablation (sweep idefics2_lora, its section 3.2): a row per fusion and
+    language-model training (frozen / LoRA / trained fully), with the benchmarks and the three averages."""
+    labelled = []
+    for record in records:
+        record = copy.deepcopy(dict(record))
+        config = record.get("config", {})
+        if config.get("train", {}).get("freeze") is not None and not config.get("model", {}).get(
+            "open_weight"
+        ):
+            config["train"]["language_model"] = lm_training(config)
+            labelled.append(record)
+    if not labelled:
+        raise ConfigError("No records with a train.freeze recipe to tabulate by language-model training.")
+    return design_table(
+        labelled,
+        [*group_by, LM_TRAINING_KEY],
+        where=where,
+        partial_averages=partial_averages,
+        fill_missing=fill_missing,
+        name="idefics2_lora",
+        title="Accuracy (%) by fusion and how the language model trains (frozen, LoRA, fully)",
     )
 
 

@@ -16,7 +16,6 @@ from vlmlab.data.tiling import ImageTiler
 from vlmlab.errors import ConfigError
 from vlmlab.models.checkpoint import load_stage_checkpoint
 from vlmlab.models.open_weight import OpenWeightVLM, load_open_weight
-from vlmlab.models.tokenizers import build_image_transform
 from vlmlab.models.tokenizers.preprocess import build_tile_transform
 from vlmlab.models.vlm import VisionLanguageModel, build_vlm
 
@@ -46,7 +45,7 @@ def text_side(
     tiler = None if plan is None else ImageTiler(plan, build_tile_transform(image_spec), image_spec.interpolation)
     encoder = SampleEncoder(
         tokenizer,
-        build_image_transform(model.image_tokenizer.spec),
+        model.image_tokenizer.image_transform(),  # an encoder set's: each tower's own view, stacked
         tokens_per_image=model.tokens_per_image,
         image_token_id=spec.image_token_id,
         max_length=max_length or config.data.max_length,

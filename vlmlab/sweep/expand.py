@@ -72,6 +72,7 @@ EXECUTION_KEYS = (
     "model.gradient_checkpointing",
     "model.attn_implementation",
     "data.num_workers",
+    "train.loss_impl",  # every implementation is exact (vlmlab/models/loss.py)
 )
 # keys that came after runs were hashed, with their defaults (identity_view)
 _LATER_KEYS = {
@@ -83,6 +84,10 @@ _LATER_KEYS = {
     # the resolution axis (issue 25): the preset's size and today's crop keep the ids of runs hashed before
     "model.image_size": None,
     "model.image_resize": "crop",
+    # several encoders (issue 26): a single tokenizer keeps the id it had before these keys
+    "model.encoder_fusion": "channel",
+    "model.encoder_freeze": [],
+    "optim.encoder_lr": [],
 }
 # keys of each data source (data.train / data.val items) that came after runs were hashed, with their defaults
 _LATER_SOURCE_KEYS = {"subset": None, "max_images": None}
@@ -102,7 +107,10 @@ def identity_view(stage: int, config: dict[str, Any], has_parent: bool) -> dict[
     another fusion are dropped: they cannot change the result, and keeping them would split one run in two.
     Keys added after runs were hashed (`model.cross_attention_layout`, the open-weight and training-method
     keys, the `rl` section outside GRPO runs) are dropped while they hold their defaults, so those runs keep
-    their ids (so do `model.image_size` / `model.image_resize` at null / crop); the connector settings
+    their ids (so do `model.image_size` / `model.image_resize` at null / crop, the encoder-set keys
+    `model.encoder_fusion` / `model.encoder_freeze` / `optim.encoder_lr` at channel / [] / [] (and
+    `model.encoder_fusion` for a single tokenizer, which fuses nothing), and `train.lora` wherever no group
+    trains through LoRA); the connector settings
     (`model.adapter_tokens`, `model.pixel_shuffle_ratio`) are dropped unless the adapter uses them; the
     tiling keys unless images are tiled.
     """
@@ -144,9 +152,23 @@ def identity_view(stage: int, config: dict[str, Any], has_parent: bool) -> dict[
     recipe = load_recipe(view["train"]["freeze"])
     tokenizer_trains = recipe.tokenizer_stage1 if stage == 1 else recipe.tokenizer_stage2
     if not tokenizer_trains or tokenizer_kind(view["model"]["tokenizer"]) == "discrete":
-        drop.append("optim.lr.image_tokenizer")
+        drop += ["optim.lr.image_tokenizer", "optim.encoder_lr"]
+    if not isinstance(view["model"]["tokenizer"], list):  # one tower: nothing to fuse
+        drop.append("model.encoder_fusion")
     if stage == 1 or not recipe.language_stage2:
         drop.append("optim.lr.language_model")
+    # LoRA came after runs were hashed: its settings only count where a group trains through it (a run
+    # without one keeps its id), the targets only of those groups, the hand-off only where a parent can have
+    # left adapters (stage 1 has no parent; a stage-2 parent only where its tokenizer trained through LoRA)
+    lora_groups = [] if stage == 1 and recipe.skip_stage1 else recipe.lora_groups(stage)
+    if not lora_groups:
+        drop.append("train.lora")
+    elif isinstance(view["train"].get("lora"), dict):
+        settings = view["train"]["lora"]
+        targets = settings.get("target_modules") or {}
+        settings["target_modules"] = {g: v for g, v in targets.items() if g in lora_groups}
+        if stage == 1 or (stage == 2 and ("image_tokenizer", 1) not in recipe.lora):
+            drop.append("train.lora.handoff")
     for key in drop:
         _pop(view, key)
     return view
@@ -432,7 +454,9 @@ def _pop(config: dict[str, Any], dotted: str) -> None:
 
 
 def _short(name: Any) -> str:
-    """A preset name as it is; a YAML path as its file name without the suffix."""
+    """A preset name as it is; a YAML path as its file name without the suffix; a list of towers joined by +."""
+    if isinstance(name, list | tuple):
+        return "+".join(_short(item) for item in name)
     text = str(name)
     return Path(text).stem if text.endswith((".yaml", ".yml")) else text
 

@@ -307,8 +307,11 @@ def normalize_axis_key(key: str) -> str:
 # Names the paper's rules need: tokenizer kinds and freezing recipes, read from the shipped presets.
 
 
-def tokenizer_kind(name: str) -> str:
-    """`continuous` or `discrete`, from the tokenizer preset (a name in vlmlab/presets/tokenizer/ or a YAML path)."""
+def tokenizer_kind(name: Any) -> str:
+    """`continuous` or `discrete`, from the tokenizer preset (a name in vlmlab/presets/tokenizer/ or a YAML path);
+    a list of towers (an encoder set) is discrete if one of them is (the config refuses that on load)."""
+    if isinstance(name, list | tuple):
+        return "discrete" if any(tokenizer_kind(n) == "discrete" for n in name) else "continuous"
     return _tokenizer_kind(str(name))
 
 
@@ -325,6 +328,9 @@ def tokenizer_size(name: Any) -> int | None:
     """The input size (px) of a tokenizer preset (a shipped name, a YAML path or an inline mapping)."""
     if isinstance(name, dict):
         return name.get("image_size")
+    if isinstance(name, list | tuple):  # an encoder set: the towers' one size, when they share it
+        sizes = {tokenizer_size(n) for n in name}
+        return sizes.pop() if len(sizes) == 1 else None
     return _tokenizer_size(str(name))
 
 
@@ -348,8 +354,10 @@ def stage1_recipe(recipe: FreezeRecipe) -> str:
     same = [
         r
         for r in map(load_recipe, list_recipes())
-        if r.tokenizer_stage1 == recipe.tokenizer_stage1 and not r.skip_stage1
+        if not r.skip_stage1 and r.states(1) == recipe.states(1)  # a single-stage recipe has no stage 1
     ]
+    if not same:  # a user's recipe whose stage 1 no shipped one has (e.g. the tokenizer through LoRA)
+        return recipe.name
     return min(same, key=lambda r: (r.tokenizer_stage2 + r.language_stage2, r.name)).name
 
 

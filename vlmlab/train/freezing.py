@@ -5,7 +5,12 @@ Beyond what a recipe states, the paper's rules:
 - the language model is frozen in stage 1;
 - what is unfrozen in stage 1 stays unfrozen in stage 2;
 - discrete tokenizers (TiTok, VAR) are always frozen (no straight-through estimator);
-- stage 3 keeps the stage-2 settings (a uniform learning rate over all unfrozen groups).
+- stage 3 keeps the stage-2 settings (a uniform learning rate over all unfrozen groups);
+- several encoders: the recipe's image_tokenizer state applies to every tower, except those that
+  `model.encoder_freeze` marks `frozen` (e.g. DINOv3 frozen while SigLIP 2 trains).
+
+A group in the `lora` state keeps its base weights frozen and trains peft LoRA adapters on its target layers
+(`train.lora`, vlmlab.models.lora); adapters a parent stage left are carried on or merged first (hand-off).
 """
 
 from __future__ import annotations
@@ -14,7 +19,10 @@ import logging
 
 from torch import nn
 
+from vlmlab.config import LoraSettings
 from vlmlab.errors import ConfigError
+from vlmlab.models import lora as lora_adapters
+from vlmlab.models.tokenizers.encoder_set import tower_index
 from vlmlab.recipes import FreezeRecipe, list_recipes, load_recipe
 
 log = logging.getLogger("vlmlab.train")
@@ -29,8 +37,12 @@ def check_recipe(recipe: FreezeRecipe, discrete_tokenizer: bool, tokenizer_name:
         )
 
 
-def apply_freezing(model: nn.Module, recipe: FreezeRecipe, stage: int) -> dict[str, dict[str, int | bool]]:
-    """Set requires_grad per parameter group and log what trains. Returns {group: {trainable, params}}."""
+def apply_freezing(
+    model: nn.Module, recipe: FreezeRecipe, stage: int, lora: LoraSettings | None = None
+) -> dict[str, dict[str, int | bool | str]]:
+    """Set requires_grad per parameter group (adding LoRA adapters to groups in the `lora` state, after the
+    hand-off of a parent's adapters) and log what trains. Returns {group: {trainable, params}}; a LoRA group
+    adds `lora` (its settings) and `trainable_params` (the adapters' count; `params` is the base's)."""
     tokenizer = getattr(model, "image_tokenizer", None)  # an open-weight VLM's vision tower is continuous
     discrete = bool(getattr(tokenizer, "is_discrete", False))
     if tokenizer is not None:
@@ -41,20 +53,63 @@ def apply_freezing(model: nn.Module, recipe: FreezeRecipe, stage: int) -> dict[s
             "stage 2 from it with train.init_from."
         )
     wanted = recipe.trainable_groups(stage)
-    summary: dict[str, dict[str, int | bool]] = {}
+    lora_groups = recipe.lora_groups(stage)
+    settings = lora or LoraSettings()
+    handed = lora_adapters.hand_off(model, lora_groups, settings)
+    for group in lora_groups:
+        if group not in lora_adapters.lora_adapters(model):
+            lora_adapters.add_lora(model, group, settings)
+    # several encoders: a tower marked `frozen` (model.encoder_freeze) stays frozen whatever the recipe says
+    frozen_towers = {
+        i
+        for i, state in enumerate(getattr(getattr(model, "config", None), "encoder_freeze", None) or ())
+        if state == "frozen"
+    }
+    summary: dict[str, dict[str, int | bool | str]] = {}
+    towers: dict[int, dict[str, int | bool]] = {}
     for group, params in model.parameter_groups().items():
         trainable = wanted[group] and not (group == "image_tokenizer" and discrete)
-        count = 0
+        through_lora = group in lora_groups
+        count = trained = adapters = 0
         for name, param in params:
-            # parameters a library keeps frozen on purpose (e.g. DINOv3's mask token) stay frozen
-            param.requires_grad_(trainable and not _never_trained(name))
+            tower = tower_index(name)
+            in_frozen_tower = tower in frozen_towers
+            if lora_adapters.is_adapter_parameter(name):
+                param.requires_grad_(trainable and not in_frozen_tower)
+                adapters += param.numel()
+                continue
+            # parameters a library keeps frozen on purpose (e.g. DINOv3's mask token) stay frozen; a LoRA
+            # group's base weights too
+            param.requires_grad_(
+                trainable and not through_lora and not _never_trained(name) and not in_frozen_tower
+            )
             count += param.numel()
-        summary[group] = {"trainable": trainable and count > 0, "params": count}
+            trained += 0 if in_frozen_tower else param.numel()
+            if tower is not None:
+                info = towers.setdefault(tower, {"trainable": trainable and not in_frozen_tower, "params": 0})
+                info["params"] += param.numel()
+        summary[group] = {"trainable": trainable and trained > 0, "params": count}
+        if through_lora:
+            summary[group].update(lora=settings.describe(), trainable_params=adapters)
     lines = [f"stage {stage}, freezing recipe {recipe.name!r}:"]
     for group, info in summary.items():
-        if info["params"]:
+        if "lora" in info:
+            how = f" ({handed[group]} from the parent)" if group in handed else ""
+            lines.append(
+                f"  {group:<16} lora r={settings.rank:<3} {info['trainable_params']:>14,} trainable of "
+                f"{info['params']:,} params{how}"
+            )
+        elif info["params"]:
             state = "trains" if info["trainable"] else "frozen"
-            lines.append(f"  {group:<16} {state:<7} {info['params']:>14,} params")
+            merged = " (parent's LoRA adapters merged)" if handed.get(group) == "merged" else ""
+            lines.append(f"  {group:<16} {state:<7} {info['params']:>14,} params{merged}")
+        if group == "image_tokenizer":
+            for index, tower in sorted(towers.items()):
+                name = f"  tower {index} {tokenizer.towers[index].spec.name}"
+                state = "trains" if tower["trainable"] else "frozen"
+                lines.append(f"  {name:<16} {state:<7} {tower['params']:>14,} params")
+    if towers:
+        summary["image_tokenizer"]["towers"] = [towers[i] for i in sorted(towers)]
     log.info("\n".join(lines))
     return summary
 

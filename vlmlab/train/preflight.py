@@ -22,10 +22,11 @@ from omegaconf import OmegaConf
 from vlmlab.config import ExperimentConfig
 from vlmlab.errors import ConfigError, unknown_choice
 from vlmlab.models.backbone import ATTENTION_IMPLEMENTATIONS
+from vlmlab.models.loss import resolve_loss_impl
 from vlmlab.recipes import list_recipes, load_recipe
 
 # keys that change how a run executes or logs, not what it computes: they may differ on a re-run
-EXECUTION_KEYS = ("train.log_every_n_steps", "train.accelerator")
+EXECUTION_KEYS = ("train.log_every_n_steps", "train.accelerator", "train.loss_impl")
 
 
 def _positive(name: str, value: Any, allow_none: bool = False) -> None:
@@ -91,6 +92,7 @@ def validate(config: ExperimentConfig) -> int:
             f"{train.num_nodes} = {per_step}."
         )
     _check_attention_kernel(config.model.attn_implementation)
+    resolve_loss_impl(config.train.loss_impl, train_device(config))  # liger without CUDA: one line
     for key in ("backbone_weights", "tokenizer_weights"):
         value = getattr(config.model, key)
         if value and _looks_like_path(value) and not Path(value).expanduser().exists():
@@ -117,6 +119,14 @@ def validate(config: ExperimentConfig) -> int:
     if not config.model.open_weight:
         _check_single_stage(config)
     return train.global_batch_size // per_step
+
+
+def train_device(config: ExperimentConfig) -> torch.device:
+    """The device type the run's steps will run on (Lightning picks a GPU for `auto` when one is visible)."""
+    accelerator = config.train.accelerator
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
 
 
 def _check_single_stage(config: ExperimentConfig) -> None:

@@ -34,6 +34,7 @@ from vlmlab.models.checkpoint import (
     resolve_checkpoint,
     save_stage_checkpoint,
 )
+from vlmlab.models.loss import resolve_loss_impl
 from vlmlab.models.open_weight import OpenWeightVLM, load_open_weight
 from vlmlab.models.vlm import VisionLanguageModel, build_vlm
 from vlmlab.recipes import load_recipe
@@ -44,7 +45,14 @@ from vlmlab.train.data import TrainData
 from vlmlab.train.freezing import apply_freezing
 from vlmlab.train.module import VLMModule
 from vlmlab.train.preemption import Preemption, slurm_job_id
-from vlmlab.train.preflight import RunLock, check_run_folder, launcher_rank, remove_leftovers, validate
+from vlmlab.train.preflight import (
+    RunLock,
+    check_run_folder,
+    launcher_rank,
+    remove_leftovers,
+    train_device,
+    validate,
+)
 
 log = logging.getLogger("vlmlab.train")
 
@@ -56,11 +64,12 @@ def build_model(config: ExperimentConfig) -> tuple[VisionLanguageModel | OpenWei
     if config.model.open_weight:  # from_pretrained returns it in eval mode
         return load_open_weight(config.model).train(), None
     model = build_vlm(config.model)
+    model.loss_impl = resolve_loss_impl(config.train.loss_impl, train_device(config))
     parent = None
     if config.train.init_from:
         parent = resolve_checkpoint(config.train.init_from)
         load_stage_checkpoint(model, parent)
-    elif config.train.stage > 1:
+    elif config.train.stage > 1 and not load_recipe(config.train.freeze).skip_stage1:
         log.warning("stage %d run without train.init_from: starting from the base models", config.train.stage)
     return model, parent
 
@@ -124,7 +133,8 @@ def checkpoint_step(path: Path) -> int:
 def train(config: ExperimentConfig) -> dict[str, Any]:
     out = Path(config.train.output_dir)
     accumulate = validate(config)  # before anything is written
-    load_recipe(config.train.freeze)
+    recipe = load_recipe(config.train.freeze)
+    _check_lora(config, recipe.lora_groups(config.train.stage))
     resolved = to_dict(config)
     done = check_run_folder(out, resolved)
     if done is not None:
@@ -144,6 +154,22 @@ def train(config: ExperimentConfig) -> dict[str, Any]:
         else:
             record = _train(config, out, resolved, accumulate)
         return record
+
+
+def _check_lora(config: ExperimentConfig, lora_groups: list[str]) -> None:
+    """The layouts LoRA is not wired into, refused in one line before anything is built."""
+    if not lora_groups:
+        return
+    if config.train.method == "grpo":
+        raise ConfigError(
+            f"Recipe {config.train.freeze!r} trains the {', '.join(lora_groups)} through LoRA, which GRPO runs do "
+            "not support (valid: train.method sft, or a recipe without lora)."
+        )
+    if config.model.open_weight and config.train.strategy == "fsdp":
+        raise ConfigError(
+            f"Recipe {config.train.freeze!r} trains an open-weight model through LoRA, whose export merges the "
+            "adapters on one process: train it with train.strategy auto or ddp (LoRA adapters are small)."
+        )
 
 
 def save_checkpoint(
@@ -209,7 +235,7 @@ def _fit_and_export(
         torch.use_deterministic_algorithms(True, warn_only=True)
 
     model, parent = build_model(config)
-    freezing = apply_freezing(model, load_recipe(config.train.freeze), config.train.stage)
+    freezing = apply_freezing(model, load_recipe(config.train.freeze), config.train.stage, config.train.lora)
 
     data = TrainData(config, model)
 

@@ -10,6 +10,7 @@ from torch import nn
 
 from vlmlab.config import OptimConfig
 from vlmlab.errors import ConfigError, unknown_choice
+from vlmlab.models.tokenizers.encoder_set import tower_index
 
 
 def lr_multiplier(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
@@ -24,7 +25,8 @@ def lr_multiplier(step: int, warmup_steps: int, total_steps: int, min_ratio: flo
 def build_optimizer(
     groups: dict[str, list[tuple[str, nn.Parameter]]], optim: OptimConfig
 ) -> torch.optim.AdamW:
-    """One AdamW param group per trainable vlmlab group; biases and norms get no weight decay."""
+    """One AdamW param group per trainable vlmlab group; biases and norms get no weight decay. Several image
+    encoders: one group per tower (`image_tokenizer.<i>`), at `optim.encoder_lr[i]` where given."""
     param_groups = []
     for group, params in groups.items():
         trainable = [(n, p) for n, p in params if p.requires_grad]
@@ -37,25 +39,47 @@ def build_optimizer(
         lr = float(optim.lr[group])
         if lr <= 0:
             raise ConfigError(f"Group {group!r} trains but optim.lr.{group} = {lr}; give it a positive rate.")
-        decay = [p for n, p in trainable if p.dim() >= 2]
-        no_decay = [p for n, p in trainable if p.dim() < 2]
-        for params_, weight_decay, suffix in ((decay, optim.weight_decay, ""), (no_decay, 0.0, ".no_decay")):
-            if params_:
-                param_groups.append(
-                    {
-                        "params": params_,
-                        "lr": lr,
-                        "initial_lr": lr,
-                        "weight_decay": weight_decay,
-                        "name": group + suffix,
-                    }
-                )
+        for name, members, rate in _per_tower(group, trainable, lr, optim):
+            decay = [p for n, p in members if p.dim() >= 2]
+            no_decay = [p for n, p in members if p.dim() < 2]
+            for params_, weight_decay, suffix in (
+                (decay, optim.weight_decay, ""),
+                (no_decay, 0.0, ".no_decay"),
+            ):
+                if params_:
+                    param_groups.append(
+                        {
+                            "params": params_,
+                            "lr": rate,
+                            "initial_lr": rate,
+                            "weight_decay": weight_decay,
+                            "name": name + suffix,
+                        }
+                    )
     if not param_groups:
         raise ConfigError("Nothing trains: every parameter group is frozen by this recipe and stage.")
     unknown = set(optim.lr) - {"adapter", "image_tokenizer", "cross_attention", "language_model", "mot_image"}
     if unknown:
         raise unknown_choice("optim.lr group", sorted(unknown)[0], sorted(groups))
     return torch.optim.AdamW(param_groups, betas=tuple(optim.betas))
+
+
+def _per_tower(
+    group: str, trainable: list[tuple[str, nn.Parameter]], lr: float, optim: OptimConfig
+) -> list[tuple[str, list[tuple[str, nn.Parameter]], float]]:
+    """(name, parameters, peak rate) per optimizer group of one vlmlab group: the group itself, or for an
+    encoder set's image_tokenizer one per tower, each at its optim.encoder_lr (null: the group's rate)."""
+    towers: dict[int, list[tuple[str, nn.Parameter]]] = {}
+    for name, param in trainable:
+        index = tower_index(name)
+        if index is None:
+            return [(group, trainable, lr)]
+        towers.setdefault(index, []).append((name, param))
+    rates = list(optim.encoder_lr)
+    return [
+        (f"{group}.{i}", members, float(rates[i]) if i < len(rates) and rates[i] is not None else lr)
+        for i, members in sorted(towers.items())
+    ]
 
 
 def build_scheduler(

@@ -2,13 +2,13 @@
 
 One FSDP unit per decoder layer: the backbone's layers, MoT's image copies and the Cross-Attention layers
 each gather their weights before they run and free them after, in forward and in backward; so does each
-block of the image tokenizer and each block of a connector that has them (the perceiver's resampler blocks,
-the C-Abstractor's convolution blocks: at the 0.6B backbone a perceiver block holds about as many weights as
-a decoder layer, `Adapter.fsdp_units`); the embeddings, the patch embedding, the rest of the adapter, the
-final norm and the head form the root unit. A unit's
-weights are gathered around `forward` and around the methods a layer class lists in
-`fsdp_forward_methods` (MoT's split attention halves, Cross-Attention's image keys/values), and the model's
-own `prefill` / `decode_step` (cached generation), so validation and generation run on the sharded model.
+block of the image tokenizer (of every tower of an encoder set) and each block of a connector that has them
+(the perceiver's resampler blocks, the C-Abstractor's convolution blocks: at the 0.6B backbone a perceiver
+block holds about as many weights as a decoder layer, `Adapter.fsdp_units`); the embeddings, the patch
+embedding, the rest of the adapter, the final norm and the head form the root unit. A unit's weights are
+gathered around `forward` and around the methods a layer class lists in `fsdp_forward_methods` (MoT's split
+attention halves, Cross-Attention's image keys/values), and the model's own `prefill` / `decode_step`
+(cached generation), so validation and generation run on the sharded model.
 
 Open-weight VLMs (vlmlab/models/open_weight.py) are cut where transformers cuts them: one unit per module of
 a class the model lists in `_no_split_modules` (decoder layers, vision blocks), the rest in the root unit
@@ -30,6 +30,7 @@ from transformers.models.qwen3.modeling_qwen3 import Qwen3DecoderLayer
 from vlmlab.errors import ConfigError
 from vlmlab.models.fusion.cross_attention import GatedCrossAttentionLayer
 from vlmlab.models.open_weight import OpenWeightVLM
+from vlmlab.models.tokenizers.encoder_set import EncoderSet
 from vlmlab.models.vlm import VisionLanguageModel
 
 LAYER_UNITS = (Qwen3DecoderLayer, GatedCrossAttentionLayer)
@@ -87,11 +88,19 @@ def shard_open_weight(model: OpenWeightVLM, mesh: DeviceMesh, bf16: bool = False
 
 def tokenizer_blocks(tokenizer: nn.Module) -> list[tuple[str, nn.Module]]:
     """The transformer blocks of an image tokenizer, whatever library built it (open_clip, timm,
-    transformers, TiTok, VAR): the members of every outermost list of two or more same-type modules."""
+    transformers, TiTok, VAR): the members of every outermost list of two or more same-type modules (a
+    ModuleList, or the nn.Sequential timm keeps its ViT blocks in: SigLIP 2, AIMv2); for an encoder set, each
+    tower's blocks (`towers.<i>.<block>`), never whole towers."""
+    if isinstance(tokenizer, EncoderSet):
+        return [
+            (f"towers.{i}.{name}", block)
+            for i, tower in enumerate(tokenizer.towers)
+            for name, block in tokenizer_blocks(tower)
+        ]
     lists = [
         (name, module)
         for name, module in tokenizer.named_modules()
-        if isinstance(module, nn.ModuleList)
+        if isinstance(module, nn.ModuleList | nn.Sequential)
         and len(module) > 1
         and len({type(child) for child in module}) == 1
         and any(p.numel() for p in module.parameters())

@@ -11,6 +11,7 @@ new tokenizer or size is a data change, not a code change.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -100,6 +101,13 @@ class ImageTokenizer(nn.Module):
     @property
     def is_discrete(self) -> bool:
         return self.spec.kind == "discrete"
+
+    def image_transform(self) -> Callable[[Any], torch.Tensor]:
+        """PIL image -> this tokenizer's `pixel_values` row: the data side's transform (an encoder set stacks
+        each tower's own view, vlmlab/models/tokenizers/encoder_set.py)."""
+        from vlmlab.models.tokenizers.preprocess import build_image_transform
+
+        return build_image_transform(self.spec)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -8,8 +8,9 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2 as T
 
-from vlmlab.errors import unknown_choice
+from vlmlab.errors import ConfigError, unknown_choice
 from vlmlab.models.tokenizers.base import TokenizerSpec
+from vlmlab.models.tokenizers.encoder_set import ENCODER_SET
 
 _INTERPOLATIONS = {
     "bicubic": T.InterpolationMode.BICUBIC,
@@ -72,6 +73,7 @@ def build_image_transform(spec: TokenizerSpec) -> Callable[[Image.Image], torch.
     resize and crop run on the PIL image, as the release does; the others keep resizing the uint8 tensor
     straight to `image_size` (changing their filter would change the pixels of every existing run).
     """
+    _refuse_set(spec)
     if spec.interpolation not in _INTERPOLATIONS:
         raise unknown_choice(f"interpolation (tokenizer {spec.name!r})", spec.interpolation, _INTERPOLATIONS)
     interpolation = _INTERPOLATIONS[spec.interpolation]
@@ -95,6 +97,39 @@ def build_image_transform(spec: TokenizerSpec) -> Callable[[Image.Image], torch.
 def build_tile_transform(spec: TokenizerSpec) -> Callable[[torch.Tensor], torch.Tensor]:
     """AnyRes tiles (uint8 `[n, 3, image_size, image_size]`, already cut to size by vlmlab/data/tiling.py)
     -> [0, 1] -> the spec's normalisation; no resize or crop, a tile is the tokenizer's input as it is."""
+    _refuse_set(spec)
     return T.Compose(
         [T.ToDtype(torch.float32, scale=True), T.Normalize(mean=list(spec.mean), std=list(spec.std))]
     )
+
+
+def _refuse_set(spec: TokenizerSpec) -> None:
+    # an encoder set's spec describes the stacked views, not one tower's input: its transform is StackedViews
+    if spec.library == ENCODER_SET:
+        raise ConfigError(
+            f"{spec.name} is an encoder set: its images go through each tower's own preprocessing "
+            "(build_set_transform), not one transform."
+        )
+
+
+class StackedViews:
+    """An encoder set's image transform (vlmlab/models/tokenizers/encoder_set.py): each tower's own transform
+    (`build_image_transform` of its spec) on the same image, the views stacked on the channel axis of one
+    zero canvas [3 * towers, S, S], S the largest tower input, tower i's view at the top-left of channels
+    3i..3i+2. A class, not a closure, so data-loader workers can pickle it."""
+
+    def __init__(self, specs: list[TokenizerSpec]) -> None:
+        self.sizes = [spec.image_size for spec in specs]
+        self.transforms = [build_image_transform(spec) for spec in specs]
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        side = max(self.sizes)
+        canvas = torch.zeros((3 * len(self.sizes), side, side))
+        for i, (size, transform) in enumerate(zip(self.sizes, self.transforms, strict=True)):
+            canvas[3 * i : 3 * i + 3, :size, :size] = transform(image)
+        return canvas
+
+
+def build_set_transform(specs: list[TokenizerSpec]) -> Callable[[Image.Image], torch.Tensor]:
+    """The data transform of an encoder set: every tower sees exactly its own preprocessing (`StackedViews`)."""
+    return StackedViews(specs)
