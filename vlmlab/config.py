@@ -375,9 +375,8 @@ class DataSourceConfig:
     benchmark: str | None = None  # vqa: coco_captions | vqav2 | docvqa | textvqa | chartqa | aokvqa
     # keys below came after runs were hashed: at their defaults they leave run ids unchanged
     subset: str | None = None  # hf: the dataset's config name in a hub snapshot (The Cauldron's "ai2d", ...)
-    max_images: int | None = (
-        None  # interleaved documents: cut before the (max_images + 1)-th image; None = no cap
-    )
+    # interleaved documents: cut before the (max_images + 1)-th image; None = no cap
+    max_images: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_images is not None and (isinstance(self.max_images, bool) or self.max_images < 1):
