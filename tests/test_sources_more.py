@@ -560,3 +560,25 @@ def test_large_sources_are_permuted_by_numpy_with_disjoint_shares(monkeypatch):
     readers = [base.IndexedReader("s", 50, g, 3, 0, DataHealth(1.0)) for g in range(3)]
     first_epoch = [next(readers[position % 3])["index"] for position in range(50)]
     assert sorted(first_epoch) == list(range(50)) and all(type(i) is int for i in first_epoch)
+
+
+def test_llava_json_through_the_index_resumes_exactly_with_two_workers(tmp_path, encoder):
+    """Every worker opens the shared index (memory-mapped) and the restored loader continues exactly."""
+    from test_sources import llava_dataset
+
+    path = llava_dataset(tmp_path)
+    config = DataSourceConfig(name="llava", kind="llava", path=str(path), image_root=str(tmp_path / "images"))
+
+    def loader():
+        return train_loader(
+            TrainStream([config], encoder, micro_batch_size=1, seed=3), num_workers=2, keep=20
+        )
+
+    first = loader()
+    straight = list(itertools.islice(first, 8))
+    first.close()
+    resumed = loader()
+    resumed.restore(first.state_after(4))
+    for a, b in zip(straight[4:], itertools.islice(resumed, 4), strict=True):
+        assert_batches_equal(a, b)
+    resumed.close()
