@@ -583,3 +583,20 @@ def test_bench_loss_prints_both_peaks_by_hand_and_the_goal() -> None:
     ), out
     assert re.search(r"peak chunked / dense: [\d.]+ \(goal <= 0.25\) (meets goal|ABOVE GOAL)", out), out
     assert len(re.findall(r"^\s+(dense|chunked)\s+[\d.]+ s wall\s+[\d.]+ s CPU", out, re.M)) == 2, out
+
+
+@pytest.mark.slow(seconds=25)
+def test_bench_json_index_prints_memory_and_build_figures_with_their_goals(tmp_path: Path) -> None:
+    # part 2 (launch to first step) starts 2 x --repeats fresh processes, ~5 s of imports each: skipped here;
+    # part 3 starts two (0 and 2 workers)
+    out = _run_benchmark(
+        "bench_json_index.py", "--data-dir", str(tmp_path), "--entries", "300", "--small", "20",
+        "--batches", "2", "--skip-startup",
+    )  # fmt: skip
+    assert re.search(r"1\. index of mix-300\.json: built in wall [\d.]+ s, CPU [\d.]+ s", out)
+    assert "2. launch to first step: skipped (--skip-startup)" in out
+    assert re.search(
+        r"0 workers: [\d,]+ MB PSS \([\d,]+ anonymous, [\d,]+ file-backed\) \(process wall [\d.]+ s, CPU [\d.]+ s\)",
+        out,
+    )
+    assert re.search(r"2 workers / 0 workers: [\d.]+ \(goal <= 1.2: (met|NOT met)\)", out)

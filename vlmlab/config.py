@@ -365,13 +365,25 @@ class DataSourceConfig:
     # webdataset (img2dataset layout): the JSON field holding the caption when a sample has no .txt member
     caption_field: str = "caption"
     instruction: str = ""  # the user text of caption samples ("" = "Describe the image.")
-    image_root: str | None = None  # llava: folder of the image paths (default: the JSON's); vqa: extra folder
+    # llava: folder of the image paths (default: the JSON's); hf: folder of documents' image paths; vqa: extra
+    image_root: str | None = None
     system: str = ""  # llava / hf conversations: a system turn for samples that have none
     fields: dict[str, str] = field(
         default_factory=dict
-    )  # hf: part -> column (image, messages, question, ...)
+    )  # hf: part -> column (id, image, images, messages, texts, question, answer, options, caption)
     streaming: bool = False  # hf: read through datasets' IterableDataset (parquet files or the hub)
     benchmark: str | None = None  # vqa: coco_captions | vqav2 | docvqa | textvqa | chartqa | aokvqa
+    # keys below came after runs were hashed: at their defaults they leave run ids unchanged
+    subset: str | None = None  # hf: the dataset's config name in a hub snapshot (The Cauldron's "ai2d", ...)
+    # interleaved documents: cut before the (max_images + 1)-th image; None = no cap
+    max_images: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_images is not None and (isinstance(self.max_images, bool) or self.max_images < 1):
+            raise ConfigError(
+                f"data source {self.name or self.path or self.kind!r}: max_images must be an integer >= 1 "
+                f"(or null: no cap), got {self.max_images!r}."
+            )
 
 
 @dataclass

@@ -116,6 +116,11 @@ class ChatEncoder(Encoder):
         """{"input_ids", "labels", "images", "text" (the rendered chat), "processed" (the processor's tensors,
         when the images were loaded)}, or None when it does not fit (counted in `num_dropped`)."""
         budget = self.max_length if max_length is None else max_length
+        if "document" in sample:  # no chat template renders a web document without roles
+            raise ConfigError(
+                f"sample {sample.get('id')!r} is an interleaved document; open-weight models (model.open_weight) "
+                "train on chat samples only: train documents with vlmlab's own models."
+            )
         messages, images = self.messages(sample)
         if messages[-1]["role"] != "assistant":
             raise ConfigError(f"sample {sample.get('id')!r} ends without an assistant turn.")

@@ -139,17 +139,20 @@ def _stats(args: argparse.Namespace) -> int:
 def _inspect(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from vlmlab.data.inspect import inspect
+    from vlmlab.data.inspect import NothingUsable, inspect
 
-    print(
-        inspect(
+    try:
+        report = inspect(
             args.source,
             args.overrides,
             args.n,
             args.tokens_per_image,
             Path(args.sheet) if args.sheet else None,
         )
-    )
+    except NothingUsable as error:  # the report, then the one-line error and a non-zero exit
+        print(error.report)
+        raise
+    print(report)
     return 0
 
 

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from vlmlab.data.samples import turns_of
+from vlmlab.data.samples import DOCUMENT_ROLE, turns_of
 from vlmlab.data.text_tokenizer import IM_END, IM_START
 from vlmlab.data.tiling import ImageTiler
 from vlmlab.errors import ConfigError
@@ -158,6 +158,8 @@ class SampleEncoder(Encoder):
         """
         budget = self.max_length if max_length is None else max_length
         turns = turns_of(sample)
+        if turns[0][0] == DOCUMENT_ROLE:
+            return self._document_tokens(turns[0][1], budget)
         if not with_response:  # a generation prompt: the history, then the last assistant header
             turns = turns[:-1]
         # blocks in order, each (ids, kind): "fixed" (role headers), "text" (truncatable context),
@@ -219,6 +221,67 @@ class SampleEncoder(Encoder):
         if self.tiler is not None:
             tokens["grids"] = grids
         return tokens
+
+    def _document_tokens(self, segments: list[dict[str, Any]], budget: int) -> dict[str, Any] | None:
+        """An interleaved document: its segments in order without chat roles, every text token and the
+        closing EOS scored (pretraining on web documents, as OBELICS / MINT-1T are used), images not.
+
+        A document longer than the budget keeps its beginning (images whole: the text up to the cut, no
+        EOS since the document did not end there), as documents are cut in pretraining; the plan never
+        depends on pixels, so the length without images is the encoded length. Tiled images are planned
+        at their costliest grid, so a tiled document must fit whole (else it is dropped and counted)."""
+        num_images = sum(segment["type"] == "image" for segment in segments)
+        if self.tiler is not None and not self.tiler.plan.fits(num_images):
+            self.num_dropped += 1
+            return None
+        blocks: list[tuple[list[int], str, Any]] = []
+        pending = ""
+        for segment in segments:
+            if segment["type"] == "text":
+                pending += segment["text"]
+                continue
+            if pending:
+                blocks.append((self.text_ids(pending), "text", None))
+                pending = ""
+            image = segment.get("image")
+            if self.tiler is None:
+                blocks.append(([self.image_token_id] * self.tokens_per_image, "image", image))
+            else:
+                grid = None if image is None else self.tiler.plan.grid_for(*image.size, num_images)
+                blocks.append((self._tiled_ids(grid, num_images), "image", (image, grid)))
+        if pending:
+            blocks.append((self.text_ids(pending), "text", None))
+        eos = self.tokenizer.eos_token_id
+        blocks.append(([self.im_end if eos is None else int(eos)], "text", None))
+        if sum(len(ids) for ids, _, _ in blocks) > budget:
+            if self.tiler is not None:
+                self.num_dropped += 1
+                return None
+            kept, used = [], 0
+            for ids, kind, image in blocks:
+                room = budget - used
+                if len(ids) <= room:
+                    kept.append((ids, kind, image))
+                    used += len(ids)
+                    continue
+                if kind == "text" and room > 0:
+                    kept.append((ids[:room], kind, image))
+                break
+            blocks = kept
+        if not any(kind == "text" and ids for ids, kind, _ in blocks):
+            self.num_dropped += 1  # only images fit: nothing to learn
+            return None
+        input_ids = [token for ids, _, _ in blocks for token in ids]
+        labels = [t if kind == "text" else IGNORE_INDEX for ids, kind, _ in blocks for t in ids]
+        extras = [extra for _, kind, extra in blocks if kind == "image"]
+        if self.tiler is None:
+            return {"input_ids": input_ids, "labels": labels, "images": extras}
+        return {
+            "input_ids": input_ids,
+            "labels": labels,
+            "images": [image for image, _ in extras],
+            "grids": [grid for _, grid in extras],
+        }
 
     def _tiled_ids(self, grid: tuple[int, int] | None, num_images: int) -> list[int]:
         """Thumbnail, newline, then each row of tiles and a newline; an unknown grid (no pixels yet) is

@@ -2,7 +2,8 @@
 
 A source is named by a config file (its `data.train` sources, after overrides) or by a path whose form
 tells the kind: shards (`.tar`, `.tar.gz`, brace patterns, `shards.json`, a folder of tars) -> webdataset,
-`.json` / `.jsonl` -> llava, a `save_to_disk` folder or `.parquet` / `.arrow` files -> hf.
+`.json` / `.jsonl` -> llava, a `save_to_disk` folder, a hub snapshot folder (`README.md`, `data/`) or
+`.parquet` / `.arrow` files -> hf.
 
 A config whose model tiles (model.tiling=anyres) is counted as training counts it: each image on the grid its
 size and the budget pick, `--tokens-per-image` placeholders per tile (the connector's count: `vlmlab
@@ -12,7 +13,7 @@ describe` prints it), a newline after the thumbnail and after each row of tiles.
 from __future__ import annotations
 
 import math
-import os
+import re
 import statistics
 from collections import Counter
 from collections.abc import Iterator
@@ -40,6 +41,13 @@ from vlmlab.files import atomic_open
 from vlmlab.tiling import TilingPlan
 
 IMAGE_MARK = "<image>"
+BAD_LISTED = 10  # bad samples `stats` names one by one
+
+
+def _reason_kind(reason: str) -> str:
+    """A reason without its particulars (paths, quoted values, numbers): what bad samples have in common."""
+    text = re.sub(r"'[^']*'|\"[^\"]*\"", "'...'", reason.split(" (")[0])
+    return re.sub(r"\d+", "N", text)
 
 
 def source_from_path(path: str, **fields: Any) -> DataSourceConfig:
@@ -47,8 +55,11 @@ def source_from_path(path: str, **fields: Any) -> DataSourceConfig:
     name = Path(path.rstrip("/")).name.split(".")[0] or "source"
     if path.endswith((".jsonl",)) or (path.endswith(".json") and not path.endswith("shards.json")):
         return DataSourceConfig(name=name, kind="llava", path=path, **fields)
-    is_hf_folder = os.path.isdir(path) and any(
-        (Path(path) / marker).is_file() for marker in ("dataset_dict.json", "state.json")
+    folder = Path(path)
+    is_hf_folder = folder.is_dir() and (
+        any((folder / marker).is_file() for marker in ("dataset_dict.json", "state.json", "README.md"))
+        or (folder / "data").is_dir()  # a hub snapshot
+        or any(folder.glob("*.parquet"))
     )
     if is_hf_folder or path.endswith((".parquet", ".arrow")):
         return DataSourceConfig(name=name, kind="hf", path=path, **fields)
@@ -117,11 +128,29 @@ def _tiles(tokens: dict[str, Any]) -> str:
     return "; tiles: " + ", ".join(_grid_name(grid) for grid in tokens["grids"] if grid)
 
 
+class Bad:
+    """A bad sample as inspect / stats report it: where it was counted and why."""
+
+    def __init__(self, place: str, reason: str) -> None:
+        self.place, self.reason = place, reason
+
+    def __str__(self) -> str:
+        return f"bad sample in {self.place}: {self.reason}"
+
+
+class NothingUsable(ConfigError):
+    """Every sample read from a source is bad: `vlmlab data inspect` prints its report, then fails."""
+
+    def __init__(self, message: str, report: str) -> None:
+        super().__init__(message)
+        self.report = report
+
+
 def samples(
     config: DataSourceConfig, limit: int, seed: int = 0
-) -> Iterator[tuple[str, dict[str, Any] | str]]:
+) -> Iterator[tuple[str, dict[str, Any] | Bad]]:
     """(key, sample) for the first `limit` records a training reader reads (at most one epoch), or
-    (key, error) for bad ones."""
+    (key, Bad) for bad ones."""
     source = open_source(config, seed=seed)
     reader = source.reader(0, 1, seed, DataHealth(1.0))
     for _ in range(limit):
@@ -131,7 +160,25 @@ def samples(
         try:
             yield source.key(record), source.full_sample(record)
         except BadSample as error:
-            yield source.key(record), f"bad sample in {source.where(record)}: {error}"
+            yield source.key(record), Bad(source.place(record, error), str(error))
+
+
+def likely_cause(config: DataSourceConfig, bad: list[Bad]) -> str:
+    """One line on why every sample of a source is bad: missing images point at `image_root` (LLaVA-Pretrain
+    and mix665k ship their images apart from the JSON), else the most common place and reason."""
+    places = Counter(b.place for b in bad)
+    missing = [b for b in bad if "does not exist" in b.reason]
+    if len(missing) == len(bad):
+        root = config.image_root or (str(Path(str(config.path)).parent) if config.path else "")
+        folders = ", ".join(place for place, _ in places.most_common(3))
+        return (
+            f"the images are missing under image_root {root!r} (missing: {folders}); set `image_root` to the "
+            "folder the entries' image paths are relative to (LLaVA-Pretrain and LLaVA-v1.5's images are a "
+            "separate download)"
+        )
+    place, count = places.most_common(1)[0]
+    reason = Counter(b.reason for b in bad).most_common(1)[0][0]
+    return f"most in {place} ({count} of {len(bad)}); the commonest reason: {reason}"
 
 
 def render_text(encoder: Encoder, tokens: dict[str, Any]) -> str:
@@ -202,11 +249,14 @@ def inspect(target: str, overrides: list[str], limit: int, tokens_per_image: int
     """The report `vlmlab data inspect` prints; writes the contact sheet when `sheet` is given."""
     configs, data, model = sources_of(target, overrides)
     encoder = _encoder(data, tokens_per_image, model)
-    lines, entries = [], []
+    lines, entries, failed = [], [], []
     for config in configs:
         lines.append(f"== source {config.name or config.kind} ({config.kind}: {config.path or config.task})")
+        bad, read = [], 0
         for key, sample in samples(config, limit):
-            if isinstance(sample, str):
+            read += 1
+            if isinstance(sample, Bad):
+                bad.append(sample)
                 lines.append(f"-- {key}: {sample}")
                 continue
             tokens = encoder.tokenize(sample)
@@ -223,9 +273,16 @@ def inspect(target: str, overrides: list[str], limit: int, tokens_per_image: int
             text = render_text(encoder, tokens)
             lines.append(text)
             entries.append((key, images, text))
+        if read and len(bad) == read:
+            cause = likely_cause(config, bad)
+            lines.append(f"every sample read is bad ({read} of {read}): {cause}")
+            failed.append(f"source {config.name or config.kind!r}: all {read} samples read are bad; {cause}.")
     if sheet is not None:
         lines.append(f"contact sheet: {contact_sheet(entries, sheet)}")
-    return "\n".join(lines)
+    report = "\n".join(lines)
+    if failed:
+        raise NothingUsable(" ".join(failed), report)
+    return report
 
 
 def stats(target: str, overrides: list[str], limit: int, tokens_per_image: int) -> str:
@@ -234,10 +291,11 @@ def stats(target: str, overrides: list[str], limit: int, tokens_per_image: int) 
     encoder = _encoder(data, tokens_per_image, model)
     lines = []
     for config in configs:
-        lengths, images, grids, bad, too_long = [], Counter(), Counter(), 0, 0
-        for _, sample in samples(config, limit):
-            if isinstance(sample, str):
-                bad += 1
+        lengths, images, grids, too_long = [], Counter(), Counter(), 0
+        bad: list[tuple[str, Bad]] = []
+        for key, sample in samples(config, limit):
+            if isinstance(sample, Bad):
+                bad.append((key, sample))
                 continue
             tokens = encoder.tokenize(sample)
             if tokens is None:
@@ -249,8 +307,18 @@ def stats(target: str, overrides: list[str], limit: int, tokens_per_image: int) 
         size = open_source(config).num_samples()
         lines.append(
             f"{config.name or config.kind}: {size if size is not None else 'unknown'} samples per epoch; first "
-            f"{limit} read: {len(lengths)} usable, {bad} bad, {too_long} longer than max_length={encoder.max_length}"
+            f"{limit} read: {len(lengths)} usable, {len(bad)} bad, {too_long} longer than "
+            f"max_length={encoder.max_length}"
         )
+        if bad:  # name them: a count alone sends the user hunting
+            reasons = Counter(_reason_kind(b.reason) for _, b in bad)
+            lines.append("  bad by reason: " + ", ".join(f"{r}: {n}" for r, n in reasons.most_common()))
+            for key, b in bad[:BAD_LISTED]:
+                lines.append(f"  bad {key!r} in {b.place}: {b.reason}")
+            if len(bad) > BAD_LISTED:
+                lines.append(f"  ... and {len(bad) - BAD_LISTED} more")
+            if len(bad) == len(bad) + len(lengths) + too_long:
+                lines.append(f"  every sample read is bad: {likely_cause(config, [b for _, b in bad])}")
         if lengths:
             lines.append(
                 f"  tokens: mean {statistics.mean(lengths):.1f}, median {statistics.median(lengths):.0f}, "
@@ -269,4 +337,4 @@ def stats(target: str, overrides: list[str], limit: int, tokens_per_image: int) 
     return "\n".join(lines)
 
 
-__all__ = ["inspect", "source_from_path", "sources_of", "stats"]
+__all__ = ["NothingUsable", "inspect", "likely_cause", "source_from_path", "sources_of", "stats"]

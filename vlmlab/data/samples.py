@@ -30,6 +30,11 @@ A multi-turn sample carries ``"messages"`` instead of ``segments`` / ``response`
 
 A single-turn sample is the one-turn case: ``segments`` (the user turn) + ``response`` (the assistant).
 
+An interleaved web document (OBELICS, MINT-1T: pretraining data, no conversation) carries ``"document"``
+instead: ``[segment, ...]``, text and images in document order, ``"kind": "interleaved"``. It is encoded
+without chat roles, every text token scored (the model learns the document's text, conditioned on the images
+before it) and the end of the document marked by the tokenizer's EOS; see `vlmlab.data.encode`.
+
 A text-only sample may carry ``"prompt": str`` instead of ``"segments"``; it then means
 ``segments = [{"type": "text", "text": prompt}]``. Text-only samples are written this way on purpose:
 LoMo (:mod:`vlmlab.data.lomo`) recognises them by their ``prompt`` and rewrites part of it into an image,
@@ -100,9 +105,17 @@ def _check_not_empty(sample: dict[str, Any], turns: list[tuple[str, list[dict[st
             raise ConfigError(f"sample {sample.get('id')!r}: the {what} (turn {index}) is empty.")
 
 
+DOCUMENT_ROLE = "document"  # the one "turn" of an interleaved document: no chat role, all text scored
+
+
 def turns_of(sample: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]]]]:
     """The conversation as (role, segments) turns: `messages` as given, or the single-turn form as one
-    user turn (its segments) and one assistant turn (its response)."""
+    user turn (its segments) and one assistant turn (its response); a `document` is one DOCUMENT_ROLE turn."""
+    if "document" in sample:
+        segments = segments_of({"id": sample.get("id"), "segments": sample["document"]})
+        if not any(s["type"] == "text" and s["text"].strip() for s in segments):
+            raise ConfigError(f"sample {sample.get('id')!r}: the document holds no text (nothing to learn).")
+        return [(DOCUMENT_ROLE, segments)]
     messages = sample.get("messages")
     if messages is None:
         response = sample.get("response")
@@ -143,7 +156,7 @@ def check_sample(sample: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"a sample must be a dict, got {type(sample).__name__}.")
     # a training sample must teach something: no empty answer, no empty question
     _check_not_empty(sample, turns_of(sample))
-    if "messages" in sample:
+    if "messages" in sample or "document" in sample:
         return sample
     if not isinstance(sample.get("response"), str):
         raise ConfigError(f"sample {sample.get('id')!r} needs a string 'response' (the supervised answer).")
@@ -224,6 +237,7 @@ def is_synthetic_record(record: dict[str, Any]) -> bool:
 
 __all__ = [
     "CAPTION_INSTRUCTION",
+    "DOCUMENT_ROLE",
     "KINDS",
     "RESPONSES",
     "ROLES",

@@ -274,7 +274,9 @@ class _Reader:
         try:
             length = self.stream.encoder.length(source.text_sample(record))
         except BadSample as error:
-            self.health.skip(source.name, source.where(record), source.key(record), "bad sample", str(error))
+            self.health.skip(
+                source.name, source.place(record, error), source.key(record), "bad sample", str(error)
+            )
             return None
         if length is None:
             self.health.drop(source.name)
@@ -322,7 +324,7 @@ class _Reader:
                     sample = source.full_sample(record)
                 except BadSample as error:
                     self.health.skip(
-                        source.name, source.where(record), source.key(record), "bad image", str(error)
+                        source.name, source.place(record, error), source.key(record), "bad image", str(error)
                     )
                     continue
                 tokens = encoder.tokenize(sample)

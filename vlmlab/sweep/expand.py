@@ -89,6 +89,8 @@ _LATER_KEYS = {
     "model.encoder_freeze": [],
     "optim.encoder_lr": [],
 }
+# keys of each data source (data.train / data.val items) that came after runs were hashed, with their defaults
+_LATER_SOURCE_KEYS = {"subset": None, "max_images": None}
 _VAR_REFERENCE = re.compile(r"\$\{vars\.([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -140,6 +142,11 @@ def identity_view(stage: int, config: dict[str, Any], has_parent: bool) -> dict[
     for key, default in _LATER_KEYS.items():
         if _get(view, key) == default:
             drop.append(key)
+    for group in ("train", "val"):
+        for source in (view.get("data") or {}).get(group) or []:
+            for key, default in _LATER_SOURCE_KEYS.items():
+                if isinstance(source, dict) and key in source and source[key] == default:
+                    source.pop(key)
     if view["train"].get("method", "sft") != "grpo":
         drop.append("rl")
     recipe = load_recipe(view["train"]["freeze"])

@@ -1,7 +1,7 @@
 """Conversations as LLaVA / ShareGPT and chat datasets write them -> the sample schema's `messages`.
 
-Turns are `{"from": "human" | "gpt" | "system", "value": str}` (LLaVA, ShareGPT) or `{"role": ..., "content":
-str}` (chat format). Images sit where `<image>` markers stand in user turns, in order; a conversation without
+Turns are `{"from": "human" | "gpt" | "system", "value": str}` (LLaVA, ShareGPT), `{"role": ..., "content":
+str}` (chat format) or `{"user": str, "assistant": str, "source": str}` (The Cauldron: one exchange a turn). Images sit where `<image>` markers stand in user turns, in order; a conversation without
 markers gets all its images before the first user turn's text (LLaVA's convention). More markers than
 images, or some markers but fewer than the images, is a bad sample.
 """
@@ -39,13 +39,33 @@ def _turn(turn: Any, index: int) -> tuple[str, str]:
     return role, text
 
 
+def _exchanges(turns: list[Any]) -> list[Any]:
+    """The Cauldron's turns (`{"user", "assistant", "source"}`: one exchange each) as two turns each; other
+    turns as they are."""
+    out: list[Any] = []
+    for turn in turns:
+        if (
+            isinstance(turn, dict)
+            and "user" in turn
+            and "assistant" in turn
+            and not {"from", "role"} & set(turn)
+        ):
+            out += [
+                {"role": "user", "content": turn["user"]},
+                {"role": "assistant", "content": turn["assistant"]},
+            ]
+        else:
+            out.append(turn)
+    return out
+
+
 def conversation_sample(
     key: str, turns: Any, images: list[Any], *, source: str, system: str | None = None
 ) -> dict[str, Any]:
     """A `messages` sample from conversation turns and the sample's images (paths, PIL images or None)."""
     if not isinstance(turns, list) or not turns:
         raise BadSample("no conversation turns")
-    parsed = [_turn(turn, index) for index, turn in enumerate(turns)]
+    parsed = [_turn(turn, index) for index, turn in enumerate(_exchanges(turns))]
     markers = sum(text.count(IMAGE_MARKER) for role, text in parsed if role == "user")
     stray = sum(text.count(IMAGE_MARKER) for role, text in parsed if role != "user")
     if stray:

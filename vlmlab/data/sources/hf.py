@@ -1,20 +1,29 @@
 """Hugging Face datasets through the `datasets` library: `save_to_disk` folders, parquet / arrow files, hub ids.
 
 `path`: a folder written by `save_to_disk` (a DatasetDict: `split` picks the split), parquet or arrow files
-(a file, a glob), or a hub id (needs a network). `streaming: true` reads through datasets' IterableDataset
-(parquet files or the hub), split across readers with `datasets.distributed.split_dataset_by_node` and
-resumed with its own `state_dict()`; otherwise the dataset is memory-mapped and records are row indices.
+(a file, a glob), a hub snapshot folder as `huggingface-cli download` leaves it (`README.md` + data files:
+read by `datasets.load_dataset` as the hub would, its README's configs picked by `subset`, else its
+`data/` / split-named files), any other folder of data files, or a hub id (needs a network).
+`streaming: true` reads through datasets' IterableDataset (parquet files or the hub), split across readers
+with `datasets.distributed.split_dataset_by_node` and resumed with its own `state_dict()`; otherwise the
+dataset is memory-mapped and records are row indices.
 
 `fields` maps the sample's parts to columns; unmapped parts use the column of the same name when there is
-one: `image` (bytes, `{"bytes", "path"}` as the Image feature stores it, or a PIL image) or `images` (a list
-of them), and one of `messages` (chat / LLaVA turns with `<image>` markers), `question` + `answer`
-(optionally `options`), or `caption` (with `instruction` as the user text).
+one: `id` (the sample's id in logs and bad-data reports; else the row index), `image` (bytes, `{"bytes",
+"path"}` as the Image feature stores it, or a PIL image) or `images` (a list of them), and one of `messages`
+(chat / LLaVA turns with `<image>` markers, or The Cauldron's `texts`: `{user, assistant, source}` exchanges,
+found by their form), `texts` (an interleaved document: OBELICS' `texts` aligned with `images`, None where
+the other modality sits; `vlmlab.data.sources.documents`), `question` + `answer` (optionally `options`), or
+`caption` (with `instruction` as the user text). A row whose image cell is empty (None, or an empty list) is
+a text-only sample, as LLaVA-OneVision's text subsets hold them; an image list entry that is a local path is
+read from `image_root` (or as an absolute path); a URL is a bad sample (download the images first).
 """
 
 from __future__ import annotations
 
 import glob
 import io
+import itertools
 import os
 from collections import Counter
 from pathlib import Path
@@ -35,10 +44,11 @@ from vlmlab.data.sources.base import (
     source_name,
 )
 from vlmlab.data.sources.conversation import conversation_sample
+from vlmlab.data.sources.documents import document_sample
 from vlmlab.data.sources.webdataset import decode_or_skip
-from vlmlab.errors import ConfigError
+from vlmlab.errors import ConfigError, unknown_choice
 
-FIELDS = ("image", "images", "messages", "question", "answer", "options", "caption")
+FIELDS = ("id", "image", "images", "messages", "texts", "question", "answer", "options", "caption")
 FIELD_ALIASES = {"messages": ("messages", "conversations"), "answer": ("answer", "answers")}
 
 
@@ -62,6 +72,8 @@ def open_hf_dataset(config: DataSourceConfig, name: str) -> Any:
                 if config.streaming
                 else dataset
             )
+        if os.path.isdir(path):  # a hub snapshot or a folder of data files: as the hub would read it
+            return _load_folder(config, name, path)
         files = sorted(glob.glob(path)) if any(c in path for c in "*?[") else [path]
         if files and all(f.endswith((".parquet", ".arrow")) for f in files):
             if not all(os.path.isfile(f) for f in files):
@@ -77,6 +89,59 @@ def open_hf_dataset(config: DataSourceConfig, name: str) -> Any:
         raise
     except Exception as error:  # datasets raises many kinds (FileNotFoundError, DatasetNotFoundError, ...)
         raise ConfigError(f"source {name!r}: cannot open Hugging Face dataset {path!r}: {error}") from error
+
+
+def _load_folder(config: DataSourceConfig, name: str, path: str) -> Any:
+    """A hub snapshot folder (its README.md's `configs`, else the `data/` or split-named files) through
+    `datasets.load_dataset`, the way the hub reads it; the config (`subset`) and split are checked first so a
+    wrong one is one line naming the valid ones."""
+    import datasets
+
+    try:
+        subsets = datasets.get_dataset_config_names(path)
+    except Exception as error:  # noqa: BLE001 (no data files, an unreadable README, ...: one line)
+        raise ConfigError(
+            f"source {name!r}: {path!r} is neither a save_to_disk folder nor a folder of data files "
+            f"(parquet, arrow, json, csv; a hub snapshot): {str(error).splitlines()[0][:200]}"
+        ) from None
+    subset = config.subset
+    if subset is None and len(subsets) > 1:
+        raise ConfigError(
+            f"source {name!r}: {path!r} holds {len(subsets)} subsets; pick one with `subset`: "
+            f"{', '.join(subsets[:60])}{', ...' if len(subsets) > 60 else ''}."
+        )
+    if subset is not None and subset not in subsets:
+        raise unknown_choice(f"subset of {path!r} (source {name!r})", subset, subsets)
+    builder = datasets.load_dataset_builder(path, subset)
+    splits = list(builder.config.data_files or {})
+    if splits and config.split not in splits:
+        raise ConfigError(
+            f"source {name!r}: split {config.split!r} is not in {path!r}"
+            f"{f' (subset {subset!r})' if subset else ''}; splits: {', '.join(splits)}."
+        )
+    return datasets.load_dataset(path, subset, split=config.split, streaming=config.streaming)
+
+
+def _first_value(dataset: Any, column: str, rows: int = 64) -> Any:
+    """The first non-empty list item of `column` among the first rows (what a `texts` column holds)."""
+    import datasets
+
+    if isinstance(dataset, datasets.Dataset):
+        values = dataset.select_columns([column]).select(range(min(rows, len(dataset))))[column]
+    else:
+        values = [row.get(column) for row in itertools.islice(iter(dataset), rows)]
+    for value in values:
+        for item in value or []:
+            if item is not None:
+                return item
+    return None
+
+
+def _image_list_feature(feature: Any) -> bool:
+    import datasets
+
+    inner = getattr(feature, "feature", feature[0] if isinstance(feature, list) and feature else None)
+    return isinstance(inner, datasets.Image)
 
 
 def _columns(dataset: Any) -> list[str]:
@@ -111,20 +176,26 @@ class HFSource(Source):
                 )
             self.fields[part] = column
         for part in FIELDS:
-            if part not in self.fields:
+            if part not in self.fields and part != "texts":
                 found = [c for c in FIELD_ALIASES.get(part, (part,)) if c in columns]
                 if found:
                     self.fields[part] = found[0]
+        if "texts" in columns and not {"messages", "texts"} & set(self.fields):
+            # one column name, two published forms: The Cauldron's exchanges (dicts), OBELICS' paragraphs
+            first = _first_value(self.dataset, "texts")
+            self.fields["messages" if isinstance(first, dict) else "texts"] = "texts"
         if "messages" in self.fields:
             self.form = "messages"
+        elif "texts" in self.fields:
+            self.form = "document"
         elif "question" in self.fields and "answer" in self.fields:
             self.form = "vqa"
         elif "caption" in self.fields:
             self.form = "caption"
         else:
             raise ConfigError(
-                f"source {self.name!r}: no columns for messages, question + answer, or caption (map them with "
-                f"`fields`); columns: {', '.join(columns)}."
+                f"source {self.name!r}: no columns for messages, texts (documents), question + answer, or "
+                f"caption (map them with `fields`); columns: {', '.join(columns)}."
             )
         self.text_only = "image" not in self.fields and "images" not in self.fields
         self.streaming = isinstance(self.dataset, datasets.IterableDataset)
@@ -134,12 +205,16 @@ class HFSource(Source):
                 feature = self.dataset.features.get(column) if column else None
                 if isinstance(feature, datasets.Image):
                     self.dataset = self.dataset.cast_column(column, datasets.Image(decode=False))
-                elif isinstance(feature, datasets.Sequence | list) and isinstance(
-                    getattr(feature, "feature", feature[0] if isinstance(feature, list) else None),
-                    datasets.Image,
-                ):
+                elif feature is not None and _image_list_feature(feature):
                     self.dataset = self.dataset.cast_column(column, [datasets.Image(decode=False)])
         self.columns = sorted(set(self.fields.values()))
+        self.image_root = Path(config.image_root) if config.image_root else None
+        # ids from the dataset's own id column (read alone: no image cell is touched for a key)
+        self._ids = (
+            self.dataset.select_columns([self.fields["id"]])
+            if "id" in self.fields and not self.streaming
+            else None
+        )
 
     def num_samples(self) -> int | None:
         return None if self.streaming else len(self.dataset)
@@ -153,6 +228,14 @@ class HFSource(Source):
         return record["row"] if "row" in record else self.dataset[int(record["index"])]
 
     def key(self, record: Record) -> str:
+        column = self.fields.get("id")
+        if column is not None:
+            if "row" in record and record["row"].get(column) is not None:
+                return str(record["row"][column])
+            if self._ids is not None and "index" in record:
+                value = self._ids[int(record["index"])][column]
+                if value is not None:
+                    return str(value)
         return str(record.get("key", record.get("index")))
 
     def where(self, record: Record) -> str:
@@ -161,6 +244,16 @@ class HFSource(Source):
     def _image(self, value: Any, load: bool) -> Image.Image | None:
         if value is None:
             raise BadSample("the image cell is empty")
+        if isinstance(value, str):  # OBELICS-style lists hold URLs or, once downloaded, paths
+            if "://" in value:
+                raise BadSample(
+                    f"image {value!r:.80} is a URL: download the documents' images first (img2dataset) and "
+                    "store them in the dataset or as paths"
+                )
+            path = Path(value) if self.image_root is None else self.image_root / value
+            if not path.is_file():
+                raise BadSample(f"image file {str(path)!r} does not exist", place=str(path.parent) + "/")
+            return decode_or_skip(path.read_bytes(), f"image {path}") if load else None
         if not load:
             return None
         if isinstance(value, Image.Image):
@@ -178,12 +271,22 @@ class HFSource(Source):
 
     def _sample(self, record: Record, load: bool) -> dict[str, Any]:
         row = self._row(record)
-        images: list[Any] = []
-        if "images" in self.fields and row.get(self.fields["images"]) is not None:
-            images = [self._image(v, load) for v in row[self.fields["images"]]]
-        elif "image" in self.fields:
-            images = [self._image(row.get(self.fields["image"]), load)]
         key = self.key(record)
+        if self.form == "document":
+            return document_sample(
+                key,
+                row.get(self.fields["texts"]),
+                row.get(self.fields["images"]) if "images" in self.fields else None,
+                lambda value, _: self._image(value, load),
+                source=self.name,
+                max_images=self.config.max_images,
+            )
+        # an empty image cell is a text-only row (LLaVA-OneVision's text subsets), not a bad one
+        images: list[Any] = []
+        if "images" in self.fields and row.get(self.fields["images"]):
+            images = [self._image(v, load) for v in row[self.fields["images"]]]
+        elif "image" in self.fields and row.get(self.fields["image"]) is not None:
+            images = [self._image(row.get(self.fields["image"]), load)]
         if self.form == "messages":
             return conversation_sample(
                 key,
@@ -209,6 +312,8 @@ class HFSource(Source):
             caption = row.get(self.fields["caption"])
             if not isinstance(caption, str) or not caption.strip():
                 raise BadSample("empty caption")
+            if not images:
+                raise BadSample("a caption without an image")
             instruction = self.config.instruction or CAPTION_INSTRUCTION
             sample = {"segments": [*segments, {"type": "text", "text": instruction}], "response": caption}
             sample.update(answer=caption, kind="caption")

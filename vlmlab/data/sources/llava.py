@@ -3,40 +3,23 @@
 Each entry: `{"id": ..., "image": "coco/train2017/x.jpg" | [paths...], "conversations": [{"from": "human",
 "value": "<image>\\nWhat is ..."}, {"from": "gpt", "value": "..."}, ...]}` (or `"messages"` of role/content
 turns). Paths are relative to `image_root` (default: the JSON file's folder). Multi-turn: the loss covers
-every assistant turn. The file is read once per process; records are indices (`IndexedReader`).
+every assistant turn; an entry without an image is a text sample. The file is read once per node into a
+memory-mapped Arrow index that every process shares (`json_index.py`: no per-worker copy of the list, start-up
+independent of the file's size); records are indices (`IndexedReader`). A missing image is counted at its
+folder (the highest missing one under `image_root`), so a whole missing folder is named as such.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from vlmlab.config import DataSourceConfig
 from vlmlab.data.sources.base import BadSample, DataHealth, IndexedReader, Record, Source, source_name
 from vlmlab.data.sources.conversation import conversation_sample
+from vlmlab.data.sources.json_index import JsonRows
 from vlmlab.data.sources.webdataset import decode_or_skip
 from vlmlab.errors import ConfigError
-
-
-def read_json_records(path: Path, name: str) -> list[dict[str, Any]]:
-    """A JSON list, or JSON lines (one object per line), as a list of dicts."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise ConfigError(f"source {name!r}: cannot read {str(path)!r}: {error}") from error
-    try:
-        if path.suffix == ".jsonl":
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-        else:
-            rows = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"source {name!r}: {str(path)!r} is not valid JSON ({error}).") from error
-    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
-        raise ConfigError(f"source {name!r}: {str(path)!r} must hold a list of objects (one per sample).")
-    if not rows:
-        raise ConfigError(f"source {name!r}: {str(path)!r} holds no samples.")
-    return rows
 
 
 class LlavaSource(Source):
@@ -54,7 +37,7 @@ class LlavaSource(Source):
             raise ConfigError(
                 f"llava source {self.name!r}: image_root {str(self.image_root)!r} is not a folder."
             )
-        self.rows = read_json_records(self.path, self.name)
+        self.rows = JsonRows(self.path, self.name)
 
     def num_samples(self) -> int:
         return len(self.rows)
@@ -63,7 +46,7 @@ class LlavaSource(Source):
         return IndexedReader(self.name, len(self.rows), reader_id, num_readers, seed, health)
 
     def key(self, record: Record) -> str:
-        return str(self.rows[record["index"]].get("id", record["index"]))
+        return self.rows.id(int(record["index"]))
 
     def where(self, record: Record) -> str:
         return f"{self.path}[{record['index']}]"
@@ -77,11 +60,26 @@ class LlavaSource(Source):
                 raise BadSample(f"image entry {item!r:.60} is not a path")
             path = self.image_root / item
             if not path.is_file():
-                raise BadSample(
-                    f"image file {str(path)!r} does not exist (image_root {str(self.image_root)!r})"
-                )
+                raise self._missing(path)
             paths.append(path)
         return paths
+
+    def _missing(self, path: Path) -> BadSample:
+        """The missing image as a bad sample counted at its folder: the highest missing one under the image
+        root when folders are missing (a subset's images not unpacked), else the image's own folder."""
+        top, folder = None, path.parent
+        while folder != self.image_root and folder != folder.parent and not folder.exists():
+            top, folder = folder, folder.parent
+        if top is not None:
+            return BadSample(
+                f"image folder {str(top)!r} does not exist (image {str(path)!r}; image_root "
+                f"{str(self.image_root)!r})",
+                place=f"{top}/ (missing folder)",
+            )
+        return BadSample(
+            f"image file {str(path)!r} does not exist (image_root {str(self.image_root)!r})",
+            place=f"{path.parent}/",
+        )
 
     def _sample(self, record: Record, load: bool) -> dict[str, Any]:
         row = self.rows[record["index"]]

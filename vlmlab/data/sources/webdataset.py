@@ -21,6 +21,10 @@ Sample layout (a sample = the members sharing a key, the member name up to the f
   LAION as img2dataset downloads them): a caption sample, the caption from `.txt` or the JSON field
   `caption_field`, the user text `instruction` ("Describe the image." by default).
 - `messages` (multi-turn) with image segments in user turns name their members like `segments` do.
+- interleaved documents (MINT-1T's shards; OBELICS written as shards): `<key>.json` holding aligned `texts`
+  and `images` lists (None where the other modality sits) -> a `document` sample (sources/documents.py);
+  image k is frame k of one multi-page `<key>.tiff` (MINT-1T PDF), else the member an `images` entry names,
+  else `<key>.<k>.<ext>`. `max_images` caps the images per sample.
 
 Bad data is skipped and counted (DataHealth): a sample whose JSON or schema is broken or whose image member
 is missing or not an image when read, an image that fails to decode when its batch is built, and the rest
@@ -42,6 +46,7 @@ from vlmlab.config import DataSourceConfig
 from vlmlab.data.samples import CAPTION_INSTRUCTION, check_sample, is_synthetic_record, synthetic_to_sample
 from vlmlab.data.shards import ENCODED_KEY, ShardList, ShardReadError, expand_shards, iter_shard
 from vlmlab.data.sources.base import BadSample, DataHealth, Record, Source, SourceReader, log, source_name
+from vlmlab.data.sources.documents import document_sample
 from vlmlab.errors import ConfigError
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -160,6 +165,15 @@ class WebDatasetSource(Source):
             except (KeyError, TypeError) as error:
                 raise BadSample(f"synthetic record lacks {error}") from error
         if not any(field in sample for field in ("segments", "prompt", "messages")):
+            if isinstance(sample.get("texts"), list):  # an interleaved document (MINT-1T, OBELICS-style)
+                return document_sample(
+                    key,
+                    sample["texts"],
+                    sample.get("images"),
+                    lambda value, k: self._document_image(record, value, k, load),
+                    source=self.name,
+                    max_images=self.config.max_images,
+                )
             return self._caption_sample(record, sample, load)
         # image segments may stand in `segments` or in the content lists of `messages`
         lists = [sample["segments"]] if isinstance(sample.get("segments"), list) else []
@@ -181,6 +195,42 @@ class WebDatasetSource(Source):
             return check_sample(sample)
         except ConfigError as error:
             raise BadSample(str(error)) from error
+
+    def _document_image(self, record: Record, value: Any, k: int, load: bool) -> Image.Image | None:
+        """The k-th image of an interleaved document: frame k of the document's one multi-page `<key>.tiff`
+        (MINT-1T's PDF shards), else the member the `images` entry names (`<key>.<entry>`), else
+        `<key>.<k>.<ext>` (webdataset's numbering), else `<key>.<ext>` for a document's only image."""
+        key = str(record["__key__"])
+        for suffix in ("tiff", "tif"):
+            if suffix in record:
+                try:
+                    image = Image.open(io.BytesIO(record[suffix]))
+                    frames = getattr(image, "n_frames", 1)
+                    if k >= frames:
+                        raise BadSample(
+                            f"{key}.{suffix} holds {frames} frame(s); the document needs image {k}"
+                        )
+                    if not load:
+                        return None
+                    image.seek(k)
+                    image.load()
+                    return to_rgb(image)
+                except BadSample:
+                    raise
+                except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
+                    raise BadSample(f"image {k} of {key}.{suffix} cannot be decoded ({error})") from error
+        if isinstance(value, str) and value in record:
+            return self._image(record, value, load)
+        candidates = [f"{k}.{ext}" for ext in IMAGE_EXTENSIONS]
+        if k == 0:
+            candidates += list(IMAGE_EXTENSIONS)
+        suffix = next((c for c in candidates if c in record), None)
+        if suffix is None:
+            raise BadSample(
+                f"the document's image {k} ({value!r:.60}) has no member: neither {key}.tiff nor {key}.{k}.jpg "
+                f"(or png, webp) (members: {', '.join(_members(record))})"
+            )
+        return self._image(record, suffix, load)
 
     def _caption_sample(self, record: Record, meta: dict[str, Any], load: bool) -> dict[str, Any]:
         """img2dataset's layout: `<key>.jpg` + `<key>.txt` (the caption) + `<key>.json` (metadata, which may
@@ -235,7 +285,7 @@ class WebDatasetSource(Source):
                 yield self.full_sample(record)
                 produced += 1
             except BadSample as error:
-                health.skip(self.name, self.where(record), self.key(record), "bad sample", str(error))
+                health.skip(self.name, self.place(record, error), self.key(record), "bad sample", str(error))
 
 
 def _members(record: Record) -> list[str]:
