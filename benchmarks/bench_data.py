@@ -1,9 +1,9 @@
-"""The data layer at scale: start-up and memory vs dataset size, resume cost vs step, decode throughput.
+"""The data layer at scale: start-up and memory vs dataset size, resume cost vs step, packing.
 
 Prints each figure with its goal beside it, in wall and in CPU time (benchmarks/timing.py: CPU counts this
 process and its loader workers, so it is what the work costs whatever else runs on the machine), with a
-verdict on each; not a test. Shards are generated once into
---data-dir (small JPEG + JSON samples, img2dataset-like sizes at --image-size for the throughput part).
+verdict on each; not a test. Shards are generated once into --data-dir (small JPEG + JSON samples). The
+loader's throughput per worker on photo-sized JPEGs is benchmarks/bench_loader.py.
 
     python benchmarks/bench_data.py                      # 2,000 x 500 samples (about 2.5 GB, ~2 min once)
     python benchmarks/bench_data.py --shards 200         # quicker
@@ -117,9 +117,7 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=2000)
     parser.add_argument("--per-shard", type=int, default=500)
     parser.add_argument("--resume-batch", type=int, default=100_000)
-    parser.add_argument("--image-size", type=int, default=256, help="JPEG side for the throughput part")
-    parser.add_argument("--throughput-samples", type=int, default=600)
-    parser.add_argument("--packing-batches", type=int, default=100, help="batches of the packing part (4.)")
+    parser.add_argument("--packing-batches", type=int, default=100, help="batches of the packing part (3.)")
     parser.add_argument(
         "--skip-startup",
         action="store_true",
@@ -141,7 +139,6 @@ def main() -> None:
     with timed() as took:
         small = write_shards(root / "small", 20, args.per_shard, 16, 8)
         large = write_shards(root / "large", args.shards, args.per_shard, 16, 8)
-        photos = write_shards(root / f"photos{args.image_size}", 4, 250, args.image_size, 50)
     print(f"shards ready ({took.describe()}) under {root}")
 
     if args.skip_startup:
@@ -195,39 +192,7 @@ def main() -> None:
     )
     assert stream_states(late["loader"])[0]["readers"] == reader.state_dict()["readers"]
 
-    # 3. one loader worker decoding --image-size JPEGs and encoding them for a tiny model (clip-tiny, 64 px)
-    photo_stream = TrainStream(
-        [DataSourceConfig(name="photos", kind="webdataset", path=photos)], encoder, micro_batch_size=8
-    )
-    photo_loader = train_loader(photo_stream, num_workers=1)
-    loader = iter(photo_loader)
-    next(loader)  # worker start-up
-    samples, batches = 0, 0
-    with timed(children=True) as took:  # CPU: the worker (read while it runs) and this process
-        while samples < args.throughput_samples:
-            batch = next(loader)
-            samples += int(batch["segment_ids"].max(dim=1).values.add(1).sum())
-            batches += 1
-    fill = batch["num_real_tokens"] / batch["input_ids"].numel()
-    rate, cpu_rate = took.rate(samples), took.cpu_rate(samples)
-    print(
-        f"\n3. one worker, {args.image_size} px JPEGs -> clip-tiny pixels + packed rows: {rate:.0f} samples/s "
-        f"wall, {cpu_rate:.0f} per CPU second (worker + main process); {took.describe()} for {samples} samples"
-    )
-    print(
-        f"   goal >= 150 samples/s per worker: {verdict(rate, 150)} on wall time, {verdict(cpu_rate, 150)} on CPU time"
-    )
-    sizes = []
-    for count in range(photo_loader.batches - 2, photo_loader.batches + 1):
-        buffer = io.BytesIO()
-        torch.save(photo_loader.state_after(count), buffer)
-        sizes.append(len(buffer.getvalue()) / 1e6)
-    print(
-        f"   (last batch real-token fraction {fill:.1%}; checkpointed stream state {min(sizes):.2f}-"
-        f"{max(sizes):.2f} MB over the last 3 batches: the packer's pending records with their JPEG bytes)"
-    )
-
-    # 4. packing on the stage-2-like synthetic mix
+    # 3. packing on the stage-2-like synthetic mix
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_packing import sources as stage2_mix
 
@@ -235,7 +200,7 @@ def main() -> None:
     batches = list(itertools.islice(train_loader(mix), args.packing_batches))
     fraction = sum(b["num_real_tokens"] for b in batches) / sum(b["input_ids"].numel() for b in batches)
     print(
-        f"\n4. packing, stage-2-like mix, {args.packing_batches} batches x 8 rows x 256: {fraction:.1%} real "
+        f"\n3. packing, stage-2-like mix, {args.packing_batches} batches x 8 rows x 256: {fraction:.1%} real "
         "tokens (goal >= 95%)"
     )
 

@@ -1,4 +1,4 @@
-"""GPU checks of issue 13: sharded training, packed attention kernels, training throughput and MFU.
+"""GPU checks (issues 13 and 27): sharded training, packed attention kernels, throughput and MFU, the loader.
 
 1. FSDP2 vs DDP, bf16, for each fusion: one SGD step from the same weights on the same global batch
    (every GPU of the machine; one process per GPU); the two weight updates (= gradients) must agree
@@ -6,11 +6,17 @@
 2. Packed attention on packed rows (several samples per row, padding), for each fusion and each attention
    implementation the machine has (sdpa, eager, flex_attention, flash_attention_2 when flash-attn is
    installed): logits of every sample in its packed row against the sample run alone (SDPA, causal).
-3. Throughput and MFU of Qwen3-0.6B + SigLIP 2 B/16 at 224 px, stage 2 (everything trained), per fusion:
-   packed rows of `--seq` tokens, bf16 autocast, AdamW, the fastest attention available. Model FLOPs from
-   vlmlab.models.describe (3 x forward: backward costs two forwards), peak FLOPs of the detected device.
+3. Throughput and MFU of Qwen3-0.6B and 1.7B (`--backbones`) + SigLIP 2 B/16 at 224 px, stage 2 (everything
+   trained), per fusion, eager and compiled (`train.compile`'s per-block torch.compile, `--compile-fusions`),
+   with the chunked loss, and the dense loss beside it once: packed rows of `--seq` tokens, bf16 autocast,
+   AdamW, the fastest attention available; tokens/s, TFLOP/s, peak memory. Model FLOPs are the runs' own
+   count (vlmlab/models/flops.py: vision tower, adapter, attention over the real packed lengths, backward of
+   what trains), the peak the runs' table (vlmlab/train/throughput.py).
    Goal: MFU >= 45 % for the Joint-Decoder (published VLM trainers report 30-45 %).
+4. The loader on the node's cores (one worker per core but one): samples/s on 256 and 384 px JPEG shards
+   with SigLIP 2's preprocessing (benchmarks/bench_loader.py), to set beside 3.'s samples/s.
 
+About 6-8 minutes on one H100 with the defaults (`--compile-fusions joint_decoder` to save about two).
 Usage: python benchmarks/gpu_check.py [--steps 20] [--seq 8192] [--micro-batch 1] [--out gpu_check.json]
        python benchmarks/gpu_check.py --dry-run   # every check on tiny models on the CPU: no figures
 Without a GPU (and without --dry-run) it says so, measures nothing and exits with status 2.
@@ -31,23 +37,15 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from vlmlab.models.describe import describe
+from vlmlab.models.flops import BatchShape, flop_model
 from vlmlab.models.vlm import build_vlm
+from vlmlab.recipes import load_recipe
+from vlmlab.train.compile import compile_blocks
+from vlmlab.train.freezing import apply_freezing
+from vlmlab.train.throughput import peak_tflops
 
 FUSIONS = ("joint_decoder", "mot", "cross_attention")
 MFU_GOAL = 0.45
-# dense bf16 tensor-core peak per GPU (vendor data sheets, SXM parts where both exist)
-PEAK_BF16_FLOPS = {
-    "B200": 2250e12,
-    "H200": 989e12,
-    "H100": 989e12,
-    "GH200": 989e12,
-    "A100": 312e12,
-    "L40S": 362e12,
-    "A10G": 125e12,
-    "L4": 121e12,
-    "4090": 165e12,
-}
 REAL = dict(backbone="qwen3-0.6b", tokenizer="siglip2-b16-224")
 TINY = dict(backbone="qwen3-tiny", tokenizer="clip-tiny")
 
@@ -228,14 +226,61 @@ def _alone(model, batch) -> list[tuple[tuple[int, int, int], torch.Tensor]]:
 
 
 # -- 3. throughput and MFU
-def peak_flops(device: torch.device) -> tuple[str, float | None]:
+def device_peak(device: torch.device) -> tuple[str, float | None]:
+    """(device name, peak bf16 FLOP/s or None): the runs' own table (vlmlab/train/throughput.py)."""
     if device.type != "cuda":
         return "cpu", None
     name = torch.cuda.get_device_name(device)
-    for key, flops in PEAK_BF16_FLOPS.items():
-        if key in name:
-            return name, flops
-    return name, None
+    peak = peak_tflops(name, "bf16-mixed", tf32=False)
+    return name, peak * 1e12 if peak else None
+
+
+def _shape(batch: dict[str, torch.Tensor], image_token_id: int) -> BatchShape:
+    """The FLOP count's batch shape, as the collator counts it (vlmlab/data/collate.py)."""
+    segments = batch["segment_ids"].cpu()
+    return BatchShape(
+        tokens=int((segments >= 0).sum()),
+        square_lengths=sum(int((torch.bincount(row[row >= 0]) ** 2).sum()) for row in segments),
+        images_per_row=tuple(
+            int(n) for n in ((batch["input_ids"].cpu() == image_token_id) & (segments >= 0)).sum(dim=1)
+        ),
+        scored=int((batch["labels"][:, 1:] != -100).sum()),
+    )
+
+
+def _measure(model, batches: list[dict], steps: int, device: torch.device) -> tuple[float, float, float]:
+    """(wall, CPU seconds per step, seconds of the warm-up steps: compilation) of `steps` AdamW steps."""
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=1e-5, fused=device.type == "cuda"
+    )
+    warm_started = time.perf_counter()
+    for step in range(steps + 3):  # 3 warm-up steps (compilation, the allocator's first blocks)
+        if step == 3:
+            _sync(device)
+            warmup = time.perf_counter() - warm_started
+            started, cpu_started = time.perf_counter(), time.process_time()
+        batch = batches[step % len(batches)]
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            loss = model(**batch, return_logits=False).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    _sync(device)
+    return (time.perf_counter() - started) / steps, (time.process_time() - cpu_started) / steps, warmup
+
+
+def throughput_cases(args: argparse.Namespace) -> list[tuple[str, str, bool, str]]:
+    """(backbone, fusion, compiled, loss) to measure: every fusion of every backbone eager and compiled with
+    the chunked loss, and the dense loss beside it for the first backbone's Joint-Decoder (eager)."""
+    backbones = ["qwen3-tiny"] if args.dry_run else args.backbones
+    cases = [
+        (backbone, fusion, compiled, "chunked")
+        for backbone in backbones
+        for fusion in FUSIONS
+        for compiled in (False, True)
+        if not compiled or fusion in args.compile_fusions
+    ]
+    return [*cases, (backbones[0], "joint_decoder", False, "dense")]
 
 
 def check_throughput(args: argparse.Namespace, device: torch.device) -> list[dict]:
@@ -244,68 +289,87 @@ def check_throughput(args: argparse.Namespace, device: torch.device) -> list[dic
     )
     seq = 256 if args.dry_run else args.seq
     sample_text = 40 if args.dry_run else 400
-    name, peak = peak_flops(device)
+    name, peak = device_peak(device)
     rows = []
-    for fusion in FUSIONS:
+    for backbone, fusion, compiled, loss_impl in throughput_cases(args):
         torch.manual_seed(0)
-        model = build_vlm(model_config(args.dry_run, fusion, implementation)).to(device).train()
-        info = describe(model, context_length=model.tokens_per_image + sample_text)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
+        config = {**model_config(args.dry_run, fusion, implementation), "backbone": backbone}
+        model = build_vlm(config).to(device).train()
+        apply_freezing(model, load_recipe("unfreeze-all"), 2)  # stage 2, everything trained
+        model.loss_impl = loss_impl
+        flops = flop_model(model, model.config)
+        if compiled:
+            compile_blocks(model)
         generator = torch.Generator().manual_seed(3)
         batches = [
             packed_rows(model, args.micro_batch, seq, sample_text, device, generator) for _ in range(4)
         ]
+        flops_per_step = sum(flops.step(_shape(b, model.image_token_id)) for b in batches) / len(batches)
+        tokens_per_step = sum(int((b["segment_ids"] >= 0).sum()) for b in batches) / len(batches)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         steps = 2 if args.dry_run else args.steps
-        for step in range(steps + 3):  # 3 warm-up steps
-            if step == 3:
-                _sync(device)
-                started, cpu_started = time.perf_counter(), time.process_time()
-            batch = batches[step % len(batches)]
-            with torch.autocast(device.type, dtype=torch.bfloat16):
-                loss = model(**batch, return_logits=False).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        _sync(device)
-        wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-        image_tokens = sum(int((b["input_ids"] == model.image_token_id).sum()) for b in batches) / len(
-            batches
-        )
-        if fusion == "cross_attention":  # one marker per image in the sequence, its tokens in the bank
-            image_tokens *= model.image_tokenizer.num_tokens
-        text_tokens = sum(
-            int((b["segment_ids"] >= 0).sum() - (b["input_ids"] == model.image_token_id).sum())
-            for b in batches
-        ) / len(batches)
-        flops_per_step = 3 * (
-            text_tokens * info["forward_flops_per_text_token"]
-            + image_tokens * info["forward_flops_per_image_token"]
-        )
-        step_time = wall / steps
+        step_time, cpu, warmup = _measure(model, batches, steps, device)
         mfu = flops_per_step / step_time / peak if peak else None
-        memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
         row = dict(
+            backbone=backbone,
             fusion=fusion,
+            compiled=compiled,
+            loss=loss_impl,
             attention=implementation,
-            tokens_per_step=int(seq * args.micro_batch),
-            tokens_per_s=seq * args.micro_batch / step_time,
+            tokens_per_s=tokens_per_step / step_time,
             step_seconds=step_time,
-            cpu_seconds_per_step=cpu / steps,
+            cpu_seconds_per_step=cpu,
+            warmup_seconds=warmup,
             model_tflops_per_step=flops_per_step / 1e12,
+            tflops_per_s=flops_per_step / step_time / 1e12,
             mfu=mfu,
-            peak_memory_gib=memory,
+            peak_memory_gib=torch.cuda.max_memory_allocated(device) / 2**30
+            if device.type == "cuda"
+            else None,
         )
         rows.append(row)
         goal = f"(goal >= {MFU_GOAL:.0%})" if fusion == "joint_decoder" else ""
+        memory = "n/a" if row["peak_memory_gib"] is None else f"{row['peak_memory_gib']:.1f} GiB"
         print(
-            f"  {fusion:<16} {row['tokens_per_s']:>10,.0f} tokens/s  step {step_time:.3f} s wall, "
-            f"{row['cpu_seconds_per_step']:.3f} s CPU  MFU {'n/a' if mfu is None else f'{mfu:.1%}'} {goal}"
+            f"  {backbone:<11} {fusion:<16} {'compiled' if compiled else 'eager':<8} {loss_impl:<7} "
+            f"{row['tokens_per_s']:>9,.0f} tokens/s  step {step_time:.3f} s wall {cpu:.3f} s CPU "
+            f"(warm-up {warmup:.0f} s)  {row['tflops_per_s']:.1f} TFLOP/s  "
+            f"MFU {'n/a' if mfu is None else f'{mfu:.1%}'} {goal}  peak memory {memory}"
         )
-        del model, optimizer, batches
+        del model, batches
         if device.type == "cuda":
             torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(device)
     print(f"  device {name}, peak bf16 {'unknown' if peak is None else f'{peak / 1e12:.0f} TFLOP/s'}")
+    return rows
+
+
+def check_loader(args: argparse.Namespace, workdir: Path) -> list[dict]:
+    """samples/s of the loader on this node's cores (benchmarks/bench_loader.py, one worker per core)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_data import write_shards
+    from bench_loader import samples_per_second
+
+    workers = 2 if args.dry_run else max(1, (os.cpu_count() or 2) - 1)
+    rows = []
+    for size in (256, 384):
+        pattern = write_shards(workdir / f"gpu_check_photos{size}", max(2, workers), 100, size, 50)
+        took, count, state = samples_per_second(
+            pattern, "clip-tiny" if args.dry_run else "siglip2-b16-224", 1024, 40 if args.dry_run else 4000,
+            num_workers=workers,
+        )  # fmt: skip
+        rows.append(
+            dict(
+                size=size,
+                workers=workers,
+                samples_per_s=took.rate(count),
+                per_worker=took.rate(count) / workers,
+            )
+        )
+        print(
+            f"  {size} px JPEG, {workers} workers: {took.rate(count):,.0f} samples/s "
+            f"({took.rate(count) / workers:,.0f} per worker; {took.describe()})"
+        )
     return rows
 
 
@@ -329,7 +393,11 @@ def main() -> int:
     parser.add_argument(
         "--dry-run", action="store_true", help="tiny models on the CPU: checks the script only"
     )
-    parser.add_argument("--only", choices=["fsdp", "attention", "throughput"], action="append")
+    parser.add_argument("--only", choices=["fsdp", "attention", "throughput", "loader"], action="append")
+    parser.add_argument("--backbones", nargs="+", default=["qwen3-0.6b", "qwen3-1.7b"])
+    parser.add_argument(
+        "--compile-fusions", nargs="*", default=list(FUSIONS), help="fusions also measured compiled"
+    )
     args = parser.parse_args()
     if not torch.cuda.is_available() and not args.dry_run:
         print(
@@ -339,8 +407,8 @@ def main() -> int:
     device = torch.device("cpu") if args.dry_run else torch.device("cuda", 0)
     wall, cpu = time.perf_counter(), time.process_time()
     workdir = Path(args.out).resolve().parent
-    report: dict = {"device": peak_flops(device)[0], "dry_run": args.dry_run, "torch": torch.__version__}
-    checks = args.only or ["fsdp", "attention", "throughput"]
+    report: dict = {"device": device_peak(device)[0], "dry_run": args.dry_run, "torch": torch.__version__}
+    checks = args.only or ["fsdp", "attention", "throughput", "loader"]
     if "fsdp" in checks:
         print("1. FSDP2 vs DDP, one bf16 step")
         report["fsdp_vs_ddp"] = check_fsdp_vs_ddp(args.dry_run, workdir)
@@ -348,8 +416,13 @@ def main() -> int:
         print("2. packed rows vs each sample alone")
         report["attention"] = check_attention(args.dry_run, device)
     if "throughput" in checks:
-        print(f"3. training throughput, {'tiny (dry run)' if args.dry_run else 'Qwen3-0.6B + SigLIP 2 B/16'}")
+        print(
+            f"3. training throughput, {'tiny (dry run)' if args.dry_run else 'Qwen3 + SigLIP 2 B/16'}, stage 2"
+        )
         report["throughput"] = check_throughput(args, device)
+    if "loader" in checks:
+        print("4. the loader on this node's cores")
+        report["loader"] = check_loader(args, workdir)
     report["seconds"] = {"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu}
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out} ({report['seconds']['wall']:.0f} s wall, {report['seconds']['cpu']:.0f} s CPU)")

@@ -520,6 +520,9 @@ class TrainConfig:
     # Every choice is exact (the same loss and gradients up to float summation order), so it is not part of
     # a run's identity and may change on resume.
     loss_impl: str = "auto"
+    # torch.compile the model's blocks (vlmlab/train/compile.py): decoder and cross-attention layers, the
+    # image tokenizer's blocks, the adapter. Exact up to float rounding, so not part of a run's identity either.
+    compile: bool = False
     # the adapters of groups a recipe trains through LoRA (`lora` in vlmlab/presets/freeze/); unused otherwise
     lora: LoraSettings = field(default_factory=LoraSettings)
 

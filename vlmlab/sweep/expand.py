@@ -73,6 +73,7 @@ EXECUTION_KEYS = (
     "model.attn_implementation",
     "data.num_workers",
     "train.loss_impl",  # every implementation is exact (vlmlab/models/loss.py)
+    "train.compile",  # the same model, compiled (vlmlab/train/compile.py)
 )
 # keys that came after runs were hashed, with their defaults (identity_view)
 _LATER_KEYS = {

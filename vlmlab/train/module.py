@@ -50,8 +50,17 @@ class VLMModule(L.LightningModule):
         self.throughput = Throughput(*this_device(config.train.precision))
 
     def configure_model(self) -> None:
+        if getattr(self, "_configured", False):  # Lightning may call the hook again (fit after validate)
+            return
+        self._configured = True
+        if self.config.train.compile:  # before FSDP wraps the blocks (torchtitan's order)
+            from vlmlab.train.compile import compile_blocks
+
+            units = compile_blocks(self.model)
+            if self.global_rank == 0:
+                progress.info("compile: %d blocks (torch.compile, per block)", len(units))
         mesh = self.device_mesh  # set by ModelParallelStrategy (train.strategy: fsdp) only
-        if mesh is None or getattr(self, "_sharded_units", None):
+        if mesh is None:
             return
         from vlmlab.train.sharding import shard_model, shard_open_weight
 

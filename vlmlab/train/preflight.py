@@ -26,7 +26,7 @@ from vlmlab.models.loss import resolve_loss_impl
 from vlmlab.recipes import list_recipes, load_recipe
 
 # keys that change how a run executes or logs, not what it computes: they may differ on a re-run
-EXECUTION_KEYS = ("train.log_every_n_steps", "train.accelerator", "train.loss_impl")
+EXECUTION_KEYS = ("train.log_every_n_steps", "train.accelerator", "train.loss_impl", "train.compile")
 
 
 def _positive(name: str, value: Any, allow_none: bool = False) -> None:
@@ -93,6 +93,13 @@ def validate(config: ExperimentConfig) -> int:
         )
     _check_attention_kernel(config.model.attn_implementation)
     resolve_loss_impl(config.train.loss_impl, train_device(config))  # liger without CUDA: one line
+    if not isinstance(train.compile, bool):
+        raise ConfigError(f"train.compile must be true or false, got {train.compile!r}.")
+    if train.compile and train.method != "sft":
+        raise ConfigError(
+            f"train.compile=true compiles the sft training step; train.method={train.method!r} runs TRL's own "
+            "loop (use its settings): set train.compile=false."
+        )
     for key in ("backbone_weights", "tokenizer_weights"):
         value = getattr(config.model, key)
         if value and _looks_like_path(value) and not Path(value).expanduser().exists():

@@ -360,6 +360,7 @@ def _fit_and_export(
             "train_seconds": round(time.time() - started, 1),
             "steps": trainer.global_step,
             "throughput": module.throughput.summary(),  # medians per device: tokens/s, TFLOP/s, MFU
+            **({"compile": _compile_summary()} if config.train.compile else {}),
         },
         checkpoint=str((out / "best") if best["step"] is not None else final),
         best={"step": best["step"], "metrics": best["metrics"]} if config.train.select_best else None,
@@ -377,6 +378,16 @@ def _fit_and_export(
                 path.unlink(missing_ok=True)
             shutil.rmtree(last_ckpt.parent / "data_state", ignore_errors=True)
     return record
+
+
+def _compile_summary() -> dict[str, Any]:
+    """What torch.compile did in this process: graph breaks (each one warned about), graphs, frames."""
+    from vlmlab.train.compile import compile_counters
+
+    counters = compile_counters()
+    for reason, count in counters["graph_break_reasons"].items():
+        log.warning("compile: graph break (%d x): %s", count, reason)
+    return counters
 
 
 __all__ = ["train", "build_model"]
