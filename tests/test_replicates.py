@@ -1,0 +1,95 @@
+"""Replicates and paired tests (vlmlab.scoring.replicates) against values computed by hand."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from vlmlab.scoring.intervals import wilson
+from vlmlab.scoring.replicates import paired_comparison, seed_interval
+
+T_975_2DF = 4.302652729911275  # Student t, 97.5 % quantile, 2 degrees of freedom (any printed table: 4.303)
+
+
+def test_the_seed_interval_is_the_t_interval_by_hand() -> None:
+    # 0.40, 0.44, 0.48: mean 0.44, s = 0.04, half = 4.3027 * 0.04 / sqrt(3) = 0.099366
+    mean, (low, high) = seed_interval([0.40, 0.44, 0.48])
+    assert mean == pytest.approx(0.44)
+    half = T_975_2DF * 0.04 / math.sqrt(3)
+    assert (low, high) == pytest.approx((0.44 - half, 0.44 + half))
+    assert half == pytest.approx(0.099366, abs=1e-6)
+
+
+def test_disagreeing_seeds_give_a_wide_interval_and_agreeing_ones_keep_the_items_uncertainty() -> None:
+    # 20 %, 50 %, 80 %: s = 0.3, half = 4.3027 * 0.3 / sqrt(3) = 0.745 -> the whole of [0, 1]
+    mean, (low, high) = seed_interval([0.2, 0.5, 0.8], n=64)
+    assert mean == pytest.approx(0.5) and (low, high) == (0.0, 1.0)
+    # three seeds that agree exactly: no run-to-run spread, but 64 items are still a sample
+    mean, interval = seed_interval([0.5, 0.5, 0.5], n=64)
+    assert interval == pytest.approx(wilson(32, 64))
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        seed_interval([0.5])
+
+
+def _sign_flip_p_value(differences: list[int]) -> float:
+    """Two-sided exact permutation p-value by enumerating every sign flip (the test's own truth)."""
+    observed = abs(sum(differences))
+    flips = list(itertools.product((1, -1), repeat=len(differences)))
+    extreme = sum(abs(sum(s * d for s, d in zip(signs, differences))) >= observed for signs in flips)
+    return extreme / len(flips)
+
+
+def test_the_paired_test_gives_the_exact_permutation_p_value() -> None:
+    a = [1, 1, 1, 1, 0, 1]
+    b = [0, 0, 1, 0, 1, 0]
+    # differences 1, 1, 0, 1, -1, 1: five non-zero signs sum to 3; |sum| >= 3 when 0, 1, 4 or 5 of them are
+    # +1: C(5,0) + C(5,1) + C(5,4) + C(5,5) = 12 of 32 flips (the zero doubles both counts) -> 0.375
+    result = paired_comparison(a, b)
+    assert result.exact and result.n == 6 and result.seeds == (1, 1)
+    assert result.p_value == pytest.approx(0.375)
+    assert result.p_value == pytest.approx(_sign_flip_p_value([x - y for x, y in zip(a, b)]))
+    assert result.difference == pytest.approx(0.5)
+    assert not result.holds  # p = 0.375
+
+
+def test_the_paired_test_with_seeds_averages_each_item_over_seeds() -> None:
+    a = [[1, 1, 0, 1, 1, 1, 0, 1], [1, 0, 1, 1, 1, 1, 1, 1]]
+    b = [[0, 1, 0, 0, 1, 0, 0, 0], [0, 0, 0, 1, 0, 0, 1, 0]]
+    per_item = [(x1 + x2) / 2 - (y1 + y2) / 2 for x1, x2, y1, y2 in zip(*a, *b)]
+    # per item: 1, 0, 0.5, 0.5, 0.5, 1, 0, 1 -> enumerate the 2^8 swaps of A's and B's item means
+    observed = abs(sum(per_item))
+    extreme = sum(
+        abs(sum(s * d for s, d in zip(signs, per_item))) >= observed - 1e-12
+        for signs in itertools.product((1, -1), repeat=8)
+    )
+    result = paired_comparison(a, b)
+    assert result.p_value == pytest.approx(extreme / 256)
+    assert result.per_seed == pytest.approx((6 / 8 - 2 / 8, 7 / 8 - 2 / 8))
+    assert result.seeds == (2, 2) and result.across_seeds
+
+
+def test_identical_answers_differ_by_nothing() -> None:
+    answers = [[1, 0, 1, 1, 0, 0, 1, 0, 1, 1]] * 3
+    result = paired_comparison(answers, answers)
+    assert result.difference == 0.0 and result.ci == (0.0, 0.0) and result.p_value == 1.0
+    assert not result.holds and not result.across_seeds
+
+
+def test_an_effect_of_one_lucky_seed_does_not_hold_across_seeds() -> None:
+    rng = np.random.default_rng(0)
+    base = (rng.random((3, 200)) < 0.3).astype(float)
+    lucky = base.copy()
+    lucky[0] = (rng.random(200) < 0.9).astype(float)  # one seed's break-through
+    result = paired_comparison(lucky, base)
+    assert result.p_value < 0.05  # over items, the seed-averaged answers differ...
+    assert not result.across_seeds and not result.holds  # ...but two of three seeds show nothing
+    steady = np.stack([(rng.random(200) < 0.6).astype(float) for _ in range(3)])
+    assert paired_comparison(steady, base).holds
+
+
+def test_mismatched_items_are_refused() -> None:
+    with pytest.raises(ValueError, match="same items"):
+        paired_comparison([1, 0, 1], [1, 0])
