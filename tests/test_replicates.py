@@ -93,3 +93,58 @@ def test_an_effect_of_one_lucky_seed_does_not_hold_across_seeds() -> None:
 def test_mismatched_items_are_refused() -> None:
     with pytest.raises(ValueError, match="same items"):
         paired_comparison([1, 0, 1], [1, 0])
+
+
+# ------------------------------------------------------------------------------ replicates in the tables
+
+
+def _seed_record(seed: int | None, correct: int, fusion: str = "joint_decoder", n: int = 64) -> dict:
+    from vlmlab.runs.record import make_record
+
+    train: dict = {"freeze": "all-frozen", "output_dir": f"/runs/{fusion}-{seed}"}
+    if seed is not None:
+        train["seed"] = seed
+    config = {"model": {"tokenizer": {"name": "clip"}, "fusion": fusion}, "train": train}
+    metric = {"score": correct / n, "n": n, "ci": list(wilson(correct, n)), "correct": correct}
+    return make_record(f"{fusion}-{seed}", config, {"vqav2": metric}, stage=2)
+
+
+def _vqav2_cell(records: list[dict]) -> str:
+    from vlmlab.reports.layouts import design_table
+
+    table = design_table(records, ["model.fusion"], benchmarks=["vqav2"], averages_only=False)
+    markdown = table.to_markdown()
+    row = next(line for line in markdown.splitlines() if line.startswith("| Joint-Decoder"))
+    return row.split("|")[2].strip()
+
+
+def test_three_seeds_read_as_their_mean_with_the_interval_across_them() -> None:
+    # 20 %, 50 %, 80 % of 64 items (13, 32, 51 correct: 20.3, 50.0, 79.7 %)
+    cell = _vqav2_cell([_seed_record(0, 13), _seed_record(1, 32), _seed_record(2, 51)])
+    value, interval, seeds = cell.replace("**", "").partition(" [")[0], cell.split("[")[1].split("]")[0], cell
+    assert value == "50.0" and seeds.endswith("(3 seeds)")
+    low, high = (float(x) for x in interval.split(", "))
+    assert high - low >= 30
+    # by hand: s = sqrt(((13-32)^2 + (51-32)^2) / 2) / 64 = 0.296875; t = 4.3027; half = 0.7375 -> [0, 100]
+    assert (low, high) == (0.0, 100.0)
+
+
+def test_one_run_keeps_its_wilson_interval_and_says_nothing_of_seeds() -> None:
+    low, high = wilson(32, 64)
+    assert _vqav2_cell([_seed_record(0, 32)]) == f"50.0 [{100 * low:.1f}, {100 * high:.1f}]"
+    # records without a seed (hand-made, older tools) are never merged: pooled as before
+    pooled = _vqav2_cell([_seed_record(None, 13), _seed_record(None, 51)])
+    assert "seeds" not in pooled and pooled.startswith("50.0 [")
+
+
+def test_only_records_differing_in_the_seed_alone_are_replicates() -> None:
+    from vlmlab.reports.replicates import merge_replicates
+
+    records = [_seed_record(0, 13), _seed_record(1, 51), _seed_record(0, 20, "mot")]
+    merged = merge_replicates(records)
+    assert len(merged) == 2
+    point = next(r for r in merged if r["config"]["model"]["fusion"] == "joint_decoder")
+    assert point["replicates"] == ["joint_decoder-0", "joint_decoder-1"]
+    assert point["metrics"]["vqav2"]["seeds"] == 2
+    assert point["metrics"]["vqav2"]["score"] == pytest.approx(32 / 64)
+    assert next(r for r in merged if r["config"]["model"]["fusion"] == "mot") == records[2]
