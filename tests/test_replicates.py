@@ -148,3 +148,84 @@ def test_only_records_differing_in_the_seed_alone_are_replicates() -> None:
     assert point["metrics"]["vqav2"]["seeds"] == 2
     assert point["metrics"]["vqav2"]["score"] == pytest.approx(32 / 64)
     assert next(r for r in merged if r["config"]["model"]["fusion"] == "mot") == records[2]
+
+
+# ------------------------------------------------------------------------------------ --compare
+
+
+def _scored_record(fusion: str, seed: int, outcomes: list[int]) -> dict:
+    from vlmlab.runs.record import make_record
+
+    n, correct = len(outcomes), sum(outcomes)
+    cell = {"score": correct / n, "n": n, "ci": list(wilson(correct, n)), "correct": correct}
+    cell.update(outcomes=outcomes, items="same-items")
+    config = {
+        "model": {"tokenizer": "clip-tiny", "fusion": fusion, "backbone": "qwen3-tiny"},
+        "train": {"freeze": "unfreeze-lm", "seed": seed, "output_dir": f"/runs/{fusion}/{seed}"},
+    }
+    metrics = {"spatialmap": {"vqa": {"ind": cell}}}
+    return make_record(
+        f"{fusion}-{seed}", config, metrics, stage=2, chance={"spatialmap": {"vqa": {"ind": 0.25}}}
+    )
+
+
+def _results(tmp_path, records: list[dict], *extra: str, capsys) -> tuple[int, str, str]:
+    from vlmlab.cli import main
+    from vlmlab.runs.record import write_record
+
+    for record in records:
+        write_record(record, tmp_path / "runs")
+    code = main(["results", str(tmp_path / "runs"), "--layout", "transfer", "--no-plot", *extra])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+JD = [[1, 1, 0, 1, 1, 1, 0, 1], [1, 0, 1, 1, 1, 1, 1, 1]]
+MOT = [[0, 1, 0, 0, 1, 0, 0, 0], [0, 0, 0, 1, 0, 0, 1, 0]]
+
+
+def test_compare_prints_the_paired_test_over_samples_and_seeds(tmp_path, capsys) -> None:
+    records = [_scored_record("joint_decoder", s, JD[s]) for s in (0, 1)]
+    records += [_scored_record("mot", s, MOT[s]) for s in (0, 1)]
+    code, out, _ = _results(tmp_path, records, "--compare", "model.fusion=joint_decoder,mot", capsys=capsys)
+    assert code == 0
+    line = next(x for x in out.splitlines() if x.strip().startswith("spatialmap.vqa.ind"))
+    # per item over the two seeds: JD - MoT = 1, 0, .5, .5, .5, 1, 0, 1 -> mean 0.5625; its exact p-value
+    # by enumerating the 2^8 swaps (test_the_paired_test_with_seeds_averages_each_item_over_seeds)
+    per_item = [(a1 + a2 - b1 - b2) / 2 for a1, a2, b1, b2 in zip(*JD, *MOT)]
+    observed = abs(sum(per_item))
+    extreme = sum(
+        abs(sum(s * d for s, d in zip(signs, per_item))) >= observed - 1e-12
+        for signs in itertools.product((1, -1), repeat=8)
+    )
+    assert "Joint-Decoder - MoT = +56.2 points" in line
+    assert f"p = {extreme / 256:.4f} (exact paired permutation over 8 items), 2 seeds" in line
+    assert "per seed +50.0 / +62.5" in line
+    assert (tmp_path / "runs" / "report" / "compare.md").exists()
+    # the table reads the two seeds as one design point each
+    assert "(2 seeds)" in out
+
+
+def test_compare_of_identical_answers_shows_no_difference(tmp_path, capsys) -> None:
+    records = [_scored_record("joint_decoder", 0, JD[0]), _scored_record("mot", 0, JD[0])]
+    code, out, _ = _results(tmp_path, records, "--compare", "model.fusion=mot,joint_decoder", capsys=capsys)
+    assert code == 0
+    assert "MoT - Joint-Decoder = +0.0 points [+0.0, +0.0], p = 1.0000" in out
+    assert "1 seed: no effect shown" in out
+
+
+@pytest.mark.parametrize(
+    ("compare", "expected"),
+    [
+        ("model.fusoin=joint_decoder,mot", ["no record has the config key 'model.fusoin'"]),
+        ("model.fusion=joint_decoder,moe", ["model.fusion='moe'", "Valid choices: joint_decoder, mot"]),
+        ("model.fusion=mot", ["--compare expects KEY=A,B", "'model.fusion=mot'"]),
+    ],
+)
+def test_compare_names_a_bad_key_or_value_and_the_choices(tmp_path, capsys, compare, expected) -> None:
+    records = [_scored_record("joint_decoder", 0, JD[0]), _scored_record("mot", 0, MOT[0])]
+    code, out, err = _results(tmp_path, records, "--compare", compare, capsys=capsys)
+    assert code == 2 and not out
+    assert len(err.strip().splitlines()) == 1
+    for needle in expected:
+        assert needle in err, err
