@@ -229,3 +229,29 @@ def test_compare_names_a_bad_key_or_value_and_the_choices(tmp_path, capsys, comp
     assert len(err.strip().splitlines()) == 1
     for needle in expected:
         assert needle in err, err
+
+
+def test_the_figure_draws_each_seed_on_its_bar(tmp_path, monkeypatch) -> None:
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Rectangle
+
+    from vlmlab.reports import plots
+    from vlmlab.reports.layouts import design_table
+
+    drawn: list = []
+    original = plots._save
+    monkeypatch.setattr(plots, "_save", lambda figure, path: drawn.append(figure) or original(figure, path))
+    records = [_seed_record(0, 13), _seed_record(1, 32), _seed_record(2, 51), _seed_record(0, 20, "mot")]
+    table = design_table(records, ["model.fusion"], benchmarks=["vqav2"], averages_only=False)
+    plots.plot_design(table, tmp_path / "design.png", metrics=["vqav2"])
+    artists = {a.get_gid(): a for ax in drawn[-1].axes for a in ax.get_children() if a.get_gid()}
+    row = next(i for i in range(len(table.values)) if table.row_labels[i] == ("Joint-Decoder",))
+    bar, points = artists[f"{row}|vqav2"], artists[f"{row}|vqav2|seeds"]
+    assert isinstance(bar, Rectangle) and bar.get_height() == pytest.approx(50.0)
+    # the three seeds as they were scored (13, 32, 51 of 64), on the bar's x
+    assert isinstance(points, Line2D)
+    assert sorted(points.get_ydata()) == pytest.approx([100 * 13 / 64, 50.0, 100 * 51 / 64])
+    assert list(points.get_xdata()) == pytest.approx([bar.get_x() + bar.get_width() / 2] * 3)
+    # a single run (MoT, one seed) is a bar with its interval and no seed points
+    other = next(i for i in range(len(table.values)) if i != row and table.kind.iloc[i] == "data")
+    assert f"{other}|vqav2" in artists and f"{other}|vqav2|seeds" not in artists

@@ -406,6 +406,21 @@ def test_seeds_train_every_design_point_once_per_seed_and_keep_seed_0_ids(tmp_pa
     ).runs.keys() == (dag.runs.keys())
 
 
+def test_the_dry_run_lists_each_design_points_seeds(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = write(tmp_path / "seeds.yaml", "extends: quickstart\nseeds: [0, 1, 2]\n")
+    code, out, _ = cli(str(path), "--dry-run", capsys=capsys)
+    assert code == 0
+    assert "grid: 18 points (6 design points x 3 seeds)" in out  # 3 fusions x 2 recipes, each 3 times
+    assert "each design point trained with train.seed = 0, 1, 2" in out
+    listed = [line.split()[0] for line in out.splitlines() if line.startswith("  stage") and "/" in line]
+    # every run of seed 0 (its id as without seeds) is listed with its seed-1 and seed-2 replicates
+    plain = [r for r in listed if "_seed" not in r]
+    assert len(listed) == 3 * len(plain) == 33
+    for run in plain:
+        stem = run.rsplit("_", 1)[0]
+        assert sum(r.startswith((f"{stem}_seed1_", f"{stem}_seed2_")) for r in listed) == 2, run
+
+
 def test_cli_reports_bad_input_without_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     path = write(
         tmp_path / "bad.yaml",

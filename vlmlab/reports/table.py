@@ -137,6 +137,13 @@ class Table:
             return None
         return float(low), float(high)
 
+    def seed_scores(self, row: int, key: str) -> tuple[float, ...] | None:
+        """Each seed's score (fractions) of a cell that is a mean over seeds; None otherwise."""
+        scores = self.evidence["seed_scores"].iloc[row][key]
+        if self.kind.iloc[row] != "data" or pd.isna(self.values.iloc[row][key]):
+            return None
+        return tuple(scores) if isinstance(scores, tuple) else None
+
     def intervals(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """(low, high) of every cell, NaN where `interval` is None."""
         shown = _in_rows(self.values.notna() & self.evidence["ci_lo"].notna(), self.kind == "data")

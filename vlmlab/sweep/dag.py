@@ -163,7 +163,11 @@ class SweepDag:
             ]
             lines += _table(header, rows)
         lines.append("")
-        seeds = f" ({len(self.seeds)} seeds of each design point)" if self.seeds else ""
+        seeds = (
+            f" ({self.points // len(self.seeds)} design points x {len(self.seeds)} seeds)"
+            if self.seeds
+            else ""
+        )
         lines.append(
             f"grid: {self.points} points{seeds}, {self.excluded} excluded by the file, "
             f"{sum(self.skipped.values())} left out or cut short by the paper's rules"

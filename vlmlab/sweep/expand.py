@@ -21,9 +21,10 @@ Replicates (`seeds: [0, 1, 2]` in the sweep file) add `train.seed` as one more a
 each design point is trained once per seed. Which runs may seeds share? A run may be shared only if the seed
 cannot change what it learns, and in vlmlab the seed reaches every stage run: every stage trains at least
 the connector, which the seed initialises (`build_model` seeds torch before building), and reads its data
-in the seed's order (the stream's shuffle); a random-init tower, even a frozen one, is also drawn from it,
-and a later stage rebuilds it from its own seed (only trained weights travel in a checkpoint). A stage-1 run
-shared by seed 1's stage 2 would hand that stage a tower other than the one its connector was trained
+in the seed's order (the stream's shuffle). A random-init tower, even a frozen one, is drawn from the seed
+too, and where the language model is pretrained (`model.backbone_weights`, as in the quickstart) a
+checkpoint carries only the trained weights, so a later stage rebuilds that tower from its own seed: a
+stage-1 run shared by seed 1's stage 2 would hand it a tower other than the one its connector was trained
 against. So a replicate is a whole chain (seed s's stage 2 starts from seed s's stage 1), and what seeds
 share is what one seed shares already: within a seed, MoT starts from the Joint-Decoder stage-1 run and
 recipes with one stage-1 state share that run, exactly as without seeds. The seed is part of the hashed
