@@ -255,3 +255,27 @@ def test_the_figure_draws_each_seed_on_its_bar(tmp_path, monkeypatch) -> None:
     # a single run (MoT, one seed) is a bar with its interval and no seed points
     other = next(i for i in range(len(table.values)) if i != row and table.kind.iloc[i] == "data")
     assert f"{other}|vqav2" in artists and f"{other}|vqav2|seeds" not in artists
+
+
+def test_vlmlab_results_prints_the_seeds_cell_and_writes_their_count(tmp_path, capsys) -> None:
+    from vlmlab.cli import main
+    from vlmlab.runs.record import write_record
+
+    for seed, correct in ((0, 13), (1, 32), (2, 51)):
+        write_record(_seed_record(seed, correct), tmp_path / "runs" / f"s{seed}" / "result.json")
+    write_record(_seed_record(0, 32, "mot"), tmp_path / "runs" / "mot" / "result.json")
+    code = main(["results", str(tmp_path / "runs"), "--group-by", "model.fusion", "--no-plot"])
+    out = capsys.readouterr().out
+    assert code == 0
+    lines = out.replace("**", "").splitlines()  # (bold: the best of a column, here a tie)
+    row = next(line for line in lines if line.startswith("| Joint-Decoder"))
+    assert "| 50.0 [0.0, 100.0] (3 seeds) |" in row
+    low, high = wilson(32, 64)  # the single MoT run: its own Wilson interval, no seeds
+    mot = next(line for line in lines if line.startswith("| MoT"))
+    assert f"50.0 [{100 * low:.1f}, {100 * high:.1f}] |" in mot and "seed" not in mot
+    (csv,) = (tmp_path / "runs" / "report").glob("*.csv")
+    lines = csv.read_text().splitlines()
+    header = lines[0].split(",")
+    seeds = header.index(next(h for h in header if h.endswith("_seeds")))
+    counts = {line.split(",")[0]: line.split(",")[seeds] for line in lines[1:]}
+    assert counts == {"Joint-Decoder": "3", "MoT": ""}
