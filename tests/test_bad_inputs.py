@@ -47,6 +47,14 @@ def finished_run(tmp: Path) -> None:
     write(tmp / "run" / "result.json", json.dumps(record))
 
 
+def two_fusions(tmp: Path) -> None:
+    """Finished Joint-Decoder and MoT runs whose records carry scores only (no per-sample outcomes)."""
+    finished_run(tmp)
+    record = json.loads((tmp / "run" / "result.json").read_text())
+    record["run_id"], record["config"]["model"]["fusion"] = "mot", "mot"
+    write(tmp / "mot" / "result.json", json.dumps(record))
+
+
 def resumable_run(tmp: Path) -> None:
     from vlmlab.config import ExperimentConfig, load_config, to_dict
 
@@ -199,6 +207,14 @@ CASES = [
     ("folder-in-use", lambda t: ["train", str(locked_run(t))], "is in use by another vlmlab train (pid"),
     ("sweep-yaml", lambda t: ["sweep", str(write(t / "s.yaml", "name: [x\n")), "--dry-run"], "s.yaml' is not valid YAML"),
     ("sweep-missing", lambda t: ["sweep", str(t / "none.yaml"), "--dry-run"], "none.yaml"),
+    ("sweep-seeds-negative", lambda t: ["sweep", str(write(t / "s.yaml", "extends: quickstart\nseeds: -1\n")), "--dry-run"], "Invalid `seeds: -1`; valid: a count of at least 1"),
+    ("sweep-seeds-text", lambda t: ["sweep", str(write(t / "s.yaml", "extends: quickstart\nseeds: [0, one]\n")), "--dry-run"], "Invalid seed 'one' in `seeds: [0, 'one']`"),
+    ("sweep-seeds-twice", lambda t: ["sweep", str(write(t / "s.yaml", "extends: quickstart\nseeds: [2, 2]\n")), "--dry-run"], "`seeds: [2, 2]` lists a seed twice"),
+    ("sweep-seeds-and-axis", lambda t: ["sweep", str(write(t / "s.yaml", "extends: quickstart\nseeds: 2\naxes: {train.seed: [0, 1]}\n")), "--dry-run"], "`seeds` and an axis on train.seed"),
+    ("results-compare-form", lambda t: (finished_run(t), ["results", str(t / "run"), "--compare", "model.fusion"])[-1], "--compare expects KEY=A,B (a config key and two of its values), got 'model.fusion'"),
+    ("results-compare-value", lambda t: (finished_run(t), ["results", str(t / "run"), "--compare", "model.fusion=joint_decoder,moe"])[-1], "no record has model.fusion='moe'. Valid choices: joint_decoder."),
+    ("results-compare-key", lambda t: (finished_run(t), ["results", str(t / "run"), "--compare", "model.fusoin=a,b"])[-1], "no record has the config key 'model.fusoin'"),
+    ("results-compare-no-outcomes", lambda t: (two_fusions(t), ["results", str(t), "--compare", "model.fusion=joint_decoder,mot"])[-1], "no design point has both with per-item outcomes"),
     ("results-output-under-a-file", lambda t: (finished_run(t), ["results", str(t / "run"), "--out", f"{write(t / 'g', 'x')}/out"])[-1], "g/out"),
     ("ckpt-not-lightning", lambda t: (resumable_run(t), ["train", str(t / "exp.yaml")])[-1], "not a training checkpoint"),
     ("synth-output-under-a-file", lambda t: ["data", "synth", "grid", "--num", "2", "--quiet", "--out", f"{write(t / 'h', 'x')}/o"], "h/o"),

@@ -344,6 +344,14 @@ def test_written_configs_load_and_point_at_parents(tmp_path: Path) -> None:
             {"extra": "  2: {config: {data: {train: [{task: '${vars.task}'}]}}}"},
             ["vars.task", "sweep variables"],
         ),
+        ({"top": "seeds: -1"}, ["seeds: -1", "a count of at least 1", "distinct non-negative integers"]),
+        ({"top": "seeds: [0, 1, 1]"}, ["[0, 1, 1]", "lists a seed twice"]),
+        ({"top": "seeds: [0, x]"}, ["seed 'x'", "distinct non-negative integers"]),
+        ({"top": "seeds: true"}, ["seeds: True", "a count of at least 1"]),
+        (
+            {"top": "seeds: 2", "axes": "{train.seed: [0, 1]}"},
+            ["`seeds` and an axis on train.seed", "keep `seeds` for replicates"],
+        ),
     ],
 )
 def test_bad_sweep_files_name_value_and_choices(tmp_path: Path, edit: dict, expected: list[str]) -> None:
@@ -365,6 +373,52 @@ def test_bad_sweep_files_name_value_and_choices(tmp_path: Path, edit: dict, expe
         expand(load_sweep(path))
     for needle in expected:
         assert needle in str(error.value), (needle, str(error.value))
+
+
+def test_seeds_train_every_design_point_once_per_seed_and_keep_seed_0_ids(tmp_path: Path) -> None:
+    path = write(tmp_path / "seeds.yaml", "extends: quickstart\nseeds: [0, 1, 2]\n")
+    replicated, single = dry_run_json(str(path)), dry_run_json("quickstart")
+    assert replicated["grid"]["seeds"] == [0, 1, 2] and "seeds" not in single["grid"]
+    by_stage = {stage: 3 * count for stage, count in single["counts"]["by_stage"].items()}
+    assert replicated["counts"]["by_stage"] == by_stage
+
+    # three runs per design point and stage, whose configs differ only in train.seed (and their folders)
+    dag = expand(load_sweep(path))
+    points: dict[tuple, list] = {}
+    for run in dag:
+        config = json.loads(json.dumps(run.config))
+        seed = config["train"].pop("seed")
+        for key in ("output_dir", "init_from"):
+            config["train"].pop(key)
+        points.setdefault((run.stage, json.dumps(config, sort_keys=True)), []).append((seed, run))
+    assert len(points) == sum(single["counts"]["by_stage"].values())
+    for replicates in points.values():
+        assert sorted(seed for seed, _ in replicates) == [0, 1, 2]
+        for seed, run in replicates:  # a replicate is a whole chain: its parent has its seed
+            assert run.labels["train.seed"] == seed
+            assert all(dag.runs[p].config["train"]["seed"] == seed for p in run.parents)
+            assert (f"_seed{seed}_" in run.id) == (seed != 0)
+    # seed 0 keeps the ids of the sweep without seeds: finished runs are reused when seeds are added
+    single_ids = {run["id"] for run in single["runs"]}
+    assert {run["id"] for run in replicated["runs"] if run["labels"]["train.seed"] == 0} == single_ids
+    assert expand(
+        load_sweep(write(tmp_path / "count.yaml", "extends: quickstart\nseeds: 3\n"))
+    ).runs.keys() == (dag.runs.keys())
+
+
+def test_the_dry_run_lists_each_design_points_seeds(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = write(tmp_path / "seeds.yaml", "extends: quickstart\nseeds: [0, 1, 2]\n")
+    code, out, _ = cli(str(path), "--dry-run", capsys=capsys)
+    assert code == 0
+    assert "grid: 18 points (6 design points x 3 seeds)" in out  # 3 fusions x 2 recipes, each 3 times
+    assert "each design point trained with train.seed = 0, 1, 2" in out
+    listed = [line.split()[0] for line in out.splitlines() if line.startswith("  stage") and "/" in line]
+    # every run of seed 0 (its id as without seeds) is listed with its seed-1 and seed-2 replicates
+    plain = [r for r in listed if "_seed" not in r]
+    assert len(listed) == 3 * len(plain) == 33
+    for run in plain:
+        stem = run.rsplit("_", 1)[0]
+        assert sum(r.startswith((f"{stem}_seed1_", f"{stem}_seed2_")) for r in listed) == 2, run
 
 
 def test_cli_reports_bad_input_without_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

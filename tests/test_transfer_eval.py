@@ -72,6 +72,10 @@ def test_oracle_answers_score_one_and_chance_is_one_over_options(stage_runs, mon
                 # 6/6 correct: Wilson, z^2/n = 0.6403: centre 1.3201 / 1.6403 = 0.8048, half 0.1952
                 assert cell["score"] == 1.0 and cell["n"] == 6 and cell["correct"] == 6
                 assert cell["ci"] == pytest.approx([0.6097, 1.0], abs=1e-3)
+                # per-sample outcomes for paired tests, and which samples they are (the same in every
+                # record of this split, whatever the model)
+                assert cell["outcomes"] == [1] * 6 and len(cell["items"]) == 16
+            assert record["metrics"][task][modality]["ind"]["items"] != cell["items"]
     # Ring: 8 objects in distribution, 12 out of distribution -> 1/8 and 1/12 (Appendix C)
     assert record["chance"]["ring"]["tqa"] == pytest.approx({"ind": 1 / 8, "ood": 1 / 12})
     # Grid: 3x3 grid -> 9 options; 4x4 OOD -> 16

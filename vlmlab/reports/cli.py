@@ -14,6 +14,13 @@ Examples:
     vlmlab results runs/idefics2_connector --layout idefics2_connector   # Idefics2's connectors (3.3)
     vlmlab results runs/prismatic_fused --layout encoders        # Prismatic's fused towers vs each alone
     vlmlab results runs/idefics2_lora --layout idefics2_lora   # Idefics2's frozen / LoRA / full LM (3.2)
+    vlmlab results runs/quickstart --layout transfer --compare model.fusion=joint_decoder,mot
+
+--compare KEY=A,B runs a paired test between the design points that differ only in KEY (A vs B), on every
+metric both scored on the same samples with per-sample outcomes: the difference in points with its 95 %
+interval (bootstrap over samples and seeds), the permutation p-value over samples, the number of seeds, and
+whether the effect holds across seeds (vlmlab.scoring.replicates). Runs that differ only in train.seed are
+replicates: every table cell is their mean with the interval across seeds, marked "(k seeds)".
 
 The open_weight layout reads records whose config names config.model.open_weight (train.method eval = the
 base model, sft, grpo = RL) and writes open_weight_sft_vqa (Table 8), open_weight_sft_tqa (Table 9) and
@@ -61,6 +68,30 @@ def _parse_where(items: list[str]) -> dict[str, list[str]]:
             raise ConfigError(f"--where expects KEY=VALUE[,VALUE...], got {item!r}.")
         where.setdefault(key.strip(), []).extend(_split_list(values))
     return where
+
+
+def _parse_compare(text: str) -> tuple[str, str, str]:
+    key, sep, values = text.partition("=")
+    parts = _split_list(values)
+    if not sep or not key.strip() or len(parts) != 2 or parts[0] == parts[1]:
+        raise ConfigError(
+            f"--compare expects KEY=A,B (a config key and two of its values), got {text!r}; "
+            "e.g. --compare model.fusion=joint_decoder,mot."
+        )
+    return key.strip(), parts[0], parts[1]
+
+
+def _where_records(records: list[dict], where: dict[str, list[str]]) -> list[dict]:
+    from vlmlab.reports.frame import filter_frame, records_frame
+
+    if not where:
+        return records
+    # the tables' own filter, applied to the raw records (one per run) so that seeds stay apart
+    keep = []
+    for record in records:
+        if not filter_frame(records_frame([record]), where).empty:
+            keep.append(record)
+    return keep
 
 
 def _write_table(table: Table, out: Path, formats: list[str]) -> list[Path]:
@@ -115,6 +146,13 @@ def run_results(args: argparse.Namespace) -> int:
         raise ConfigError(f"No result records (JSON with run_id and metrics) under {str(args.dir)!r}.")
     group_by = _split_list(args.group_by) or list(layouts.DEFAULT_GROUP_BY[args.layout])
     where = _parse_where(args.where)
+    compare = _parse_compare(args.compare) if args.compare else None
+    compared: list[str] = []
+    if compare is not None:  # before any table: a bad key or value fails at once
+        from vlmlab.reports import replicates
+
+        found = replicates.compare(_where_records(records, where), *compare)
+        compared = [replicates.format_comparison(item) for item in found]
     out = Path(args.out) if args.out else Path(args.dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
 
@@ -238,6 +276,18 @@ def run_results(args: argparse.Namespace) -> int:
     written = [path for table in tables for path in _write_table(table, out, formats)]
     for table in tables:
         print(table.to_markdown())
+    if compare is not None:
+        path = out / "compare.md"
+        atomic_write_text(
+            path,
+            f"**Paired comparison: {compare[0]} = {compare[1]} vs {compare[2]}**\n\n"
+            + "\n".join(f"- {x}" for x in compared)
+            + "\n",
+        )
+        written.append(path)
+        print(f"Paired comparison, {compare[0]} = {compare[1]} vs {compare[2]} (difference A - B):")
+        for line in compared:
+            print(f"  {line}")
     for path in [*written, *figures]:
         print(f"wrote {path}", file=sys.stderr)
     return 0
@@ -296,4 +346,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         help="do not add empty rows for combinations of the row keys that have no run",
     )
     parser.add_argument("--no-plot", action="store_true", help="write tables only")
+    parser.add_argument(
+        "--compare",
+        metavar="KEY=A,B",
+        default=None,
+        help="paired test of KEY=A against KEY=B, every other setting equal: difference, interval, p-value, "
+        "seeds (needs per-sample outcomes, which `vlmlab eval` stores)",
+    )
     parser.set_defaults(func=run_results)

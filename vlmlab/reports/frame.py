@@ -3,8 +3,10 @@
 `records_frame` flattens the records once with `pandas.json_normalize`: one row per record, the record's
 `run_id` / `stage` / `config_hash`, its config as dotted columns `config.<path>` (list items by position,
 so `config.data.train.0.mode`), and per metric name (as `flatten_metrics` names them) the columns
-`score.<name>`, its evidence `n.<name>`, `correct.<name>`, `ci_lo.<name>`, `ci_hi.<name>`, and the
-record's `chance.<name>` and `baseline.<name>.<kind>`. Every layout filters, groups and pivots that frame.
+`score.<name>`, its evidence `n.<name>`, `correct.<name>`, `ci_lo.<name>`, `ci_hi.<name>`, `seeds.<name>`
+and `seed_scores.<name>` (replicates: how many, and each seed's score as a tuple), and the record's `chance.<name>` and `baseline.<name>.<kind>`. Every layout filters, groups
+and pivots that frame. Records that are seeds of one design point are merged first
+(vlmlab.reports.replicates): one row, the mean over seeds, the interval across them.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from vlmlab.runs.record import flatten_metrics
 from vlmlab.scoring.intervals import wilson
 
 RECORD_FIELDS = ("run_id", "stage", "config_hash")
-EVIDENCE_FIELDS = ("n", "correct", "ci_lo", "ci_hi")
+EVIDENCE_FIELDS = ("n", "correct", "ci_lo", "ci_hi", "seeds", "seed_scores")
 MISSING_LABEL = "–"
 
 
@@ -54,11 +56,24 @@ def get_dotted(mapping: Mapping[str, Any], key: str, default: Any = None) -> Any
 @dataclass(frozen=True)
 class Evidence:
     """What a record says about one score beyond its value: the number of samples `n`, the 95 % interval
-    `ci` (low, high) as fractions, and `correct`, the number of successes when the outcomes are 0/1."""
+    `ci` (low, high) as fractions, `correct`, the number of successes when the outcomes are 0/1, and
+    `seeds`, the number of replicates a merged score is the mean of (then `ci` is across them), with
+    `seed_scores`, each seed's own score (the figures draw them)."""
 
     n: int | None = None
     ci: tuple[float, float] | None = None
     correct: int | None = None
+    seeds: int | None = None
+    seed_scores: tuple[float, ...] | None = None
+
+
+def _scores(value: Any) -> tuple[float, ...] | None:
+    """A merged metric's `seed_scores`: finite numbers within [0, 1], else None (ignored)."""
+    if not isinstance(value, list | tuple) or len(value) < 2:
+        return None
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) and 0.0 <= v <= 1.0 for v in value):
+        return None
+    return tuple(float(v) for v in value)
 
 
 def _count(value: Any) -> int | None:
@@ -89,7 +104,8 @@ def metric_evidence(metrics: Mapping[str, Any]) -> dict[str, Evidence]:
                 n, correct = _count(value.get("n")), _count(value.get("correct"))
                 if correct is not None and (n is None or correct > n):
                     correct = None
-                evidence = Evidence(n, _interval(value.get("ci")), correct)
+                seeds, scores = _count(value.get("seeds")), _scores(value.get("seed_scores"))
+                evidence = Evidence(n, _interval(value.get("ci")), correct, seeds, scores)
                 if evidence != Evidence():
                     found[prefix.lower()] = evidence
                 return
@@ -124,7 +140,8 @@ def pool(evidence: pd.DataFrame) -> pd.Series:
     if sizes.isna().any() or sizes.nunique() != 1 or correct.isna().any():
         return NO_EVIDENCE
     low, high = wilson(int(correct.sum()), int(sizes.sum()))
-    return pd.Series({"n": sizes.sum(), "correct": correct.sum(), "ci_lo": low, "ci_hi": high})
+    pooled = {"n": sizes.sum(), "correct": correct.sum(), "ci_lo": low, "ci_hi": high}
+    return pd.Series({field: pooled.get(field, math.nan) for field in EVIDENCE_FIELDS})
 
 
 # ------------------------------------------------------------------------------------------- the frame
@@ -140,9 +157,12 @@ def _indexed(value: Any) -> Any:
 
 
 def records_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    """One row per record (see the module docstring); an empty frame with the record fields for none."""
+    """One row per record (see the module docstring), replicates merged; an empty frame with the record
+    fields for none."""
+    from vlmlab.reports.replicates import merge_replicates
+
     rows = []
-    for record in records:
+    for record in merge_replicates(records):
         evidence = metric_evidence(record["metrics"])
         row = {field: record.get(field) for field in RECORD_FIELDS}
         row["config"] = _indexed(record["config"])
@@ -151,6 +171,8 @@ def records_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
         row["correct"] = {name: e.correct for name, e in evidence.items() if e.correct is not None}
         row["ci_lo"] = {name: e.ci[0] for name, e in evidence.items() if e.ci is not None}
         row["ci_hi"] = {name: e.ci[1] for name, e in evidence.items() if e.ci is not None}
+        row["seeds"] = {name: e.seeds for name, e in evidence.items() if e.seeds is not None}
+        row["seed_scores"] = {name: e.seed_scores for name, e in evidence.items() if e.seed_scores}
         row["chance"] = flatten_metrics(record.get("chance") or {})
         row["baseline"] = flatten_metrics(record.get("baselines") or {})
         rows.append(row)

@@ -10,7 +10,9 @@
 * `plot_scaling`: Figure 2 -- average accuracy against backbone size, one line per tokenizer x recipe.
 
 Bars and points carry 95 % error bars wherever the table has an interval for the cell (`Table.interval`:
-the record's own, or that of the pooled samples of an averaged cell); a cell without one is drawn without.
+the record's own, that of the pooled samples of an averaged cell, or for a mean over seeds the interval
+across them); a cell without one is drawn without. A bar that is a mean over seeds also draws each seed's
+score as a hollow dot on it (gid "<row position>|<column key>|seeds"): the run-to-run spread in sight.
 Missing values are gaps: no bar (a small "n/a" marks the slot) and broken lines, never zeros. Every bar and
 "n/a" marker has the gid "<row position>|<column key>" of its table cell, so that a figure can be checked
 against its table cell for cell. Figures are drawn on `matplotlib.figure.Figure` with the Agg canvas, so
@@ -45,6 +47,9 @@ __all__ = ["plot_design", "plot_scaling", "plot_transfer"]
 # Okabe-Ito colour-blind-safe palette, then matplotlib's tab20 for long series lists.
 _PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
 _CONDITION_COLOURS = {"none": "#9E9E9E", "same": "#0072B2", "cross": "#E69F00"}
+# each seed of a bar that is a mean over seeds: hollow dots on the bar, above the error bar
+_SEED_POINTS = {"linestyle": "none", "marker": "o", "markersize": 3.2, "markerfacecolor": "white"}
+_SEED_POINTS |= {"markeredgecolor": "#222222", "markeredgewidth": 0.8, "zorder": 5}
 _ERRORBAR = {
     "fmt": "none",
     "ecolor": "#222222",
@@ -142,14 +147,17 @@ def _grouped_bars(
     annotate: bool,
     intervals: Sequence[Sequence[tuple[float, float] | None]] | None = None,
     cells: Sequence[Sequence[str]] | None = None,
+    seeds: Sequence[Sequence[tuple[float, ...] | None]] | None = None,
 ) -> None:
     """values[s][g]: bar of series s in group g; None -> an empty slot labelled n/a. intervals[s][g]: the
     bar's 95 % interval (fractions), drawn as an error bar; None -> no error bar. cells[s][g]: the gid of
-    the bar (or its n/a marker), naming the table cell it draws."""
+    the bar (or its n/a marker), naming the table cell it draws. seeds[s][g]: each seed's score where the
+    bar is a mean over seeds, drawn as points on the bar (gid "<cell>|seeds"), so the spread shows."""
     n_series = max(len(series), 1)
     width = 0.8 / n_series
     tops = [v for row in values for v in row if v is not None]
     tops += [ci[1] for row in intervals or () for ci in row if ci is not None]
+    tops += [max(points) for row in seeds or () for points in row if points]
     top = max(tops, default=0.0)
     for s, colour in enumerate(colours[: len(series)]):
         for g in range(len(groups)):
@@ -169,6 +177,12 @@ def _grouped_bars(
             if ci is not None:
                 below, above = max(0.0, value - ci[0]), max(0.0, ci[1] - value)
                 ax.errorbar([x], [100 * value], yerr=[[100 * below], [100 * above]], **_ERRORBAR)
+            points = seeds[s][g] if seeds is not None else None
+            if points:
+                ax.plot(
+                    [x] * len(points), [100 * p for p in points], gid=None if gid is None else f"{gid}|seeds",
+                    **_SEED_POINTS,
+                )  # fmt: skip
             if annotate:
                 label_y = 100 * (ci[1] if ci is not None else value) + 0.8
                 ax.text(x, label_y, f"{100 * value:.1f}", ha="center", va="bottom", fontsize=6)
@@ -205,9 +219,11 @@ def plot_design(table: Table, path: str | os.PathLike[str], *, metrics: Sequence
         values = [[None if i is None else table.value(i, metric) for i in row] for row in found]
         intervals = [[None if i is None else table.interval(i, metric) for i in row] for row in found]
         cells = [[f"{i}|{metric}" for i in row] for row in found]
+        seeds = [[None if i is None else table.seed_scores(i, metric) for i in row] for row in found]
         _grouped_bars(
-            ax, groups, series, values, colours, annotate=n_bars <= 24, intervals=intervals, cells=cells
-        )
+            ax, groups, series, values, colours, annotate=n_bars <= 24, intervals=intervals, cells=cells,
+            seeds=seeds,
+        )  # fmt: skip
         _style_axes(ax)
         label = AVERAGE_LABELS.get(metric) or table.column(metric).label
         ax.set_title(label.replace("Avg ", "Average "), loc="left", fontweight="bold")
@@ -255,6 +271,7 @@ def plot_transfer(table: Table, path: str | os.PathLike[str]) -> Path:
             values = [[table.value(i, key) for i in data_rows] for key in keys]
             intervals = [[table.interval(i, key) for i in data_rows] for key in keys]
             cells = [[f"{i}|{key}" for i in data_rows] for key in keys]
+            seeds = [[table.seed_scores(i, key) for i in data_rows] for key in keys]
             _grouped_bars(
                 ax,
                 groups,
@@ -264,6 +281,7 @@ def plot_transfer(table: Table, path: str | os.PathLike[str]) -> Path:
                 annotate=False,
                 intervals=intervals,
                 cells=cells,
+                seeds=seeds,
             )
             ax.set_ylim(0, 105)
             chance = table.value(chance_row, f"{task}|{split}|none") if chance_row is not None else None

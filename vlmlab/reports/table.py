@@ -25,6 +25,11 @@ INTERVAL_NOTE = (
     "a cell averaging several results has the interval of their pooled samples where each records its "
     "0/1 outcomes on as many samples, and none otherwise."
 )
+SEEDS_NOTE = (
+    "(k seeds): the mean over k training seeds of one design point; its interval is the t-interval across "
+    "the seeds, widened where narrower to the Wilson interval of the mean at the items scored (one seed "
+    "alone cannot show run-to-run variation)."
+)
 DELTA_INTERVAL_NOTE = "An interval is the score's, not that of its change from base."
 FORMATS = ("md", "csv", "tex")
 
@@ -132,6 +137,13 @@ class Table:
             return None
         return float(low), float(high)
 
+    def seed_scores(self, row: int, key: str) -> tuple[float, ...] | None:
+        """Each seed's score (fractions) of a cell that is a mean over seeds; None otherwise."""
+        scores = self.evidence["seed_scores"].iloc[row][key]
+        if self.kind.iloc[row] != "data" or pd.isna(self.values.iloc[row][key]):
+            return None
+        return tuple(scores) if isinstance(scores, tuple) else None
+
     def intervals(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """(low, high) of every cell, NaN where `interval` is None."""
         shown = _in_rows(self.values.notna() & self.evidence["ci_lo"].notna(), self.kind == "data")
@@ -145,18 +157,29 @@ class Table:
         change = shown - base
         return change.mask(change.abs() < 0.5 * 10**-digits, 0.0)
 
+    def seed_counts(self) -> pd.DataFrame:
+        """How many seeds each shown data cell is the mean of; NaN for a single run (no replicates)."""
+        shown = _in_rows(self.values.notna() & self.evidence["seeds"].notna(), self.kind == "data")
+        return self.evidence["seeds"].where(shown)
+
+    def has_seeds(self) -> bool:
+        """Whether any cell of the table is a mean over seeds (replicates)."""
+        return bool(self.seed_counts().notna().any().any())
+
     def has_intervals(self) -> bool:
         """Whether any cell of the table has a confidence interval."""
         return bool(self.intervals()[0].notna().any().any())
 
     @property
     def shown_notes(self) -> list[str]:
-        """The notes, with the interval convention added where the table shows an interval."""
+        """The notes, with the interval convention added where the table shows an interval (and the seeds'
+        where a cell is a mean over seeds)."""
+        seeds = [SEEDS_NOTE] if self.has_seeds() and SEEDS_NOTE not in self.notes else []
         if not self.has_intervals() or INTERVAL_NOTE in self.notes:
-            return list(self.notes)
+            return [*self.notes, *seeds]
         if any(column.delta for column in self.columns):
-            return [*self.notes, INTERVAL_NOTE, DELTA_INTERVAL_NOTE]
-        return [*self.notes, INTERVAL_NOTE]
+            return [*self.notes, INTERVAL_NOTE, DELTA_INTERVAL_NOTE, *seeds]
+        return [*self.notes, INTERVAL_NOTE, *seeds]
 
     def best(self) -> dict[str, set[int]]:
         """Row positions holding the best value of each column, at display precision (ties all count)."""
@@ -219,6 +242,10 @@ class Table:
         interval = "[" + (100 * low).map(lambda v: f"{v:.1f}") + ", " + (100 * high).map(lambda v: f"{v:.1f}")
         interval = " " + interval + "]" if style == "md" else r" {\scriptsize " + interval + "]}"
         text = text + interval.where(low.notna(), "")
+        seeds = self.seed_counts().map(
+            lambda k: "" if pd.isna(k) else (" (1 seed)" if k == 1 else f" ({int(k)} seeds)")
+        )
+        text = text + (seeds if style == "md" else seeds.map(lambda t: rf" {{\scriptsize{t}}}" if t else ""))
         return text.where(self.values.notna(), MISSING[style])
 
     def _notes(self) -> list[str]:
@@ -243,9 +270,11 @@ class Table:
         return "\n".join(lines) + "\n"
 
     def to_csv(self) -> str:
-        """Values with two decimals; after each its `_lo` / `_hi` interval (and `_delta` change) columns,
-        then `best` and `partial`: the columns where the row is best or a partial average."""
+        """Values with two decimals; after each its `_lo` / `_hi` interval (and `_delta` change, and in a
+        table of replicates `_seeds`) columns, then `best` and `partial`: the columns where the row is best
+        or a partial average."""
         cells, (low, high) = self._cells("csv"), self.intervals()
+        seeds = self.seed_counts() if self.has_seeds() else None
         everywhere = pd.DataFrame(True, index=self.values.index, columns=self.values.columns)
         deltas = self.change(2).where(_in_rows(everywhere, self.kind == "data"))
         headers = [self._header(c, " / ") for c in self.columns]
@@ -256,6 +285,9 @@ class Table:
             if column.delta:
                 parts.append(deltas[column.key])
                 names.append(f"{header}_delta")
+            if seeds is not None:
+                parts.append(seeds[column.key].map(lambda k: "" if pd.isna(k) else str(int(k))))
+                names.append(f"{header}_seeds")
         best = self.best()
         named = dict(zip([c.key for c in self.columns], headers))
         marks = [[named[key] for key in named if i in best.get(key, ())] for i in range(len(self.values))]

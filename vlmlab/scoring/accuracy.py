@@ -14,6 +14,8 @@ decoding steps), which a sharded (FSDP) model needs: each of its forwards is a c
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -127,13 +129,16 @@ def evaluate_items(
     batch_size: int = 32,
     max_new_tokens: int = 16,
     dtype: torch.dtype | None = None,
-) -> dict[str, float]:
+    keep_items: bool = False,
+) -> dict[str, Any]:
     """`accuracy` (mean item score), `n`, and for multiple-choice items `extraction_failures` and `chance`,
     over all items, each rank generating a disjoint share. The same on every rank.
 
     Also the 95 % interval of the accuracy from the gathered per-item scores (vlmlab.scoring.intervals:
     Wilson when every score is 0 or 1, else the seeded percentile bootstrap) as `ci_low` / `ci_high`, and
-    for 0/1 outcomes the number `correct`, so that results can pool runs. All values are plain floats."""
+    for 0/1 outcomes the number `correct`, so that results can pool runs. All values are plain floats;
+    `keep_items` adds `item_scores` (the per-item scores, item order) and `items` (their digest,
+    `items_digest`), which `as_metric` stores in a record for paired tests (vlmlab.scoring.replicates)."""
     rank, world = _world()
     mine = list(range(rank, len(items), world))
     texts = generate_texts(
@@ -161,6 +166,9 @@ def evaluate_items(
     }
     if is_binary(scores):
         result["correct"] = float(sum(scores))
+    if keep_items:  # per item, in item order: what a paired test between two models needs (as_metric)
+        result["item_scores"] = scores
+        result["items"] = items_digest(items)
     if any(item.get("options") and not item.get("benchmark") for item in items):
         result["extraction_failures"] = sum(failed for _, failed in scored.values()) / count
     chance = chance_level(items)
@@ -169,12 +177,24 @@ def evaluate_items(
     return result
 
 
-def as_metric(result: dict[str, float]) -> dict[str, Any]:
+def items_digest(items: Sequence[dict[str, Any]]) -> str:
+    """A short fingerprint of which items were scored, in which order: two records are paired only on the
+    same items."""
+    ids = json.dumps([str(item.get("id", index)) for index, item in enumerate(items)])
+    return hashlib.sha256(ids.encode()).hexdigest()[:16]
+
+
+def as_metric(result: dict[str, Any]) -> dict[str, Any]:
     """An `evaluate_items` result as a record metric (vlmlab.runs.record): {"score", "n", "ci": [low,
-    high]}, plus "correct" (the number of 0/1 successes) where the outcomes were 0/1."""
+    high]}, plus "correct" (the number of 0/1 successes) where the outcomes were 0/1, and the per-item
+    `outcomes` (ints for 0/1) with the `items` digest they were scored on, for paired tests."""
     metric: dict[str, Any] = {"score": result["accuracy"], "n": int(result["n"])}
     if "ci_low" in result and "ci_high" in result:
         metric["ci"] = [result["ci_low"], result["ci_high"]]
     if "correct" in result:
         metric["correct"] = int(round(result["correct"]))
+    if "item_scores" in result:
+        binary = is_binary(result["item_scores"])
+        metric["outcomes"] = [int(x) if binary else float(x) for x in result["item_scores"]]
+        metric["items"] = result["items"]
     return metric

@@ -46,8 +46,10 @@ def evaluate_transfer(
     """Accuracy per task x modality x split. `difficulty[task][split]` overrides the generator settings
     (e.g. the quickstart's easy tasks); by default each split has the paper's settings.
 
-    Each cell is stored as {"score", "n", "ci": [low, high], "correct"} (vlmlab.scoring.accuracy.as_metric):
-    the accuracy, the number of samples, its 95 % interval and the number answered correctly."""
+    Each cell is stored as {"score", "n", "ci": [low, high], "correct", "outcomes", "items"}
+    (vlmlab.scoring.accuracy.as_metric): the accuracy, the number of samples, its 95 % interval, the number
+    answered correctly, and each sample's 0/1 outcome with a digest of the samples (for paired tests
+    between design points, `vlmlab results --compare`)."""
     started = time.time()
     config, model = load_run(run_dir)
     tokenizer, encoder = text_side(config, model, max_length)
@@ -64,7 +66,7 @@ def evaluate_transfer(
                 )
                 items = build_val_set(source, encoder, num_samples, seed=EVAL_SEED, image_size=size)
                 result = evaluate_items(
-                    model, tokenizer, items, max_new_tokens=config.data.val_max_new_tokens
+                    model, tokenizer, items, max_new_tokens=config.data.val_max_new_tokens, keep_items=True
                 )
                 metrics.setdefault(task, {}).setdefault(modality, {})[cell] = as_metric(result)
                 chance.setdefault(task, {}).setdefault(modality, {})[cell] = result["chance"]

@@ -79,6 +79,7 @@ class SweepDag:
     points: int = 0  # grid points (the axes' cross product)
     excluded: int = 0  # points removed by the file's `exclude` rules
     skipped: Counter = field(default_factory=Counter)  # reason -> points removed by the paper's rules
+    seeds: list[int] = field(default_factory=list)  # replicates of every design point (`seeds`), if any
 
     def __iter__(self):
         return iter(self.runs.values())
@@ -115,17 +116,20 @@ class SweepDag:
         return counts
 
     def to_json(self) -> dict[str, Any]:
+        grid: dict[str, Any] = {
+            "points": self.points,
+            "excluded": self.excluded,
+            "skipped_by_rules": sum(self.skipped.values()),
+            "rule_reasons": dict(self.skipped),
+        }
+        if self.seeds:  # only for sweeps with replicates: the others' JSON is as it was
+            grid["seeds"] = list(self.seeds)
         return {
             "sweep": self.name,
             "file": str(self.source),
             "output_dir": str(self.output_dir),
             "counts": self.counts(),
-            "grid": {
-                "points": self.points,
-                "excluded": self.excluded,
-                "skipped_by_rules": sum(self.skipped.values()),
-                "rule_reasons": dict(self.skipped),
-            },
+            "grid": grid,
             "runs": [
                 {
                     "id": run.id,
@@ -159,10 +163,20 @@ class SweepDag:
             ]
             lines += _table(header, rows)
         lines.append("")
+        seeds = (
+            f" ({self.points // len(self.seeds)} design points x {len(self.seeds)} seeds)"
+            if self.seeds
+            else ""
+        )
         lines.append(
-            f"grid: {self.points} points, {self.excluded} excluded by the file, "
+            f"grid: {self.points} points{seeds}, {self.excluded} excluded by the file, "
             f"{sum(self.skipped.values())} left out or cut short by the paper's rules"
         )
+        if self.seeds:
+            lines.append(
+                f"  replicates: each design point trained with train.seed = {', '.join(map(str, self.seeds))}, "
+                "each seed its own chain of stages"
+            )
         for reason, count in sorted(self.skipped.items()):
             lines.append(f"  {count} x {reason}")
         lines.append("")

@@ -17,6 +17,20 @@ then reduced to what that stage can see (the paper's rules, sections 2.3 and App
   starts from the base weights and has no parent.
 It is an error when an axis value would be left out entirely by these rules (asked for explicitly).
 
+Replicates (`seeds: [0, 1, 2]` in the sweep file) add `train.seed` as one more axis over every stage, so
+each design point is trained once per seed. Which runs may seeds share? A run may be shared only if the seed
+cannot change what it learns, and in vlmlab the seed reaches every stage run: every stage trains at least
+the connector, which the seed initialises (`build_model` seeds torch before building), and reads its data
+in the seed's order (the stream's shuffle). A random-init tower, even a frozen one, is drawn from the seed
+too, and where the language model is pretrained (`model.backbone_weights`, as in the quickstart) a
+checkpoint carries only the trained weights, so a later stage rebuilds that tower from its own seed: a
+stage-1 run shared by seed 1's stage 2 would hand it a tower other than the one its connector was trained
+against. So a replicate is a whole chain (seed s's stage 2 starts from seed s's stage 1), and what seeds
+share is what one seed shares already: within a seed, MoT starts from the Joint-Decoder stage-1 run and
+recipes with one stage-1 state share that run, exactly as without seeds. The seed is part of the hashed
+config (as `train.seed` always was), so a sweep without `seeds` keeps every run id, and the seed-0 runs of
+a sweep that adds `seeds` keep theirs too (its ids name only a seed other than 0), reusing finished runs.
+
 A run's id is a hash of its stage, its resolved config (minus keys that only say how it executes, see
 `identity_view`) and its parents' ids, so equal prefixes collapse into one run and a changed setting always
 gets a new folder. Nothing here imports torch.
@@ -49,6 +63,7 @@ from vlmlab.files import atomic_write_text
 from vlmlab.recipes import list_recipes, load_recipe
 from vlmlab.sweep.dag import Run, SweepDag
 from vlmlab.sweep.spec import (
+    SEED_KEY,
     VAR_PREFIX,
     SweepSpec,
     check_backbone,
@@ -175,8 +190,16 @@ def identity_view(stage: int, config: dict[str, Any], has_parent: bool) -> dict[
     return view
 
 
-def run_id(stage: int, config: dict[str, Any], parents: list[str], vars_used: dict[str, Any]) -> str:
-    """`<fusion>_<tokenizer>_<recipe>_<backbone>[_<vars>]_<hash>`: readable, and unique by the hash."""
+def run_id(
+    stage: int,
+    config: dict[str, Any],
+    parents: list[str],
+    vars_used: dict[str, Any],
+    replicate: int | None = None,
+) -> str:
+    """`<fusion>_<tokenizer>_<recipe>_<backbone>[_<vars>][_seed<k>]_<hash>`: readable, and unique by the
+    hash. `replicate` is the seed of a sweep with `seeds`; named when not 0, so that seed 0 keeps the id the
+    run had before the sweep had seeds (the hash holds train.seed either way)."""
     view = identity_view(stage, config, bool(parents))
     payload = json.dumps({"stage": stage, "config": view, "parents": parents}, sort_keys=True, default=str)
     digest = hashlib.sha256(payload.encode()).hexdigest()[:10]
@@ -196,6 +219,8 @@ def run_id(stage: int, config: dict[str, Any], parents: list[str], vars_used: di
         ]
     if vars_used:
         parts.append("-".join(str(v) for v in vars_used.values()))
+    if replicate:
+        parts.append(f"seed{replicate}")
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", "_".join(parts))[:80]
     return f"{slug}_{digest}"
 
@@ -245,6 +270,8 @@ class _Expander:
         self.axes += [
             (key, values, k) for k, stage in spec.stages.items() for key, values in stage.axes.items()
         ]
+        if spec.seeds:  # last: a design point's replicates follow each other in the DAG
+            self.axes.append((SEED_KEY, list(spec.seeds), None))
         self._stage_configs: dict[tuple[int, str], dict[str, Any]] = {}  # (stage, vars) -> checked config
         self._values: dict[tuple[str, str], Any] = {}  # (axis key, value) -> checked value
 
@@ -304,6 +331,7 @@ class _Expander:
             points=points,
             excluded=excluded,
             skipped=skipped,
+            seeds=list(spec.seeds),
         )
 
     def _excluded(self, point: dict[tuple[str, int | None], Any]) -> bool:
@@ -347,7 +375,8 @@ class _Expander:
                 config["train"]["freeze"] = stage1_recipe(load_recipe(config["train"]["freeze"]))
             config["train"]["stage"] = stage
             parents = [parent.id] if parent else []
-            rid = run_id(stage, config, parents, vars_used)
+            replicate = point.get((SEED_KEY, None)) if self.spec.seeds else None
+            rid = run_id(stage, config, parents, vars_used, replicate)
             run_dir = self.spec.output_dir / f"stage{stage}" / rid
             config["train"]["output_dir"] = str(run_dir)
             if parent:

@@ -21,6 +21,12 @@
       freeze: [all-frozen, unfreeze-lm]
     exclude:                               # points matching every key of one rule are left out
       - {tokenizer: titok-l32, fusion: mot}
+    seeds: [0, 1, 2]                       # optional: train every design point once per seed (or `seeds: 3`)
+
+`seeds` makes replicates: every design point is trained once per seed (`train.seed`), a count n meaning
+seeds 0..n-1. A seed reaches every stage (see vlmlab.sweep.expand), so a replicate is a whole chain of runs,
+and `vlmlab results` reads the runs that differ only in `train.seed` as replicates of one design point.
+It cannot be combined with a `train.seed` axis (which would read seeds as a design choice).
 
 A sweep is named by its path or, for the shipped ones (vlmlab/presets/sweeps/), by name: `vlmlab sweep
 design_space`. A sweep file may start with `extends: other.yaml` (a path, or a shipped sweep's name): it is
@@ -68,7 +74,8 @@ AXIS_ALIASES = {
     "lomo_ratio": "data.lomo.rewrite_ratio",
 }
 TOP_LEVEL_KEYS = ("name", "description", "extends", "output_dir", "backend", "command", "base", "resources")
-TOP_LEVEL_KEYS += ("stages", "axes", "exclude")
+TOP_LEVEL_KEYS += ("stages", "axes", "exclude", "seeds")
+SEED_KEY = "train.seed"
 STAGE_KEYS = ("config", "overrides", "resources", "axes")
 VAR_PREFIX = "vars."
 
@@ -117,6 +124,11 @@ class SweepSpec:
     axes: dict[str, list[Any]]  # global axes (apply to every stage)
     exclude: list[dict[str, list[Any]]]
     description: str = ""
+    seeds: list[int] = field(default_factory=list)  # replicates (`seeds`); empty: one run per point
+
+    @property
+    def replicated(self) -> bool:
+        return bool(self.seeds)
 
     @property
     def root(self) -> Path:
@@ -164,6 +176,12 @@ def load_sweep(
             if key in axes:
                 raise ConfigError(f"Axis {key!r} is given both globally and for stage {stage.stage}.")
     all_axes = {**axes, **{k: v for s in stages.values() for k, v in s.axes.items()}}
+    seeds = _seeds(data.get("seeds"))
+    if seeds and SEED_KEY in all_axes:
+        raise ConfigError(
+            f"`seeds` and an axis on {SEED_KEY} both set the seed; keep `seeds` for replicates "
+            f"(or the axis, to read each seed as a design point of its own)."
+        )
     return SweepSpec(
         name=name,
         path=path,
@@ -175,7 +193,27 @@ def load_sweep(
         axes=axes,
         exclude=_exclude(data.get("exclude") or [], all_axes),
         description=str(data.get("description") or ""),
+        seeds=seeds,
     )
+
+
+def _seeds(value: Any) -> list[int]:
+    """`seeds`: a count n (seeds 0..n-1) or a list of distinct non-negative integers; absent/null: none."""
+    valid = "a count of at least 1 (`seeds: 3` = [0, 1, 2]) or a list of distinct non-negative integers"
+    if value is None:
+        return []
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise ConfigError(f"Invalid `seeds: {value!r}`; valid: {valid}.")
+        return list(range(value))
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"Invalid `seeds: {value!r}`; valid: {valid}.")
+    bad = [v for v in value if isinstance(v, bool) or not isinstance(v, int) or v < 0]
+    if bad:
+        raise ConfigError(f"Invalid seed {bad[0]!r} in `seeds: {value!r}`; valid: {valid}.")
+    if len(set(value)) != len(value):
+        raise ConfigError(f"`seeds: {value!r}` lists a seed twice; valid: {valid}.")
+    return list(value)
 
 
 def _load_raw(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
@@ -501,6 +539,7 @@ __all__ = [
     "BACKENDS",
     "DEFAULT_COMMAND",
     "Resources",
+    "SEED_KEY",
     "STAGES",
     "StageSpec",
     "SweepSpec",
