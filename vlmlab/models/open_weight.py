@@ -23,6 +23,7 @@ import copy
 import hashlib
 import json
 import logging
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ from torch import nn
 
 from vlmlab.config import ModelConfig
 from vlmlab.errors import ConfigError
-from vlmlab.files import atomic_write_text, fsync_file, replace_folder, shareable
+from vlmlab.files import atomic_write_text, fsync_file, replace_folder, shareable, writing
 from vlmlab.models.lora import lora_adapters, merge_all
 
 log = logging.getLogger("vlmlab.models")
@@ -177,30 +178,37 @@ class OpenWeightVLM(nn.Module):
         temporary folder renamed into place, so a kill never leaves half a checkpoint."""
         folder = Path(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-        shareable(tmp, folder=True)
-        weights = None if state is None else {k.removeprefix("hf."): v for k, v in state.items()}
-        hf = self.hf
-        if lora_adapters(self):
-            # what any HF tool loads is the plain architecture: the adapters merged, into a copy, since
-            # training goes on with them (a best/ checkpoint is written mid-run)
-            merged = copy.deepcopy(self)
-            merge_all(merged)
-            hf = merged.hf
-        hf.save_pretrained(tmp, state_dict=weights)
-        self.processor.save_pretrained(tmp)
-        meta = {
-            "open_weight": self.source,
-            "base_weights": self.base_weights,
-            "trained": sorted(n for n, p in self.named_parameters() if p.requires_grad),
-            "lora": lora_adapters(self),  # trained through these adapters, merged into the saved weights
-            "config": config,
-            "metrics": metrics or {},
-        }
-        atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2))
-        for path in tmp.glob("*.safetensors"):
-            fsync_file(path)
-        replace_folder(tmp, folder)
+        with writing(folder):  # a full disk names the checkpoint folder, and leaves no partial one behind
+            tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+            try:
+                shareable(tmp, folder=True)
+                weights = None if state is None else {k.removeprefix("hf."): v for k, v in state.items()}
+                hf = self.hf
+                if lora_adapters(self):
+                    # what any HF tool loads is the plain architecture: the adapters merged, into a copy, since
+                    # training goes on with them (a best/ checkpoint is written mid-run)
+                    merged = copy.deepcopy(self)
+                    merge_all(merged)
+                    hf = merged.hf
+                hf.save_pretrained(tmp, state_dict=weights)
+                self.processor.save_pretrained(tmp)
+                meta = {
+                    "open_weight": self.source,
+                    "base_weights": self.base_weights,
+                    "trained": sorted(n for n, p in self.named_parameters() if p.requires_grad),
+                    "lora": lora_adapters(
+                        self
+                    ),  # trained through these adapters, merged into the saved weights
+                    "config": config,
+                    "metrics": metrics or {},
+                }
+                atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2))
+                for path in tmp.glob("*.safetensors"):
+                    fsync_file(path)
+                replace_folder(tmp, folder)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
         return folder
 
 

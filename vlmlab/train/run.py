@@ -40,7 +40,7 @@ from vlmlab.models.vlm import VisionLanguageModel, build_vlm
 from vlmlab.recipes import load_recipe
 from vlmlab.runs.record import run_record, write_record
 from vlmlab.scoring.transfer import evaluate_transfer_after
-from vlmlab.train.callbacks import AtomicLastCheckpoint, PeriodicValidation
+from vlmlab.train.callbacks import AtomicCheckpointIO, AtomicLastCheckpoint, PeriodicValidation
 from vlmlab.train.data import TrainData
 from vlmlab.train.freezing import apply_freezing
 from vlmlab.train.module import VLMModule
@@ -288,7 +288,7 @@ def _fit_and_export(
         preemption,
         L.pytorch.callbacks.TQDMProgressBar(refresh_rate=max(1, accumulate)),
     ]
-    plugins = []
+    plugins: list[Any] = [AtomicCheckpointIO()]  # checkpoints staged in their own folder, not $TMPDIR
     if SLURMEnvironment.detect():  # vlmlab handles the requeue signal itself (vlmlab/train/preemption.py)
         plugins.append(SLURMEnvironment(auto_requeue=False))
     loggers = [
@@ -315,7 +315,7 @@ def _fit_and_export(
         limit_val_batches=0,
         use_distributed_sampler=False,
         log_every_n_steps=config.train.log_every_n_steps,
-        plugins=plugins or None,
+        plugins=plugins,
     )
     if resume_from:
         log.info("resuming from %s (step %d)", resume_from, done_steps)
