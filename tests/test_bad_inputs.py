@@ -118,6 +118,37 @@ def wrong_family(tmp: Path) -> Path:
     return tmp / "w.safetensors"
 
 
+def malicious_pickle(path: Path, marker: Path) -> Path:
+    """A torch-style pickle that would create `marker` when unpickled without weights_only."""
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    return write(path, pickle.dumps({"state": Payload()}, protocol=2))  # torch.save's protocol
+
+
+def poisoned_backbone_folder(tmp: Path) -> Path:
+    """A save_pretrained-like folder for the qwen3-tiny preset whose pytorch_model.bin would run code."""
+    from vlmlab.models.backbone import load_backbone_spec
+
+    folder = tmp / "poisoned"
+    load_backbone_spec("qwen3-tiny").to_hf_config("sdpa").save_pretrained(str(folder))
+    malicious_pickle(folder / "pytorch_model.bin", tmp / "PWNED")
+    return folder
+
+
+def running_run(tmp: Path) -> Path:
+    """A run folder still training: config.yaml and a resume checkpoint, no best/ or final/ yet."""
+    resumable_run(tmp)
+    return tmp / "run"
+
+
+def not_a_tar(tmp: Path) -> Path:
+    return write(tmp / "shards" / "notes.tar", "these are my notes, not a tar archive\n")
+
+
 HELD_LOCKS = []
 
 
@@ -203,6 +234,36 @@ CASES = [
     ("ckpt-not-lightning", lambda t: (resumable_run(t), ["train", str(t / "exp.yaml")])[-1], "not a training checkpoint"),
     ("synth-output-under-a-file", lambda t: ["data", "synth", "grid", "--num", "2", "--quiet", "--out", f"{write(t / 'h', 'x')}/o"], "h/o"),
     ("index-missing", lambda t: ["data", "index", f"{t}/none-{{0..2}}.tar"], "none-0.tar"),
+    # issue 30: wrong types, one line naming key, value and expected type (no OmegaConf trailer)
+    ("type-max-steps-word", lambda t: ["train", str(tiny_config(t)), "train.max_steps=ten"], "train.max_steps='ten' has the wrong type: expected an integer"),
+    ("type-max-steps-yaml", lambda t: ["train", str(write(t / "a.yaml", "train: {max_steps: ten}\n"))], "train.max_steps='ten' (in "),
+    ("type-max-steps-float", lambda t: ["train", str(tiny_config(t)), "train.max_steps=1.5"], "train.max_steps=1.5 has the wrong type"),
+    ("type-stage-word", lambda t: ["train", str(tiny_config(t)), "train.stage=two"], "train.stage='two' has the wrong type"),
+    ("type-lr-word", lambda t: ["train", str(tiny_config(t)), "optim.lr.adapter=abc"], "optim.lr.adapter='abc' has the wrong type: expected a number"),
+    ("type-bool-word", lambda t: ["train", str(tiny_config(t)), "train.keep_resume_state=maybe"], "expected true or false"),
+    ("type-lr-list-yaml", lambda t: ["train", str(write(t / "a.yaml", "optim: {lr: [1]}\n"))], "optim.lr=[1] is a list, but optim.lr is a mapping"),
+    ("type-lr-list-override", lambda t: ["train", str(tiny_config(t)), "optim.lr=[1]"], "optim.lr=[1] is a list"),
+    # enumerations, on load
+    ("precision", lambda t: ["train", str(tiny_config(t)), "train.precision=fp8"], "Unknown precision (train.precision) 'fp8'"),
+    ("accelerator", lambda t: ["train", str(tiny_config(t)), "train.accelerator=tpu9"], "Unknown accelerator (train.accelerator) 'tpu9'"),
+    ("lr-group", lambda t: ["train", str(tiny_config(t)), "optim.lr.projector=1e-3"], "learning-rate group (optim.lr) 'projector'"),
+    ("lomo-key", lambda t: ["train", str(tiny_config(t)), "data.lomo.foo=1"], "LoMo setting (data.lomo) 'foo'"),
+    # ranges and relations
+    ("min-lr-ratio", lambda t: ["train", str(tiny_config(t)), "optim.min_lr_ratio=5"], "optim.min_lr_ratio=5.0"),
+    ("source-image-size-0", lambda t: ["train", str(tiny_config(t)), "data.train.0.image_size=0"], "data.train.0.image_size=0"),
+    ("schedule-shorter", lambda t: ["train", str(tiny_config(t)), "train.schedule_steps=1"], "train.schedule_steps=1 ends"),
+    ("source-weight-negative", lambda t: ["train", str(tiny_config(t)), "data.train.0.weight=-1"], "data.train.0.weight=-1.0"),
+    ("source-weight-0", lambda t: ["train", str(tiny_config(t)), "data.train.0.weight=0"], "data.train.0.weight=0.0"),
+    ("source-weight-inf", lambda t: ["train", str(tiny_config(t)), "data.train.0.weight=inf"], "data.train.0.weight=inf"),
+    # command-line arguments and other commands
+    ("inspect-n-negative", lambda t: ["data", "inspect", str(tiny_config(t)), "-n", "-1"], "argument -n: '-1' is not a count"),
+    ("index-not-a-tar", lambda t: ["data", "index", str(not_a_tar(t))], "notes.tar' is not a tar shard"),
+    ("tokenizer-path-missing", lambda t: ["train", str(tiny_config(t)), f"data.text_tokenizer={t}/no-tokenizer"], "no-tokenizer' does not exist"),
+    ("eval-still-training", lambda t: ["eval", str(running_run(t)), "--num-samples", "2"], "holds no trained model yet"),
+    ("results-empty", lambda t: (tiny_config(t), write(t / "run" / "result.json", ""), ["results", str(t / "run"), "--out", str(t / "out")])[-1], "No result records"),
+    ("results-truncated", lambda t: (tiny_config(t), write(t / "run" / "result.json", '{"run_id": "x", "metr'), ["results", str(t / "run"), "--out", str(t / "out")])[-1], "No result records"),
+    # nothing loaded from disk runs code, and a refusal is one line naming the file
+    ("backbone-weights-pickle", lambda t: ["train", str(tiny_config(t)), f"model.backbone_weights={poisoned_backbone_folder(t)}"], "pytorch_model.bin is not plain tensors: loading it would run code (Unsupported"),
 ]  # fmt: skip
 
 
@@ -231,6 +292,7 @@ def test_bad_input_is_one_clear_line(tmp_path, capfd, case):
     name, argv, expected = case
     args = argv(tmp_path)
     had_result = (tmp_path / "run" / "result.json").exists()
+    had_run = (tmp_path / "run").exists()
     code = main(args)
     err = capfd.readouterr().err
     if expected is None:  # bad data: skipped and counted, the run itself succeeds
@@ -241,10 +303,14 @@ def test_bad_input_is_one_clear_line(tmp_path, capfd, case):
     assert code != 0, f"{name}: exit 0"
     lines = [line for line in err.strip().splitlines() if line.startswith("vlmlab: ")]
     assert lines, err
-    assert "Traceback" not in err, err
+    assert "Traceback" not in err and "Warning:" not in err, err
+    assert "full_key" not in err and "object_type" not in err, err  # no OmegaConf trailer
     assert expected in lines[-1], (expected, lines[-1])
+    assert not (tmp_path / "PWNED").exists()  # no pickle ran
     run = tmp_path / "run"
-    assert not (run / "checkpoints" / "last.ckpt").exists() or name.startswith(("ckpt-", "resume-"))
+    if not had_run:  # a later run would take a config.yaml or logs for progress
+        assert not (run / "config.yaml").exists() and not (run / "logs").exists(), sorted(run.rglob("*"))
+    assert not (run / "checkpoints" / "last.ckpt").exists() or name.startswith(("ckpt-", "resume-", "eval-"))
     assert not (run / "final").exists() and (had_result or not (run / "result.json").exists())
 
 
@@ -257,4 +323,4 @@ def _release_held_locks():
 
 
 def test_the_catalogue_is_large_enough():
-    assert len(CASES) >= 40
+    assert len(CASES) >= 85

@@ -23,6 +23,7 @@ import copy
 import hashlib
 import json
 import logging
+import pickle
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ import torch
 from torch import nn
 
 from vlmlab.config import ModelConfig
-from vlmlab.errors import ConfigError
+from vlmlab.errors import ConfigError, unpickling_refusal
 from vlmlab.files import atomic_write_text, fsync_file, replace_folder, shareable, writing
 from vlmlab.models.lora import lora_adapters, merge_all
 
@@ -244,6 +245,11 @@ def load_open_weight(config: ModelConfig, source: str | None = None) -> OpenWeig
             else type(error).__name__
         )
         hint = ""
+        if isinstance(error, pickle.UnpicklingError):  # torch.load(weights_only=True) refused a pickle
+            local = Path(where).expanduser()
+            files = sorted(str(p) for p in local.glob("*.bin")) if local.is_dir() else [where]
+            first = f"{', '.join(files)} would run code when loaded ({unpickling_refusal(error)})"
+            hint = " vlmlab loads tensors only: use safetensors files."
         if "trust_remote_code" in str(error) and not remote:
             hint = f" Its repository ships its own code: list {where!r} in model.trust_remote_code to run it."
         raise ConfigError(f"Cannot load open-weight model {where!r}: {first}.{hint}") from None
