@@ -324,3 +324,71 @@ def _release_held_locks():
 
 def test_the_catalogue_is_large_enough():
     assert len(CASES) >= 85
+
+
+def test_the_declared_choices_are_what_the_libraries_take():
+    """The torch-free lists config.py checks on load against the libraries that act on them."""
+    import dataclasses
+    from typing import get_args
+
+    from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
+
+    from vlmlab.config import LOMO_KEYS, LR_GROUPS, PRECISIONS
+    from vlmlab.data.lomo import LomoConfig
+    from vlmlab.recipes import ALWAYS_TRAINABLE, LORA_GROUPS
+
+    assert set(PRECISIONS) <= set(get_args(_PRECISION_INPUT_STR)) | set(get_args(_PRECISION_INPUT_STR_ALIAS))
+    assert set(LOMO_KEYS) == {f.name for f in dataclasses.fields(LomoConfig)}
+    assert set(LR_GROUPS) == set(ALWAYS_TRAINABLE) | set(LORA_GROUPS)
+
+
+def test_an_offline_hub_tokenizer_is_one_line_before_anything_is_built(tmp_path, capfd, monkeypatch):
+    """HF_HUB_OFFLINE and an id the cache lacks: answered by the preflight, not after transformers' retries."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    code = main(["train", str(tiny_config(tmp_path)), "data.text_tokenizer=vlmlab-tests/no-such-tokenizer"])
+    err = capfd.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0, err
+    assert (
+        "'vlmlab-tests/no-such-tokenizer' is not in the Hugging Face cache" in err and "HF_HUB_OFFLINE" in err
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def shard_with_a_corrupt_image(tmp: Path) -> Path:
+    """One shard of four samples, the second's PNG cut to garbage."""
+    from PIL import Image
+
+    path = tmp / "one.tar"
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (0, 0, 200)).save(buffer, format="PNG")
+    with tarfile.open(path, "w") as tar:
+        for key in ("s000", "s001", "s002", "s003"):
+            record = {
+                "segments": [{"type": "image"}, {"type": "text", "text": "Describe."}],
+                "response": "blue",
+            }
+            png = b"not a png at all" if key == "s001" else buffer.getvalue()
+            for name, data in ((f"{key}.json", json.dumps(record).encode()), (f"{key}.png", png)):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_a_bad_sample_of_a_one_shard_source_is_named_once(tmp_path, capfd):
+    """Three steps of four rows over a four-sample shard pass it several times: the bad sample is counted on
+    every pass but logged once, readably ("skipped sample 's001'", no object repr)."""
+    shard = shard_with_a_corrupt_image(tmp_path)
+    args = ["train", str(tiny_config(tmp_path)), "data.train.0.kind=webdataset", f"data.train.0.path={shard}"]
+    args += ["data.train.0.name=one", "data.max_bad_fraction=1", "train.max_steps=3", "data.packing=false"]
+    code = main(args)  # its log lines go to stderr (vlmlab train sets up logging itself)
+    err = capfd.readouterr().err
+    assert code == 0, err[-3000:]
+    lines = [line for line in err.splitlines() if "skipped" in line]
+    assert len(lines) == 1, lines
+    assert "skipped sample 's001'" in lines[0] and "sample sample" not in lines[0], lines[0]
+    assert " object at 0x" not in lines[0] and "(in memory)" in lines[0], lines[0]
+    record = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert sum(record["data"]["bad"]["one"].values()) > 1  # counted on every pass
