@@ -119,14 +119,15 @@ def wrong_family(tmp: Path) -> Path:
 
 
 def malicious_pickle(path: Path, marker: Path) -> Path:
-    """A torch-style pickle that would create `marker` when unpickled without weights_only."""
-    import pickle
+    """A torch.save file whose pickle would create `marker` when loaded without weights_only."""
 
     class Payload:
         def __reduce__(self):
             return (open, (str(marker), "w"))
 
-    return write(path, pickle.dumps({"state": Payload()}, protocol=2))  # torch.save's protocol
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state": Payload()}, path)
+    return path
 
 
 def poisoned_backbone_folder(tmp: Path) -> Path:
@@ -263,6 +264,8 @@ CASES = [
     ("results-empty", lambda t: (tiny_config(t), write(t / "run" / "result.json", ""), ["results", str(t / "run"), "--out", str(t / "out")])[-1], "No result records"),
     ("results-truncated", lambda t: (tiny_config(t), write(t / "run" / "result.json", '{"run_id": "x", "metr'), ["results", str(t / "run"), "--out", str(t / "out")])[-1], "No result records"),
     # nothing loaded from disk runs code, and a refusal is one line naming the file
+    ("tokenizer-weights-pickle", lambda t: ["train", str(tiny_config(t)), "model.random_tokenizer=false", f"model.tokenizer_weights={malicious_pickle(t / 'w.pt', t / 'PWNED')}"], "would run code"),
+    ("ckpt-pickle", lambda t: (resumable_run(t), malicious_pickle(t / "run/checkpoints/last.ckpt", t / "PWNED"), ["train", str(t / "exp.yaml")])[-1], "last.ckpt is not a plain checkpoint: loading it would run code (Unsupported"),
     ("backbone-weights-pickle", lambda t: ["train", str(tiny_config(t)), f"model.backbone_weights={poisoned_backbone_folder(t)}"], "pytorch_model.bin is not plain tensors: loading it would run code (Unsupported"),
 ]  # fmt: skip
 
