@@ -126,6 +126,38 @@ def wrong_family(tmp: Path) -> Path:
     return tmp / "w.safetensors"
 
 
+def malicious_pickle(path: Path, marker: Path) -> Path:
+    """A torch.save file whose pickle would create `marker` when loaded without weights_only."""
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state": Payload()}, path)
+    return path
+
+
+def poisoned_backbone_folder(tmp: Path) -> Path:
+    """A save_pretrained-like folder for the qwen3-tiny preset whose pytorch_model.bin would run code."""
+    from vlmlab.models.backbone import load_backbone_spec
+
+    folder = tmp / "poisoned"
+    load_backbone_spec("qwen3-tiny").to_hf_config("sdpa").save_pretrained(str(folder))
+    malicious_pickle(folder / "pytorch_model.bin", tmp / "PWNED")
+    return folder
+
+
+def running_run(tmp: Path) -> Path:
+    """A run folder still training: config.yaml and a resume checkpoint, no best/ or final/ yet."""
+    resumable_run(tmp)
+    return tmp / "run"
+
+
+def not_a_tar(tmp: Path) -> Path:
+    return write(tmp / "shards" / "notes.tar", "these are my notes, not a tar archive\n")
+
+
 HELD_LOCKS = []
 
 
@@ -219,6 +251,38 @@ CASES = [
     ("ckpt-not-lightning", lambda t: (resumable_run(t), ["train", str(t / "exp.yaml")])[-1], "not a training checkpoint"),
     ("synth-output-under-a-file", lambda t: ["data", "synth", "grid", "--num", "2", "--quiet", "--out", f"{write(t / 'h', 'x')}/o"], "h/o"),
     ("index-missing", lambda t: ["data", "index", f"{t}/none-{{0..2}}.tar"], "none-0.tar"),
+    # issue 30: wrong types, one line naming key, value and expected type (no OmegaConf trailer)
+    ("type-max-steps-word", lambda t: ["train", str(tiny_config(t)), "train.max_steps=ten"], "train.max_steps='ten' has the wrong type: expected an integer"),
+    ("type-max-steps-yaml", lambda t: ["train", str(write(t / "a.yaml", "train: {max_steps: ten}\n"))], "train.max_steps='ten' (in "),
+    ("type-max-steps-float", lambda t: ["train", str(tiny_config(t)), "train.max_steps=1.5"], "train.max_steps=1.5 has the wrong type"),
+    ("type-stage-word", lambda t: ["train", str(tiny_config(t)), "train.stage=two"], "train.stage='two' has the wrong type"),
+    ("type-lr-word", lambda t: ["train", str(tiny_config(t)), "optim.lr.adapter=abc"], "optim.lr.adapter='abc' has the wrong type: expected a number"),
+    ("type-bool-word", lambda t: ["train", str(tiny_config(t)), "train.keep_resume_state=maybe"], "expected true or false"),
+    ("type-lr-list-yaml", lambda t: ["train", str(write(t / "a.yaml", "optim: {lr: [1]}\n"))], "optim.lr=[1] is a list, but optim.lr is a mapping"),
+    ("type-lr-list-override", lambda t: ["train", str(tiny_config(t)), "optim.lr=[1]"], "optim.lr=[1] is a list"),
+    # enumerations, on load
+    ("precision", lambda t: ["train", str(tiny_config(t)), "train.precision=fp8"], "Unknown precision (train.precision) 'fp8'"),
+    ("accelerator", lambda t: ["train", str(tiny_config(t)), "train.accelerator=tpu9"], "Unknown accelerator (train.accelerator) 'tpu9'"),
+    ("lr-group", lambda t: ["train", str(tiny_config(t)), "optim.lr.projector=1e-3"], "learning-rate group (optim.lr) 'projector'"),
+    ("lomo-key", lambda t: ["train", str(tiny_config(t)), "data.lomo.foo=1"], "LoMo setting (data.lomo) 'foo'"),
+    # ranges and relations
+    ("min-lr-ratio", lambda t: ["train", str(tiny_config(t)), "optim.min_lr_ratio=5"], "optim.min_lr_ratio=5.0"),
+    ("source-image-size-0", lambda t: ["train", str(tiny_config(t)), "data.train.0.image_size=0"], "data.train.0.image_size=0"),
+    ("schedule-shorter", lambda t: ["train", str(tiny_config(t)), "train.schedule_steps=1"], "train.schedule_steps=1 ends"),
+    ("source-weight-negative", lambda t: ["train", str(tiny_config(t)), "data.train.0.weight=-1"], "data.train.0.weight=-1.0"),
+    ("source-weight-0", lambda t: ["train", str(tiny_config(t)), "data.train.0.weight=0"], "data.train.0.weight=0.0"),
+    ("source-weight-inf", lambda t: ["train", str(tiny_config(t)), "data.train.0.weight=inf"], "data.train.0.weight=inf"),
+    # command-line arguments and other commands
+    ("inspect-n-negative", lambda t: ["data", "inspect", str(tiny_config(t)), "-n", "-1"], "argument -n: '-1' is not a count"),
+    ("index-not-a-tar", lambda t: ["data", "index", str(not_a_tar(t))], "notes.tar' is not a tar shard"),
+    ("tokenizer-path-missing", lambda t: ["train", str(tiny_config(t)), f"data.text_tokenizer={t}/no-tokenizer"], "no-tokenizer' does not exist"),
+    ("eval-still-training", lambda t: ["eval", str(running_run(t)), "--num-samples", "2"], "holds no trained model yet"),
+    ("results-empty", lambda t: (tiny_config(t), write(t / "run" / "result.json", ""), ["results", str(t / "run"), "--out", str(t / "out")])[-1], "No result records"),
+    ("results-truncated", lambda t: (tiny_config(t), write(t / "run" / "result.json", '{"run_id": "x", "metr'), ["results", str(t / "run"), "--out", str(t / "out")])[-1], "No result records"),
+    # nothing loaded from disk runs code, and a refusal is one line naming the file
+    ("tokenizer-weights-pickle", lambda t: ["train", str(tiny_config(t)), "model.random_tokenizer=false", f"model.tokenizer_weights={malicious_pickle(t / 'w.pt', t / 'PWNED')}"], "would run code"),
+    ("ckpt-pickle", lambda t: (resumable_run(t), malicious_pickle(t / "run/checkpoints/last.ckpt", t / "PWNED"), ["train", str(t / "exp.yaml")])[-1], "last.ckpt is not a plain checkpoint: loading it would run code (Unsupported"),
+    ("backbone-weights-pickle", lambda t: ["train", str(tiny_config(t)), f"model.backbone_weights={poisoned_backbone_folder(t)}"], "pytorch_model.bin is not plain tensors: loading it would run code (Unsupported"),
 ]  # fmt: skip
 
 
@@ -247,6 +311,7 @@ def test_bad_input_is_one_clear_line(tmp_path, capfd, case):
     name, argv, expected = case
     args = argv(tmp_path)
     had_result = (tmp_path / "run" / "result.json").exists()
+    had_run = (tmp_path / "run").exists()
     code = main(args)
     err = capfd.readouterr().err
     if expected is None:  # bad data: skipped and counted, the run itself succeeds
@@ -257,10 +322,14 @@ def test_bad_input_is_one_clear_line(tmp_path, capfd, case):
     assert code != 0, f"{name}: exit 0"
     lines = [line for line in err.strip().splitlines() if line.startswith("vlmlab: ")]
     assert lines, err
-    assert "Traceback" not in err, err
+    assert "Traceback" not in err and "Warning:" not in err, err
+    assert "full_key" not in err and "object_type" not in err, err  # no OmegaConf trailer
     assert expected in lines[-1], (expected, lines[-1])
+    assert not (tmp_path / "PWNED").exists()  # no pickle ran
     run = tmp_path / "run"
-    assert not (run / "checkpoints" / "last.ckpt").exists() or name.startswith(("ckpt-", "resume-"))
+    if not had_run:  # a later run would take a config.yaml or logs for progress
+        assert not (run / "config.yaml").exists() and not (run / "logs").exists(), sorted(run.rglob("*"))
+    assert not (run / "checkpoints" / "last.ckpt").exists() or name.startswith(("ckpt-", "resume-", "eval-"))
     assert not (run / "final").exists() and (had_result or not (run / "result.json").exists())
 
 
@@ -273,4 +342,72 @@ def _release_held_locks():
 
 
 def test_the_catalogue_is_large_enough():
-    assert len(CASES) >= 40
+    assert len(CASES) >= 85
+
+
+def test_the_declared_choices_are_what_the_libraries_take():
+    """The torch-free lists config.py checks on load against the libraries that act on them."""
+    import dataclasses
+    from typing import get_args
+
+    from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
+
+    from vlmlab.config import LOMO_KEYS, LR_GROUPS, PRECISIONS
+    from vlmlab.data.lomo import LomoConfig
+    from vlmlab.recipes import ALWAYS_TRAINABLE, LORA_GROUPS
+
+    assert set(PRECISIONS) <= set(get_args(_PRECISION_INPUT_STR)) | set(get_args(_PRECISION_INPUT_STR_ALIAS))
+    assert set(LOMO_KEYS) == {f.name for f in dataclasses.fields(LomoConfig)}
+    assert set(LR_GROUPS) == set(ALWAYS_TRAINABLE) | set(LORA_GROUPS)
+
+
+def test_an_offline_hub_tokenizer_is_one_line_before_anything_is_built(tmp_path, capfd, monkeypatch):
+    """HF_HUB_OFFLINE and an id the cache lacks: answered by the preflight, not after transformers' retries."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    code = main(["train", str(tiny_config(tmp_path)), "data.text_tokenizer=vlmlab-tests/no-such-tokenizer"])
+    err = capfd.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0, err
+    assert (
+        "'vlmlab-tests/no-such-tokenizer' is not in the Hugging Face cache" in err and "HF_HUB_OFFLINE" in err
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def shard_with_a_corrupt_image(tmp: Path) -> Path:
+    """One shard of four samples, the second's PNG cut to garbage."""
+    from PIL import Image
+
+    path = tmp / "one.tar"
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (0, 0, 200)).save(buffer, format="PNG")
+    with tarfile.open(path, "w") as tar:
+        for key in ("s000", "s001", "s002", "s003"):
+            record = {
+                "segments": [{"type": "image"}, {"type": "text", "text": "Describe."}],
+                "response": "blue",
+            }
+            png = b"not a png at all" if key == "s001" else buffer.getvalue()
+            for name, data in ((f"{key}.json", json.dumps(record).encode()), (f"{key}.png", png)):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_a_bad_sample_of_a_one_shard_source_is_named_once(tmp_path, capfd):
+    """Three steps of four rows over a four-sample shard pass it several times: the bad sample is counted on
+    every pass but logged once, readably ("skipped sample 's001'", no object repr)."""
+    shard = shard_with_a_corrupt_image(tmp_path)
+    args = ["train", str(tiny_config(tmp_path)), "data.train.0.kind=webdataset", f"data.train.0.path={shard}"]
+    args += ["data.train.0.name=one", "data.max_bad_fraction=1", "train.max_steps=3", "data.packing=false"]
+    code = main(args)  # its log lines go to stderr (vlmlab train sets up logging itself)
+    err = capfd.readouterr().err
+    assert code == 0, err[-3000:]
+    lines = [line for line in err.splitlines() if "skipped" in line]
+    assert len(lines) == 1, lines
+    assert "skipped sample 's001'" in lines[0] and "sample sample" not in lines[0], lines[0]
+    assert " object at 0x" not in lines[0] and "(in memory)" in lines[0], lines[0]
+    record = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert sum(record["data"]["bad"]["one"].values()) > 1  # counted on every pass

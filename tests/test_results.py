@@ -95,7 +95,7 @@ def test_flatten_metrics_and_dotted_get() -> None:
     assert get_dotted({"data": {"train": []}}, "data.train.0.mode") is None
 
 
-def test_write_record_is_atomic_and_read_back(tmp_path: Path) -> None:
+def test_write_record_is_atomic_and_read_back(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     record = make_record(
         "clip/frozen", config("clip", True), CLIP_FROZEN, stage=2, created="2026-01-01T00:00:00+00:00"
     )
@@ -114,8 +114,10 @@ def test_write_record_is_atomic_and_read_back(tmp_path: Path) -> None:
     write_record(newer, tmp_path / "sweep" / "nested" / "copy.json")
     (tmp_path / "sweep" / "config.json").write_text(json.dumps({"model": {}}))  # not a record: ignored
     (tmp_path / "sweep" / "broken.json").write_text('{"run_id": "x", "metrics": ')  # half-written: warned
-    with pytest.warns(UserWarning, match="broken.json"):
+    with caplog.at_level("WARNING", logger="vlmlab.runs"):
         records = read_records(tmp_path / "sweep")
+    (warned,) = [r.getMessage() for r in caplog.records if "broken.json" in r.getMessage()]
+    assert "not readable JSON" in warned and "\n" not in warned  # one line
     assert len(records) == 1 and records[0]["metrics"]["vqav2"] == pytest.approx(0.508)
     (tmp_path / "sweep" / "broken.json").unlink()
     assert read_records(tmp_path / "sweep", stage=3) == []

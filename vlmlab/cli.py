@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 from vlmlab.errors import ConfigError, TrainingStopped
 
@@ -23,8 +24,18 @@ COMMAND_MODULES = [
 ]
 
 
+class UsageError(Exception):
+    """A command line argparse refuses (unknown option, bad number): one line, like every other bad input."""
+
+
+class _Parser(argparse.ArgumentParser):
+    # sub-command parsers are made with the class of their parent (argparse's parser_class default)
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vlmlab", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="vlmlab", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
     for module_name in COMMAND_MODULES:
         try:
@@ -38,7 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as error:
+        print(f"vlmlab: error: {error}", file=sys.stderr)
+        return 2
     try:
         return int(args.func(args) or 0)
     except ConfigError as error:

@@ -41,6 +41,43 @@ STRATEGIES = ("auto", "ddp", "fsdp")
 # where the gated cross-attention layers sit among the decoder layers (vlmlab/models/fusion/cross_attention.py)
 CROSS_ATTENTION_LAYOUTS = ("every", "llama32")
 TRAIN_METHODS = ("sft", "grpo", "eval")
+# Lightning's precision settings (its `_PRECISION_INPUT_STR`, checked by a test), refused on load instead of
+# by the Trainer after the model is built
+PRECISIONS = (
+    "32-true",
+    "bf16-mixed",
+    "16-mixed",
+    "bf16-true",
+    "16-true",
+    "64-true",
+    "32",
+    "16",
+    "bf16",
+    "64",
+)
+# the accelerators a Trainer takes by name on the machines vlmlab runs on
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+# the parameter groups `optim.lr` gives rates to (vlmlab.recipes: the groups a freezing recipe names)
+LR_GROUPS = ("adapter", "image_tokenizer", "cross_attention", "language_model", "mot_image")
+# the settings `data.lomo` may hold: the fields of vlmlab.data.lomo.LomoConfig (checked by a test), named
+# here so that a misspelled one stops the config on load, torch-free
+LOMO_KEYS = (
+    "rewrite_ratio",
+    "position",
+    "distortion",
+    "distortion_weights",
+    "distortion_params",
+    "font_size",
+    "line_height",
+    "math_font_size",
+    "max_width",
+    "render_math",
+    "math_engine",
+    "max_whole_sentences",
+    "image_text_ratio",
+    "seed",
+    "prompt_key",
+)
 # the loss over the vocabulary head (vlmlab/models/loss.py): auto = liger on CUDA when installed, else chunked
 LOSS_IMPLS = ("auto", "dense", "chunked", "liger")
 # The adapters (connectors, paper section 2.2, and the design-space studies' connectors) `model.adapter` names
@@ -385,6 +422,33 @@ class DataSourceConfig:
                 f"(or null: no cap), got {self.max_images!r}."
             )
 
+    def check(self, where: str) -> None:
+        """The values alone can tell (`where`: its place in the config, e.g. data.train.0); what needs the
+        files is checked when the source is opened (vlmlab.data.sources)."""
+        if not _is_number(self.weight) or not math.isfinite(self.weight) or self.weight <= 0:
+            raise ConfigError(
+                f"{where}.weight={self.weight!r} is no sampling weight (valid: a finite number > 0; leave the "
+                "source out to not sample it)."
+            )
+        if self.image_size is not None and (not _is_int(self.image_size) or self.image_size < 1):
+            raise ConfigError(
+                f"{where}.image_size={self.image_size!r} is not a size in pixels (valid: an integer >= 1, or "
+                "null for the tokenizer's input size)."
+            )
+        if self.num_samples is not None and (not _is_int(self.num_samples) or self.num_samples < 1):
+            raise ConfigError(
+                f"{where}.num_samples={self.num_samples!r} is not a sample count (valid: an integer >= 1, or "
+                "null for a fresh stream)."
+            )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
 
 @dataclass
 class DataConfig:
@@ -401,6 +465,19 @@ class DataConfig:
     # at once; open-weight instruct models reason first and need hundreds
     val_max_new_tokens: int = 16
     lomo: dict[str, Any] = field(default_factory=dict)  # LoMo transform settings for text-only samples
+
+    def __post_init__(self) -> None:
+        if not _is_number(self.max_bad_fraction) or not 0 <= self.max_bad_fraction <= 1:
+            raise ConfigError(
+                f"data.max_bad_fraction={self.max_bad_fraction!r} is not a share of samples (valid: a number in "
+                "[0, 1]; 0 stops at the first bad samples beyond a handful)."
+            )
+        for part in ("train", "val"):
+            for index, source in enumerate(getattr(self, part)):
+                source.check(f"data.{part}.{index}")
+        for key in self.lomo:
+            if key not in LOMO_KEYS:
+                raise unknown_choice("LoMo setting (data.lomo)", key, LOMO_KEYS)
 
 
 @dataclass
@@ -424,6 +501,16 @@ class OptimConfig:
     warmup_steps: int = 0
     min_lr_ratio: float = 0.1  # cosine decays to this fraction of each group's maximum
     grad_clip: float | None = 1.0
+
+    def __post_init__(self) -> None:
+        for group in self.lr:
+            if group not in LR_GROUPS:
+                raise unknown_choice("learning-rate group (optim.lr)", group, LR_GROUPS)
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(
+                f"optim.min_lr_ratio={self.min_lr_ratio!r} is not a fraction of the peak rate (valid: a number "
+                "in [0, 1]; 0 decays to zero, 1 keeps the rate constant)."
+            )
 
 
 # What happens to a parent stage's LoRA adapters when a stage starts (vlmlab.models.lora.hand_off): carry = the
@@ -527,6 +614,20 @@ class TrainConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise unknown_choice("precision (train.precision)", self.precision, PRECISIONS)
+        if self.accelerator not in ACCELERATORS:
+            raise unknown_choice("accelerator (train.accelerator)", self.accelerator, ACCELERATORS)
+        if (
+            _is_int(self.schedule_steps)
+            and _is_int(self.max_steps)
+            and 0 < self.schedule_steps < self.max_steps
+        ):
+            raise ConfigError(
+                f"train.schedule_steps={self.schedule_steps} ends the learning-rate schedule before "
+                f"train.max_steps={self.max_steps}; the steps after it would run past the cosine's end (valid: "
+                f"{self.max_steps} or more, or null for max_steps)."
+            )
         if self.loss_impl not in LOSS_IMPLS:
             raise unknown_choice("loss implementation (train.loss_impl)", self.loss_impl, LOSS_IMPLS)
         if self.method not in TRAIN_METHODS:
@@ -593,6 +694,7 @@ def check_keys(data: Any, schema: type, where: str = "") -> None:
                 f"Unknown config key {path!r}.{did_you_mean} Valid keys here: {', '.join(fields)}."
             )
         field_type = fields[key].type
+        _check_container(path, value, field_type)
         nested = _dataclass_of(field_type)
         if nested is not None:
             check_keys(value, nested, path)
@@ -600,6 +702,21 @@ def check_keys(data: Any, schema: type, where: str = "") -> None:
             item_schema = _dataclass_of(field_type[5:-1])
             for index, item in enumerate(value if item_schema else []):
                 check_keys(item, item_schema, f"{path}[{index}]")
+
+
+def _check_container(path: str, value: Any, field_type: Any) -> None:
+    """A mapping where the schema has a list, or the other way round (OmegaConf would say "Cannot merge
+    incompatible container types" naming neither key nor value)."""
+    text = field_type if isinstance(field_type, str) else getattr(field_type, "__name__", "")
+    wants_mapping = text.startswith("dict") or _dataclass_of(field_type) is not None
+    wants_list = text.startswith("list")
+    if wants_mapping and isinstance(value, list):
+        raise ConfigError(f"{path}={value!r} is a list, but {path} is a mapping (key: value, e.g. {{...}}).")
+    if wants_list and isinstance(value, dict):
+        raise ConfigError(f"{path}={value!r} is a mapping, but {path} is a list ([...]).")
+    if (wants_mapping or wants_list) and value is not None and not isinstance(value, dict | list):
+        kind = "a mapping (key: value)" if wants_mapping else "a list ([...])"
+        raise ConfigError(f"{path}={value!r} has the wrong type: expected {kind}.")
 
 
 def _dataclass_of(field_type: Any) -> type | None:
@@ -635,9 +752,9 @@ def load_config(schema: type, sources: list[str | Path | dict] = (), overrides: 
         try:
             merged = OmegaConf.merge(merged, data)
         except Exception as error:  # omegaconf's validation errors name the key and the bad value
-            raise ConfigError(f"Invalid config value: {error}") from error
+            raise ConfigError(_value_error(error, source if not isinstance(source, dict) else None)) from None
     for key, value in _parse_overrides(overrides):
-        _check_path(key, schema)
+        _check_path(key, schema, value)
         parts = key.split(".")
         for number, part in enumerate(parts[1:], start=1):
             container = OmegaConf.select(merged, ".".join(parts[:number]))
@@ -649,11 +766,37 @@ def load_config(schema: type, sources: list[str | Path | dict] = (), overrides: 
         try:  # a path, so list items are addressed by index: data.train.0.path=/data/x
             OmegaConf.update(merged, key, value, merge=True)
         except Exception as error:
-            raise ConfigError(f"Invalid override {key}={value!r}: {error}") from error
+            raise ConfigError(_value_error(error, None, key, value)) from None
     try:
         return OmegaConf.to_object(merged)
+    except ConfigError:
+        raise
     except Exception as error:
-        raise ConfigError(f"Invalid config value: {error}") from error
+        raise ConfigError(_value_error(error, None)) from None
+
+
+# what OmegaConf's conversion messages call the types a schema field expects
+_EXPECTED = {
+    "Integer": "an integer",
+    "Float": "a number",
+    "Boolean": "true or false",
+    "valid bool": "true or false",
+    "String": "a string",
+}
+
+
+def _value_error(error: Exception, source: Any, key: str | None = None, value: Any = None) -> str:
+    """One line for a value OmegaConf cannot take: the key, the value and the expected type, without the
+    full_key / reference_type / object_type lines OmegaConf appends."""
+    key = key or getattr(error, "full_key", None) or "?"
+    if value is None:
+        value = getattr(error, "value", None)
+    reason = (str(getattr(error, "msg", "") or error).strip().splitlines() or ["invalid"])[0]
+    expected = next((text for word, text in _EXPECTED.items() if word in reason), None)
+    where = f" (in {source})" if source else ""
+    if expected:
+        return f"{key}={value!r}{where} has the wrong type: expected {expected}."
+    return f"{key}={value!r}{where} is not valid: {reason}"
 
 
 @functools.cache  # a sweep's expansion loads the same presets many times
@@ -710,8 +853,9 @@ def _parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     return pairs
 
 
-def _check_path(key: str, schema: type) -> None:
-    """Raise on the first part of a dotted override key that `schema` lacks (list items by index)."""
+def _check_path(key: str, schema: type, value: Any = None) -> None:
+    """Raise on the first part of a dotted override key that `schema` lacks (list items by index), or on a
+    `value` of the wrong kind of container for it."""
     current: Any = schema
     where = ""
     parts = key.split(".")
@@ -725,7 +869,7 @@ def _check_path(key: str, schema: type) -> None:
                 )
             current, where = current[1], f"{where}.{part}"
             continue
-        check_keys({part: None}, current, where)
+        check_keys({part: value if number == len(parts) - 1 else None}, current, where)
         field_type = {f.name: f.type for f in dataclasses.fields(current)}[part]
         where = f"{where}.{part}" if where else part
         nested = _dataclass_of(field_type)
@@ -770,6 +914,10 @@ __all__ = [
     "STRATEGIES",
     "TOKEN_COUNT_ADAPTERS",
     "TRAIN_METHODS",
+    "ACCELERATORS",
+    "LOMO_KEYS",
+    "LR_GROUPS",
+    "PRECISIONS",
     "check_keys",
     "load_config",
     "read_yaml_file",

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -29,6 +31,43 @@ def fsync_file(path: str | os.PathLike) -> None:
         os.fsync(handle.fileno())
 
 
+# a destination that cannot take the write: full, over quota, read-only, too large, failing, not allowed
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO, errno.EACCES, errno.EPERM}
+# what a full or read-only disk raises from libraries that do not raise OSError (safetensors' Rust writer
+# says `IoError(Os { code: 28, kind: StorageFull, ... })`)
+_OS_CODE = re.compile(r"\bcode: (\d+)\b|\[Errno (\d+)\]")
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """Name `path` (the file or folder being written: inside the run folder, the export folder) in any
+    failure to write it, as one OSError: a full disk says which destination it could not write, not which
+    temporary file (`'/tmp/tmpXXXXXXXX' No space left on device`). Errors that are not about the disk pass
+    through unchanged."""
+    try:
+        yield
+    except Exception as error:
+        code = _write_errno(error)
+        if code is None:
+            raise
+        raise OSError(code, f"cannot write it: {os.strerror(code)}", str(path)) from None
+
+
+def _write_errno(error: BaseException | None) -> int | None:
+    """The errno of a failed write behind `error`: its own, one in its message, or one of the error it
+    was raised while handling (torch.save's zip writer masks a full disk with its own RuntimeError)."""
+    for _ in range(8):
+        if error is None:
+            return None
+        if isinstance(error, OSError) and error.errno in WRITE_ERRNOS:
+            return error.errno
+        match = _OS_CODE.search(str(error)) if not isinstance(error, OSError) else None
+        if match and int(match.group(1) or match.group(2)) in WRITE_ERRNOS:
+            return int(match.group(1) or match.group(2))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: Literal["wb", "w"] = "wb") -> Iterator[IO[Any]]:
     """Open `path` for writing so that readers see the old file or the complete new one, never a part: the
@@ -40,15 +79,16 @@ def atomic_open(path: str | os.PathLike, mode: Literal["wb", "w"] = "wb") -> Ite
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_open writes a new file: mode 'wb' or 'w', not {mode!r}.")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with open(fd, mode, encoding="utf-8" if mode == "w" else None) as handle:
+        with writing(path), open(fd, mode, encoding="utf-8" if mode == "w" else None) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        shareable(tmp)
-        os.replace(tmp, path)
+            shareable(tmp)
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -72,6 +112,7 @@ __all__ = [
     "fsync_file",
     "replace_folder",
     "shareable",
+    "writing",
 ]
 
 

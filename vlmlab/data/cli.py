@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from vlmlab.errors import ConfigError
+from vlmlab.errors import ConfigError, count_argument
 
 TASK_NAMES = ("spatialmap", "grid", "ring")  # for help text; the registry is the source of truth
 SPLIT_NAMES = ("train", "test", "ood")
@@ -30,9 +30,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("task", metavar="{" + ",".join(TASK_NAMES) + "}")
     synth.add_argument("--split", default="train", metavar="{" + ",".join(SPLIT_NAMES) + "}")
     synth.add_argument("--out", required=True, help="output directory")
-    synth.add_argument("--num", type=int, help="number of samples (default: paper size, 4500/500/500)")
+    synth.add_argument(
+        "--num", type=count_argument(), help="number of samples (default: paper size, 4500/500/500)"
+    )
     synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--image-size", type=int, default=384, help="image side in pixels")
+    synth.add_argument("--image-size", type=count_argument(), default=384, help="image side in pixels")
     synth.add_argument(
         "--objects", type=_objects, help="objects per sample, K or LOW-HIGH (spatialmap, ring)"
     )
@@ -45,8 +47,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         help="grid: redraw walks that return to their start until that happens at chance (1/n^2); "
         "off = the paper's generator, where 30%% of 3x3 answers are the start object",
     )
-    synth.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
-    synth.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="render processes")
+    synth.add_argument("--shard-size", type=count_argument(), default=1000, help="samples per shard")
+    synth.add_argument(
+        "--workers", type=count_argument(), default=min(2, os.cpu_count() or 1), help="render processes"
+    )
     synth.add_argument("--stats", action="store_true", help="print split statistics afterwards")
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
     synth.set_defaults(func=_synth)
@@ -66,10 +70,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "source", help="a config YAML (its data.train sources) or a path (shards, JSON, parquet, ...)"
     )
     inspect.add_argument("overrides", nargs="*", help="key=value config overrides (with a config YAML)")
-    inspect.add_argument("-n", type=int, default=8, help="samples per source")
+    inspect.add_argument("-n", type=count_argument(), default=8, help="samples per source")
     inspect.add_argument(
         "--tokens-per-image",
-        type=int,
+        type=count_argument(),
         default=16,
         help="placeholder tokens per image (per tile when the config tiles)",
     )
@@ -83,10 +87,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "source", help="a folder of `data synth` JSONL indexes, a config YAML or a source path"
     )
     stats.add_argument("overrides", nargs="*", help="key=value config overrides (with a config YAML)")
-    stats.add_argument("-n", type=int, default=1000, help="samples read per source")
+    stats.add_argument("-n", type=count_argument(), default=1000, help="samples read per source")
     stats.add_argument(
         "--tokens-per-image",
-        type=int,
+        type=count_argument(),
         default=16,
         help="placeholder tokens per image (per tile when the config tiles)",
     )

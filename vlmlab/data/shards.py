@@ -206,6 +206,14 @@ def iter_shard(url: str, start: int = 0) -> Iterator[tuple[dict[str, Any], int |
             pass
 
 
+def _is_tar(path: Path) -> bool:
+    """A (possibly compressed) tar archive by its content, not its name; an empty file is an empty tar."""
+    try:
+        return path.stat().st_size == 0 or tarfile.is_tarfile(path)
+    except OSError:
+        return False
+
+
 def count_samples(url: str) -> tuple[int, str | None]:
     """Samples in one shard (one sequential pass), and the read error that ended it early, if any."""
     count = 0
@@ -220,6 +228,12 @@ def count_samples(url: str) -> tuple[int, str | None]:
 def write_manifest(urls: Sequence[str], out: str | os.PathLike, name: str = "") -> dict[str, Any]:
     """Count every shard once and write the manifest atomically; returns the index written."""
     out = Path(out)
+    for url in urls:  # every file first: nothing is counted or written for a list holding a non-tar
+        if _is_local(url) and not _is_tar(Path(_local_path(url))):
+            raise ConfigError(
+                f"{_local_path(url)!r} is not a tar shard (valid: .tar / .tar.gz / .tgz files in the "
+                "webdataset layout, e.g. written by img2dataset or `vlmlab data synth`)."
+            )
     entries, problems = [], []
     for url in urls:
         count, error = count_samples(url)

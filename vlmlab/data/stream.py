@@ -63,6 +63,7 @@ from vlmlab.data.sources import (
 )
 from vlmlab.data.sources.base import log
 from vlmlab.errors import ConfigError
+from vlmlab.lifetime import worker_init_fn
 
 STATE_FORMAT = 1
 # torchdata 0.11 calls a deprecated torch API on every iterator start; nothing for a user to act on
@@ -426,6 +427,8 @@ class ResumableLoader:
             raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}.")
         self.stream = stream
         self.num_workers = num_workers
+        if num_workers:  # workers die with this process, even when it is killed (vlmlab/lifetime.py)
+            kwargs["worker_init_fn"] = worker_init_fn(kwargs.get("worker_init_fn"))
         self.loader = StatefulDataLoader(stream, batch_size=None, num_workers=num_workers, **kwargs)
         self.batches = 0  # batches yielded, counting those before a resume
         self._states: deque[tuple[int, dict[str, Any]]] = deque(maxlen=max(keep, 2))

@@ -28,7 +28,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from vlmlab.errors import ConfigError
 from vlmlab.files import shareable
@@ -199,6 +199,10 @@ def load_text_tokenizer(
     else:
         source = str(Path(spec).expanduser()) if Path(spec).expanduser().exists() else spec
         kwargs = {"cache_dir": str(cache_dir)} if cache_dir is not None else {}
+        if source == spec:  # a hub id: without the network only the cache can answer, so ask it alone
+            check_hub_tokenizer(spec)
+            if hub_unreachable():
+                kwargs["local_files_only"] = True
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as error:
@@ -206,6 +210,60 @@ def load_text_tokenizer(
             f"Could not load text tokenizer {spec!r}: {error}. Use 'tiny', a local folder or a hub id "
             "(hub ids need network access or a filled Hugging Face cache)."
         ) from error
+    return _checked(tokenizer, spec, vocab_size, image_token_id)
+
+
+def check_hub_tokenizer(spec: str) -> None:
+    """One line, at once, for a text tokenizer that cannot be had: a local path that does not exist, or a
+    hub id that is neither in the Hugging Face cache nor reachable."""
+    if spec == "tiny" or Path(spec).expanduser().exists():
+        return
+    if spec.startswith(("/", "./", "../", "~")):
+        raise ConfigError(
+            f"data.text_tokenizer={spec!r} does not exist (valid: 'tiny', a local folder or a hub id)."
+        )
+    offline = hub_unreachable()
+    if offline is None:
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = any(
+        isinstance(try_to_load_from_cache(spec, name), str)
+        for name in ("tokenizer_config.json", "tokenizer.json")
+    )
+    if not cached:
+        raise ConfigError(
+            f"Text tokenizer {spec!r} is not in the Hugging Face cache and the hub cannot be reached ({offline}); "
+            "use 'tiny' or a local folder, or fill the cache where the hub is reachable."
+        )
+
+
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the Hugging Face hub cannot be asked (HF_HUB_OFFLINE, or no connection to its endpoint within
+    `timeout` seconds), or None: transformers would otherwise retry for most of a minute before failing."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None  # through a proxy: only a real request can tell
+    endpoint = urlparse(constants.ENDPOINT)
+    host, port = (
+        endpoint.hostname or "huggingface.co",
+        endpoint.port or (80 if endpoint.scheme == "http" else 443),
+    )
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as error:
+        return f"no connection to {host}:{port}: {error.strerror or error}"
+    return None
+
+
+def _checked(tokenizer: Any, spec: str, vocab_size: int, image_token_id: int) -> Any:
+    """The tokenizer, once its ids are known to fit the backbone (see load_text_tokenizer)."""
     vocab = tokenizer.get_vocab()
     found = vocab.get(IMAGE_PAD)
     if found != image_token_id:
@@ -233,6 +291,8 @@ __all__ = [
     "IM_START",
     "PAD_TOKEN",
     "build_tiny_tokenizer",
+    "check_hub_tokenizer",
+    "hub_unreachable",
     "load_text_tokenizer",
     "tiny_vocabulary",
 ]

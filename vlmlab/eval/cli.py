@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from vlmlab.errors import ConfigError, unknown_choice
+from vlmlab.errors import ConfigError, count_argument, unknown_choice
 
 
 def _split_list(text: str | None) -> list[str]:
@@ -128,7 +128,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("runs", nargs="+", help="run folders (each holds config.yaml and its checkpoint)")
     parser.add_argument("--tasks", default="", help="comma-separated subset of spatialmap,grid,ring")
-    parser.add_argument("--num-samples", type=int, default=500, help="samples per task, modality and split")
+    parser.add_argument(
+        "--num-samples", type=count_argument(), default=500, help="samples per task, modality and split"
+    )
     parser.add_argument(
         "--difficulty", nargs="*", default=[], help="generator settings per split: TASK.SPLIT.KNOB=VALUE"
     )
@@ -141,7 +143,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--rendered", action="store_true", help="with --benchmark: also LoMo's rendered protocol"
     )
-    parser.add_argument("--limit", type=int, default=None, help="with --benchmark: first N items only")
+    parser.add_argument(
+        "--limit", type=count_argument(), default=None, help="with --benchmark: first N items only"
+    )
     parser.add_argument(
         "--split",
         default=None,
@@ -155,10 +159,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         help="with --benchmark: autocast precision",
     )
     parser.add_argument(
-        "--batch-size", type=int, default=16, help="with --benchmark: prompts per generation batch"
+        "--batch-size",
+        type=count_argument(),
+        default=16,
+        help="with --benchmark: prompts per generation batch",
     )
     parser.add_argument(
-        "--max-new-tokens", type=int, default=32, help="with --benchmark: answer length limit"
+        "--max-new-tokens", type=count_argument(), default=32, help="with --benchmark: answer length limit"
     )
     parser.add_argument(
         "--out", default=None, help="with --benchmark: folder for predictions (default: RUN/eval/)"

@@ -54,7 +54,7 @@ import torch
 from torch import nn
 
 from vlmlab.errors import ConfigError, unknown_choice
-from vlmlab.files import atomic_write_text, fsync_file, shareable
+from vlmlab.files import atomic_write_text, fsync_file, shareable, writing
 from vlmlab.models.lora import merge_all
 
 FORMATS = ("auto", "llava", "remote-code")
@@ -798,8 +798,9 @@ def export_run(
     import vlmlab
 
     record["vlmlab_version"] = vlmlab.__version__
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    with writing(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
         shareable(tmp, folder=True)
         if llava is not None:
@@ -819,7 +820,8 @@ def export_run(
         _replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with writing(out):  # a full disk names the export folder
+            raise
     return out
 
 

@@ -7,6 +7,8 @@ the released checkpoint ties them; the head starts as a copy of the embedding.
 from __future__ import annotations
 
 import dataclasses
+import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from vlmlab import presets
 from vlmlab.config import read_yaml_file
-from vlmlab.errors import ConfigError, unknown_choice
+from vlmlab.errors import ConfigError, unknown_choice, unpickling_refusal
 from vlmlab.models.provenance import pretrained_files, record_loaded
 
 ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flex_attention")
@@ -128,9 +130,18 @@ def build_backbone(
         _check_architecture(spec, saved, weights)
         # a tied file has no lm_head entry: load it tied (not "missing, newly initialised"), then untie below
         config.tie_word_embeddings = saved.tie_word_embeddings
-        model = Qwen3ForCausalLM.from_pretrained(
-            weights, config=config, attn_implementation=attn_implementation, dtype=torch.float32
-        )
+        with warnings.catch_warnings():  # a refused pickle's protocol warning would come before its one line
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            model = Qwen3ForCausalLM.from_pretrained(
+                weights, config=config, attn_implementation=attn_implementation, dtype=torch.float32
+            )
+    except pickle.UnpicklingError as error:  # torch.load(weights_only=True) refused a pickle that runs code
+        files = [str(path) for path in sorted(local.glob("*.bin"))] if local.is_dir() else [weights]
+        raise ConfigError(
+            f"Backbone weights file {', '.join(files)} is not plain tensors: loading it would run code "
+            f"({unpickling_refusal(error)}); vlmlab loads tensors only. Use safetensors files (save_pretrained's "
+            "default)."
+        ) from None
     except OSError as error:
         raise ConfigError(
             f"Could not load backbone weights {weights!r} ({error}). Without network access, point "

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from vlmlab.errors import ConfigError
-from vlmlab.files import atomic_write_text, fsync_file, replace_folder, shareable
+from vlmlab.files import atomic_write_text, fsync_file, replace_folder, shareable, writing
 from vlmlab.models.lora import add_lora, lora_adapters, merge_lora
 from vlmlab.models.provenance import PART_PREFIX, check_base_weights
 
@@ -61,15 +62,11 @@ def save_stage_checkpoint(
     """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     source = full_state if full_state is not None else dict(model.named_parameters())
     wanted = {name for name, param in model.named_parameters() if param.requires_grad or include_frozen}
     tensors = {name: source[name].detach().contiguous().cpu() for name in sorted(wanted)}
     if include_frozen:  # random-init base: buffers too (e.g. rotary frequencies are deterministic, but cheap)
         tensors.update({f"buffer:{n}": b.detach().contiguous().cpu() for n, b in model.named_buffers()})
-    shareable(tmp, folder=True)
-    save_file(tensors, str(tmp / WEIGHTS))
-    fsync_file(tmp / WEIGHTS)
     meta = {
         "stage": config["train"]["stage"],
         "fusion": config["model"]["fusion"],
@@ -88,8 +85,17 @@ def save_stage_checkpoint(
     if config["model"]["fusion"] == "cross_attention":
         # where its layers sit: another layout has the same parameter names at other depths (load refuses it)
         meta["cross_attention_layout"] = config["model"].get("cross_attention_layout", "every")
-    atomic_write_text(tmp / META, json.dumps(meta, indent=2))
-    replace_folder(tmp, folder)
+    with writing(folder):  # a full disk names the checkpoint folder, and leaves no partial one behind
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+        try:
+            shareable(tmp, folder=True)
+            save_file(tensors, str(tmp / WEIGHTS))
+            fsync_file(tmp / WEIGHTS)
+            atomic_write_text(tmp / META, json.dumps(meta, indent=2))
+            replace_folder(tmp, folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return folder
 
 

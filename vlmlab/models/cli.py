@@ -8,6 +8,7 @@ import json
 from omegaconf import OmegaConf
 
 from vlmlab.config import ModelConfig, load_config, read_yaml_file
+from vlmlab.errors import count_argument
 
 
 def model_config_from(path: str | None, overrides: list[str]) -> ModelConfig:
@@ -35,5 +36,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("config", nargs="?", help="a YAML config with a `model:` section")
     parser.add_argument("overrides", nargs="*", help="model.key=value overrides, e.g. model.fusion=mot")
     parser.add_argument("--json", action="store_true", help="print JSON with a `params` object per group")
-    parser.add_argument("--context-length", type=int, default=2048, help="average over this causal context")
+    parser.add_argument(
+        "--context-length", type=count_argument(), default=2048, help="average over this causal context"
+    )
     parser.set_defaults(func=_describe)

@@ -23,6 +23,8 @@ import copy
 import hashlib
 import json
 import logging
+import pickle
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +34,8 @@ import torch
 from torch import nn
 
 from vlmlab.config import ModelConfig
-from vlmlab.errors import ConfigError
-from vlmlab.files import atomic_write_text, fsync_file, replace_folder, shareable
+from vlmlab.errors import ConfigError, unpickling_refusal
+from vlmlab.files import atomic_write_text, fsync_file, replace_folder, shareable, writing
 from vlmlab.models.lora import lora_adapters, merge_all
 
 log = logging.getLogger("vlmlab.models")
@@ -177,30 +179,37 @@ class OpenWeightVLM(nn.Module):
         temporary folder renamed into place, so a kill never leaves half a checkpoint."""
         folder = Path(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-        shareable(tmp, folder=True)
-        weights = None if state is None else {k.removeprefix("hf."): v for k, v in state.items()}
-        hf = self.hf
-        if lora_adapters(self):
-            # what any HF tool loads is the plain architecture: the adapters merged, into a copy, since
-            # training goes on with them (a best/ checkpoint is written mid-run)
-            merged = copy.deepcopy(self)
-            merge_all(merged)
-            hf = merged.hf
-        hf.save_pretrained(tmp, state_dict=weights)
-        self.processor.save_pretrained(tmp)
-        meta = {
-            "open_weight": self.source,
-            "base_weights": self.base_weights,
-            "trained": sorted(n for n, p in self.named_parameters() if p.requires_grad),
-            "lora": lora_adapters(self),  # trained through these adapters, merged into the saved weights
-            "config": config,
-            "metrics": metrics or {},
-        }
-        atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2))
-        for path in tmp.glob("*.safetensors"):
-            fsync_file(path)
-        replace_folder(tmp, folder)
+        with writing(folder):  # a full disk names the checkpoint folder, and leaves no partial one behind
+            tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+            try:
+                shareable(tmp, folder=True)
+                weights = None if state is None else {k.removeprefix("hf."): v for k, v in state.items()}
+                hf = self.hf
+                if lora_adapters(self):
+                    # what any HF tool loads is the plain architecture: the adapters merged, into a copy, since
+                    # training goes on with them (a best/ checkpoint is written mid-run)
+                    merged = copy.deepcopy(self)
+                    merge_all(merged)
+                    hf = merged.hf
+                hf.save_pretrained(tmp, state_dict=weights)
+                self.processor.save_pretrained(tmp)
+                meta = {
+                    "open_weight": self.source,
+                    "base_weights": self.base_weights,
+                    "trained": sorted(n for n, p in self.named_parameters() if p.requires_grad),
+                    "lora": lora_adapters(
+                        self
+                    ),  # trained through these adapters, merged into the saved weights
+                    "config": config,
+                    "metrics": metrics or {},
+                }
+                atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2))
+                for path in tmp.glob("*.safetensors"):
+                    fsync_file(path)
+                replace_folder(tmp, folder)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
         return folder
 
 
@@ -236,6 +245,11 @@ def load_open_weight(config: ModelConfig, source: str | None = None) -> OpenWeig
             else type(error).__name__
         )
         hint = ""
+        if isinstance(error, pickle.UnpicklingError):  # torch.load(weights_only=True) refused a pickle
+            local = Path(where).expanduser()
+            files = sorted(str(p) for p in local.glob("*.bin")) if local.is_dir() else [where]
+            first = f"{', '.join(files)} would run code when loaded ({unpickling_refusal(error)})"
+            hint = " vlmlab loads tensors only: use safetensors files."
         if "trust_remote_code" in str(error) and not remote:
             hint = f" Its repository ships its own code: list {where!r} in model.trust_remote_code to run it."
         raise ConfigError(f"Cannot load open-weight model {where!r}: {first}.{hint}") from None

@@ -14,7 +14,7 @@ from vlmlab.data.synthetic.generate import DEFAULT_IMAGE_SIZE
 from vlmlab.data.text_tokenizer import load_text_tokenizer
 from vlmlab.data.tiling import ImageTiler
 from vlmlab.errors import ConfigError
-from vlmlab.models.checkpoint import load_stage_checkpoint
+from vlmlab.models.checkpoint import META, load_stage_checkpoint, resolve_checkpoint
 from vlmlab.models.open_weight import OpenWeightVLM, load_open_weight
 from vlmlab.models.tokenizers.preprocess import build_tile_transform
 from vlmlab.models.vlm import VisionLanguageModel, build_vlm
@@ -69,7 +69,14 @@ def load_run(run_dir: str | Path) -> tuple[ExperimentConfig, VisionLanguageModel
                 f"{str(run_dir)!r} holds no trained model (best/ or final/): is the run finished?"
             )
         return config, load_open_weight(config.model, str(saved[0]) if saved else None).eval()
+    if not any((run_dir / name / META).exists() for name in ("best", "final")):  # said before building
+        training = " (it is still training, or was stopped: checkpoints/last.ckpt is only its resume state)"
+        raise ConfigError(
+            f"{str(run_dir)!r} holds no trained model yet (best/ or final/){training if (run_dir / 'checkpoints').exists() else ''}: "
+            "evaluate it once it has finished."
+        )
+    checkpoint = resolve_checkpoint(run_dir)
     torch.manual_seed(config.train.seed)
     model = build_vlm(config.model)
-    load_stage_checkpoint(model, run_dir)
+    load_stage_checkpoint(model, checkpoint)
     return config, model.eval()

@@ -59,7 +59,7 @@ import json
 import math
 import os
 import re
-import warnings
+import logging
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -91,6 +91,8 @@ RECORD_KEYS = (
     "timings",
     "created",
 )
+
+log = logging.getLogger("vlmlab.runs")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -257,17 +259,21 @@ def read_records(root: str | os.PathLike[str], *, stage: int | None = None) -> l
         raise ConfigError(f"Results folder {str(root)!r} does not exist or is not a folder.")
     latest: dict[tuple[str, int], dict[str, Any]] = {}
     for path in sorted(root.rglob("*.json")):
+        text = None
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
+            data = json.loads(text)
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            warnings.warn(f"Skipping unreadable JSON {path}: {error}", stacklevel=2)
+            # one line (a warning would print its source line too): one broken run cannot hide the rest
+            empty = text is not None and not text.strip()
+            log.warning("vlmlab: skipped %s: %s", path, "it is empty" if empty else f"not readable JSON ({error})")
             continue
         if not isinstance(data, Mapping) or "run_id" not in data or "metrics" not in data:
             continue
         try:
             record = validate_record(data, source=str(path))
         except ConfigError as error:
-            warnings.warn(f"Skipping invalid record: {error}", stacklevel=2)
+            log.warning("vlmlab: skipped an invalid record: %s", error)
             continue
         if stage is not None and record["stage"] != stage:
             continue

@@ -13,6 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
+from vlmlab.errors import count_argument
 from vlmlab.sweep.spec import BACKENDS
 
 
@@ -77,7 +78,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--backend", choices=BACKENDS, help="where runs train (default: the file's `backend`)"
     )
-    parser.add_argument("--parallel", type=int, default=1, help="local backend: runs at a time (default 1)")
+    parser.add_argument(
+        "--parallel", type=count_argument(), default=1, help="local backend: runs at a time (default 1)"
+    )
     parser.add_argument("--output", help="sweep output folder (default: the file's `output_dir`)")
     parser.add_argument(
         "--command",
@@ -99,6 +102,8 @@ def add_quickstart_command(subparsers: argparse._SubParsersAction) -> None:
         help="the CPU main job: synthetic data, a 3-fusion x 2-recipe ablation through 3 stages, table + plot",
     )
     parser.add_argument("--out", default="quickstart_out", help="where data, runs and the report go")
-    parser.add_argument("--parallel", type=int, default=2, help="runs trained at a time")
-    parser.add_argument("--num-eval", type=int, default=300, help="held-out samples per split and modality")
+    parser.add_argument("--parallel", type=count_argument(), default=2, help="runs trained at a time")
+    parser.add_argument(
+        "--num-eval", type=count_argument(), default=300, help="held-out samples per split and modality"
+    )
     parser.set_defaults(func=_quickstart)

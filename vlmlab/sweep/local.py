@@ -24,6 +24,8 @@ from vlmlab.sweep.spec import SweepSpec
 from vlmlab.sweep.state import SweepState, local_process_alive, now, process_start, sweep_lock
 
 POLL_SECONDS = 0.2
+# how long an ended run's leftover processes get to exit on their own before they are killed
+SURVIVOR_GRACE = 5.0
 
 
 def run_local(dag: SweepDag, spec: SweepSpec, parallel: int = 1, out: IO[str] | None = None) -> int:
@@ -141,7 +143,20 @@ class _Executor:
             return
         log.close()
         del self.started[run_id]
+        self._stop_survivors(self.dag.runs[run_id], process.pid)
         self._finish(self.dag.runs[run_id], code)
+
+    def _stop_survivors(self, run: Run, group: int) -> None:
+        """Processes of an ended run still alive in its process group (a loader worker whose trainer was
+        killed should follow it within a second or two, vlmlab/lifetime.py): given SURVIVOR_GRACE seconds,
+        then killed, and named in the sweep's output."""
+        deadline = time.monotonic() + SURVIVOR_GRACE
+        while _group_alive(group) and time.monotonic() < deadline:
+            time.sleep(POLL_SECONDS)
+        if _group_alive(group):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
+            self.say(f"killed processes of {run.key} that outlived it (process group {group})")
 
     def _finish(self, run: Run, code: int | None) -> None:
         entry = self.state.runs.get(run.id, {})
@@ -175,12 +190,37 @@ class _Executor:
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
             log.close()
+            self._stop_survivors(self.dag.runs[run_id], process.pid)
             entry = self.state.runs.get(run_id, {})
             self.state.record(
                 run_id, **{**entry, "state": "failed", "exit_code": process.returncode, "reason": why}
             )
         self.started.clear()
         self.state.save()
+
+
+def _group_alive(group: int) -> bool:
+    """Whether a live process (not a zombie waiting for its reaper) is in process group `group`."""
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    if not os.path.isdir("/proc/self"):
+        return True
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as handle:
+                # pid (comm) state ppid pgrp ...: comm may hold spaces, so split after its closing bracket
+                state, _, pgrp = handle.read().rsplit(")", 1)[1].split()[:3]
+        except (OSError, IndexError, ValueError):
+            continue
+        if int(pgrp) == group and state != "Z":
+            return True
+    return False
 
 
 class _Cancelled(Exception):

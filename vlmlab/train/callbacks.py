@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from vlmlab.errors import TrainingStopped
 from vlmlab.faults import inject_fault
-from vlmlab.files import fsync_file
+from vlmlab.files import atomic_open
 
 log = logging.getLogger("vlmlab.train")
 
@@ -42,11 +43,9 @@ class AtomicLastCheckpoint(L.Callback):
         report = getattr(module, "non_finite_weights", lambda: None)()
         if report:
             raise NonFiniteWeightsError(report)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        trainer.save_checkpoint(tmp, weights_only=False)  # the full training state
+        # the full training state, written atomically beside its destination by AtomicCheckpointIO
+        trainer.save_checkpoint(self.path, weights_only=False)
         if trainer.is_global_zero:
-            fsync_file(tmp)
-            os.replace(tmp, self.path)
             for stale in self.path.parent.glob("hpc_ckpt_*.ckpt"):  # superseded emergency checkpoints
                 stale.unlink(missing_ok=True)
         trainer.strategy.barrier()
@@ -64,6 +63,19 @@ class AtomicLastCheckpoint(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self.save(trainer, module)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, staging in the checkpoint's own folder: Lightning's stages a local
+    checkpoint in $TMPDIR (fsspec's transaction writes a `tempfile.mkstemp()` file, then moves it), so a
+    small or full node-local /tmp failed every large checkpoint naming a temporary path. Here: a temporary
+    file beside the destination, fsync, rename (vlmlab.files.atomic_open); a full disk names the checkpoint."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options.")
+        with atomic_open(Path(path)) as handle:
+            torch.save(checkpoint, handle)
 
 
 class NonFiniteWeightsError(TrainingStopped):

@@ -13,7 +13,7 @@ import lightning as L
 import torch
 
 from vlmlab.config import ExperimentConfig
-from vlmlab.errors import ConfigError, TrainingStopped
+from vlmlab.errors import ConfigError, TrainingStopped, unpickling_refusal
 from vlmlab.files import atomic_write_bytes
 from vlmlab.models.flops import FlopModel, batch_shape
 from vlmlab.models.open_weight import OpenWeightVLM
@@ -109,7 +109,7 @@ class VLMModule(L.LightningModule):
             state = checkpoint.get(DATA_STATE_KEY)
         else:
             path = self._data_state_file(step, self.global_rank)
-            state = torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
+            state = load_data_state(path) if path.exists() else None
         if state is None:
             raise ConfigError(
                 f"The checkpoint of step {step} holds no data-stream state for rank {self.global_rank}, so the "
@@ -217,3 +217,22 @@ class VLMModule(L.LightningModule):
 
 def _finite(tensor: torch.Tensor) -> bool:
     return bool(torch.isfinite(local_tensor(tensor)).all())
+
+
+def load_data_state(path: Path) -> Any:
+    """A rank's data-stream state file, tensors and plain values only: a file that would run code, or a cut
+    one, is one line naming it."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ConfigError(
+            f"{path} is not a plain data-state file: loading it would run code ({unpickling_refusal(error)}); "
+            "delete it if you did not write it."
+        ) from None
+    except (RuntimeError, OSError, EOFError, ValueError) as error:
+        raise ConfigError(
+            f"{path} is truncated or not a data-state file ({str(error).splitlines()[0][:160]}); delete it and "
+            "its checkpoint to resume from an earlier one."
+        ) from None

@@ -20,6 +20,7 @@ import torch
 from omegaconf import OmegaConf
 
 from vlmlab.config import ExperimentConfig
+from vlmlab.data.text_tokenizer import check_hub_tokenizer
 from vlmlab.errors import ConfigError, unknown_choice
 from vlmlab.models.backbone import ATTENTION_IMPLEMENTATIONS
 from vlmlab.models.loss import resolve_loss_impl
@@ -91,6 +92,8 @@ def validate(config: ExperimentConfig) -> int:
             f"data.micro_batch_size x devices x nodes = {data.micro_batch_size} x {train.devices} x "
             f"{train.num_nodes} = {per_step}."
         )
+    if not config.model.open_weight:  # an open-weight model brings its own processor
+        check_hub_tokenizer(data.text_tokenizer)  # offline: one line now, not a minute of retries later
     _check_attention_kernel(config.model.attn_implementation)
     resolve_loss_impl(config.train.loss_impl, train_device(config))  # liger without CUDA: one line
     if not isinstance(train.compile, bool):

@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 from vlmlab.config import ExperimentConfig, to_dict
 from vlmlab.data.sources import first_sample, merge_health
 from vlmlab.data.stream import data_health
-from vlmlab.errors import ConfigError, TrainingStopped
+from vlmlab.errors import ConfigError, TrainingStopped, unpickling_refusal
 from vlmlab.faults import inject_fault
 from vlmlab.files import atomic_write_text
 from vlmlab.models.checkpoint import (
@@ -41,7 +41,7 @@ from vlmlab.models.vlm import VisionLanguageModel, build_vlm
 from vlmlab.recipes import load_recipe
 from vlmlab.runs.record import run_record, write_record
 from vlmlab.scoring.transfer import evaluate_transfer_after
-from vlmlab.train.callbacks import AtomicLastCheckpoint, PeriodicValidation
+from vlmlab.train.callbacks import AtomicCheckpointIO, AtomicLastCheckpoint, PeriodicValidation
 from vlmlab.train.data import TrainData
 from vlmlab.train.freezing import apply_freezing
 from vlmlab.train.module import VLMModule
@@ -119,7 +119,7 @@ def checkpoint_step(path: Path) -> int:
             )
         return int(state["global_step"])
     except pickle.UnpicklingError as error:
-        reason = str(error).strip().splitlines()[0][:160]
+        reason = unpickling_refusal(error)
         raise ConfigError(
             f"{path} is not a plain checkpoint: loading it would run code ({reason}). vlmlab loads tensors "
             "only; delete the file if you did not write it."
@@ -229,7 +229,6 @@ def _fit_and_export(
     for source in [*config.data.train, *config.data.val]:  # seconds, before anything heavy is built
         first_sample(source, seed=config.train.seed)
     resume_from, done_steps = latest_checkpoint(last_ckpt.parent)
-    atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
     started = time.time()
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     if config.train.deterministic:
@@ -291,7 +290,7 @@ def _fit_and_export(
         preemption,
         L.pytorch.callbacks.TQDMProgressBar(refresh_rate=max(1, accumulate)),
     ]
-    plugins = []
+    plugins: list[Any] = [AtomicCheckpointIO()]  # checkpoints staged in their own folder, not $TMPDIR
     if SLURMEnvironment.detect():  # vlmlab handles the requeue signal itself (vlmlab/train/preemption.py)
         plugins.append(SLURMEnvironment(auto_requeue=False))
     loggers = [
@@ -318,10 +317,12 @@ def _fit_and_export(
         limit_val_batches=0,
         use_distributed_sampler=False,
         log_every_n_steps=config.train.log_every_n_steps,
-        plugins=plugins or None,
+        plugins=plugins,
     )
     if resume_from:
         log.info("resuming from %s (step %d)", resume_from, done_steps)
+    # once the model, data and Trainer are built: a run that failed before leaves nothing to resume
+    atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
     try:
         trainer.fit(module, ckpt_path=str(resume_from) if resume_from else None, weights_only=True)
     finally:

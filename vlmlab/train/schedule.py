@@ -58,9 +58,6 @@ def build_optimizer(
                     )
     if not param_groups:
         raise ConfigError("Nothing trains: every parameter group is frozen by this recipe and stage.")
-    unknown = set(optim.lr) - {"adapter", "image_tokenizer", "cross_attention", "language_model", "mot_image"}
-    if unknown:
-        raise unknown_choice("optim.lr group", sorted(unknown)[0], sorted(groups))
     return torch.optim.AdamW(param_groups, betas=tuple(optim.betas))
 
 

@@ -39,6 +39,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vlmlab.lifetime import preexec_die_with_parent
+
 # ---------------------------------------------------------------------------------------------
 # Bitmaps
 # ---------------------------------------------------------------------------------------------
@@ -766,6 +768,7 @@ class LatexTypesetter:
                     cwd=tmp,
                     env=env,
                     stdin=subprocess.DEVNULL,
+                    preexec_fn=preexec_die_with_parent,  # not left running by a killed run
                     capture_output=True,
                     timeout=self.timeout,
                 )
@@ -793,6 +796,7 @@ class LatexTypesetter:
                     [self.dvipng, "-D", str(self.dpi), *_DVIPNG_ARGS, "-pp", f"1-{n_good}", "f.dvi"],
                     cwd=tmp,
                     stdin=subprocess.DEVNULL,
+                    preexec_fn=preexec_die_with_parent,  # not left running by a killed run
                     capture_output=True,
                     text=True,
                     timeout=self.timeout,

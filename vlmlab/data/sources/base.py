@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -193,6 +194,9 @@ class DataHealth:
         self.bad: dict[str, dict[str, int]] = {}  # source -> reason -> count
         self.places: dict[str, dict[str, int]] = {}  # source -> shard / split -> bad count
         self.dropped: dict[str, int] = {}  # source -> samples longer than max_length (not bad data)
+        # (source, place, key) already logged: a bad sample met again on the next pass over a source (a
+        # one-shard source loops) is counted again but not logged again
+        self._logged: set[tuple[str, str, str]] = set()
 
     def read(self, source: str, count: int = 1) -> None:
         self.seen[source] = self.seen.get(source, 0) + count
@@ -214,15 +218,17 @@ class DataHealth:
         places = self.places.setdefault(source, {})
         places[where] = places.get(where, 0) + 1
         total = sum(reasons.values())
-        if total <= LOGGED_PER_SOURCE or total % 1000 == 0:
+        seen_before = (source, where, str(key)) in self._logged
+        self._logged.add((source, where, str(key)))
+        if not seen_before and (total <= LOGGED_PER_SOURCE or total % 1000 == 0):
             log.warning(
-                "source %r (reader %d): skipped %s sample %r in %s%s [%d skipped so far]",
+                "source %r (reader %d): skipped sample %r in %s (%s%s) [%d skipped so far]",
                 source,
                 self.reader_id,
-                reason,
                 key,
                 where,
-                f": {detail}" if detail else "",
+                reason,
+                f": {readable(detail)}" if detail else "",
                 total,
             )
         self.check(source)
@@ -256,6 +262,17 @@ class DataHealth:
         self.dropped = dict(state.get("dropped", {}))
 
 
+# a Python object's default repr (`<_io.BytesIO object at 0x7f...>`), which libraries put in their messages
+_OBJECT_REPR = re.compile(r"<([\w.]+) object at 0x[0-9a-fA-F]+>")
+
+
+def readable(detail: object) -> str:
+    """A reason as a person reads it: no memory addresses (PIL: "cannot identify image file <_io.BytesIO
+    object at 0x...>" becomes "... image file (in memory)")."""
+    text = _OBJECT_REPR.sub(lambda m: "(in memory)" if "BytesIO" in m.group(1) else m.group(1), str(detail))
+    return " ".join(text.split())
+
+
 def merge_health(states: list[dict[str, Any]]) -> dict[str, Any]:
     """Sum the health counters of several readers (workers, ranks) into one report."""
     merged: dict[str, Any] = {"seen": {}, "bad": {}, "places": {}, "dropped": {}}
@@ -279,5 +296,6 @@ __all__ = [
     "Source",
     "SourceReader",
     "merge_health",
+    "readable",
     "source_name",
 ]

@@ -45,7 +45,16 @@ from PIL import Image
 from vlmlab.config import DataSourceConfig
 from vlmlab.data.samples import CAPTION_INSTRUCTION, check_sample, is_synthetic_record, synthetic_to_sample
 from vlmlab.data.shards import ENCODED_KEY, ShardList, ShardReadError, expand_shards, iter_shard
-from vlmlab.data.sources.base import BadSample, DataHealth, Record, Source, SourceReader, log, source_name
+from vlmlab.data.sources.base import (
+    BadSample,
+    DataHealth,
+    Record,
+    Source,
+    SourceReader,
+    log,
+    readable,
+    source_name,
+)
 from vlmlab.data.sources.documents import document_sample
 from vlmlab.errors import ConfigError
 
@@ -87,7 +96,7 @@ def decode_or_skip(data: bytes, what: str) -> Image.Image:
     try:
         return decode_image(data)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        raise BadSample(f"{what} cannot be decoded ({error})") from error
+        raise BadSample(f"{what} cannot be decoded ({readable(error)})") from error
 
 
 class WebDatasetSource(Source):
@@ -135,7 +144,9 @@ class WebDatasetSource(Source):
                 return None
             return decode_image(data)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-            raise BadSample(f"image {record['__key__']}.{suffix} cannot be decoded ({error})") from error
+            raise BadSample(
+                f"image {record['__key__']}.{suffix} cannot be decoded ({readable(error)})"
+            ) from error
 
     def _image_suffix(self, record: Record, reference: Any, position: int, count: int) -> str:
         if reference is None:
