@@ -527,7 +527,6 @@ def check_folder(model: Any, folder: Path, llava: bool) -> dict[str, Any]:
     """Load the written folder back the way a client does (plain transformers for LLaVA, the Auto class with
     trust_remote_code otherwise) and compare its logits with vlmlab's on the same inputs."""
     from transformers import AutoModelForImageTextToText, LlavaForConditionalGeneration
-
     from transformers.utils import logging as hf_logging
 
     dtype = next(model.parameters()).dtype
