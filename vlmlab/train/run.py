@@ -140,7 +140,7 @@ def train(config: ExperimentConfig) -> dict[str, Any]:
     if done is not None:
         log.info("%s is already done (result.json exists, same config); nothing to do", out)
         return done
-    rank = launcher_rank()
+    rank = launcher_rank(config.train.devices)
     with RunLock(out) if rank == 0 else contextlib.nullcontext():
         if rank == 0:
             for path in remove_leftovers(out):
@@ -228,7 +228,8 @@ def _fit_and_export(
     for source in [*config.data.train, *config.data.val]:  # seconds, before anything heavy is built
         first_sample(source, seed=config.train.seed)
     resume_from, done_steps = latest_checkpoint(last_ckpt.parent)
-    atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
+    if launcher_rank(config.train.devices) == 0:  # shared files are global rank 0's alone (other nodes too)
+        atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
     started = time.time()
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     if config.train.deterministic:
