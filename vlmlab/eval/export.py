@@ -527,11 +527,14 @@ def check_folder(model: Any, folder: Path, llava: bool) -> dict[str, Any]:
     """Load the written folder back the way a client does (plain transformers for LLaVA, the Auto class with
     trust_remote_code otherwise) and compare its logits with vlmlab's on the same inputs."""
     from transformers import AutoModelForImageTextToText, LlavaForConditionalGeneration
+    from transformers.utils import HF_MODULES_CACHE
     from transformers.utils import logging as hf_logging
 
     dtype = next(model.parameters()).dtype
     bar = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a self-check, not the user's load: no "Loading weights" bar
+    modules = Path(HF_MODULES_CACHE) / "transformers_modules"  # where trust_remote_code copies the code
+    before = set(modules.iterdir()) if modules.is_dir() else set()
     try:
         if llava:
             loaded = LlavaForConditionalGeneration.from_pretrained(str(folder), dtype=dtype)
@@ -544,6 +547,11 @@ def check_folder(model: Any, folder: Path, llava: bool) -> dict[str, Any]:
     finally:
         if bar:
             hf_logging.enable_progress_bar()
+        # the copy made for the folder's temporary name would stay in the user's cache for good
+        suffix = folder.name.rsplit(".", 1)[-1]
+        for path in set(modules.iterdir()) - before if modules.is_dir() else ():
+            if path.name.endswith(suffix):
+                shutil.rmtree(path, ignore_errors=True)
     input_ids, pixels = _dummy_inputs(model)
     pixels = pixels.to(dtype)
     reference = model(input_ids, pixel_values=pixels).logits
