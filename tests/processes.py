@@ -75,11 +75,56 @@ def _as_a_fresh_process(env: dict[str, str], cwd: str, stdout_path: str, stderr_
         os.dup2(stderr.fileno(), 2)
 
 
-def _train_main(argv: list[str], env: dict[str, str], cwd: str, stderr_path: str) -> None:
-    """One rank of `vlmlab train ARGV`: stdout discarded, the exit code `main` returns."""
+AUDITED = ("open", "os.rename", "os.mkdir", "os.remove", "os.rmdir", "shutil.rmtree", "os.truncate")
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+
+def audit_file_access(log: str | Path, roots: list[str | Path]) -> None:
+    """From now on, log every file this process opens, creates, renames or removes under `roots` to `log`
+    ("read PATH", "write PATH", "rename SRC -> DST", "mkdir PATH", "remove PATH"): Python's audit events,
+    so every open through Python (builtins, os, tempfile, shutil) is seen, whoever calls it."""
+    import sys
+
+    fd = os.open(str(log), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)  # before the hook: not logged
+    prefixes = [os.path.realpath(root) + os.sep for root in roots]
+
+    def under(path: object) -> str | None:
+        if isinstance(path, bytes):
+            path = os.fsdecode(path)
+        if not isinstance(path, str | os.PathLike):
+            return None
+        full = os.path.realpath(os.path.join(os.getcwd(), os.fspath(path)))
+        return full if any((full + os.sep).startswith(prefix) for prefix in prefixes) else None
+
+    def hook(event: str, args: tuple) -> None:
+        if event not in AUDITED or not args:
+            return
+        path = under(args[0])
+        if path is None:
+            return
+        if event == "open":
+            mode, flags = args[1], args[2] if len(args) > 2 else 0
+            writes = any(c in (mode or "") for c in "wax+") or bool((flags or 0) & _WRITE_FLAGS)
+            line = f"{'write' if writes else 'read'} {path}"
+        elif event == "os.rename":
+            line = f"rename {path} -> {under(args[1])}"
+        else:
+            line = f"{event.removeprefix('os.').removeprefix('shutil.')} {path}"
+        os.write(fd, (line + "\n").encode())
+
+    sys.addaudithook(hook)
+
+
+def _train_main(
+    argv: list[str], env: dict[str, str], cwd: str, stderr_path: str, audit: tuple | None = None
+) -> None:
+    """One rank of `vlmlab train ARGV`: stdout discarded, the exit code `main` returns; with `audit`
+    (log, roots), its file accesses under the roots logged (`audit_file_access`)."""
     import sys
 
     _as_a_fresh_process(env, cwd, os.devnull, stderr_path)
+    if audit is not None:
+        audit_file_access(*audit)
     from vlmlab.cli import main
 
     sys.exit(main(["train", *argv]))
@@ -178,30 +223,46 @@ class TrainRun:
         self.send_signal(signal.SIGKILL)
 
 
-def start_train(argv: list[str], env: dict[str, str], cwd: str | Path, ranks: int = 1) -> TrainRun:
-    """`vlmlab train ARGV` in `ranks` new processes (`env["MASTER_PORT"]` their rendezvous port)."""
+def start_train(
+    argv: list[str],
+    env: dict[str, str],
+    cwd: str | Path,
+    ranks: int = 1,
+    nodes: int = 1,
+    rank_env: dict[int, dict[str, str]] | None = None,
+    audit: tuple[Path, list[Path]] | None = None,
+) -> TrainRun:
+    """`vlmlab train ARGV` in `ranks` new processes (`env["MASTER_PORT"]` their rendezvous port), spread over
+    `nodes` node ranks as `torchrun --nnodes NODES --node-rank N --nproc-per-node RANKS/NODES` on each node
+    would start them; `rank_env` adds variables to single ranks (a fault for one node's process); `audit`
+    (folder, roots) logs each rank's file accesses under the roots to folder/rank<R>.log."""
     folder = _output_folder("run-")
     processes, paths = [], []
     run_id = uuid.uuid4().hex[:8]
+    per_node = ranks // nodes
     for rank in range(ranks):
-        rank_env = dict(env)
-        if ranks > 1:  # what torchrun --nnodes=1 --nproc-per-node=RANKS sets for each rank
-            rank_env.update(
+        rank_env_vars = {**env, **(rank_env or {}).get(rank, {})}
+        if ranks > 1:  # what torchrun sets for each process of node rank `rank // per_node`
+            rank_env_vars.update(
                 RANK=str(rank),
-                LOCAL_RANK=str(rank),
-                GROUP_RANK="0",
+                LOCAL_RANK=str(rank % per_node),
+                GROUP_RANK=str(rank // per_node),
+                GROUP_WORLD_SIZE=str(nodes),
                 ROLE_RANK=str(rank),
                 WORLD_SIZE=str(ranks),
-                LOCAL_WORLD_SIZE=str(ranks),
+                LOCAL_WORLD_SIZE=str(per_node),
                 ROLE_WORLD_SIZE=str(ranks),
                 MASTER_ADDR="127.0.0.1",
                 TORCHELASTIC_RUN_ID=run_id,
             )
         paths.append(folder / f"rank{rank}.stderr")
-        process = _FORKSERVER.Process(target=_train_main, args=(argv, rank_env, str(cwd), str(paths[-1])))
+        audited = None if audit is None else (str(audit[0] / f"rank{rank}.log"), [str(r) for r in audit[1]])
+        process = _FORKSERVER.Process(
+            target=_train_main, args=(argv, rank_env_vars, str(cwd), str(paths[-1]), audited)
+        )
         process.start()
         processes.append(process)
     return TrainRun(processes, paths)
 
 
-__all__ = ["PRELOAD", "TrainRun", "run_script", "spawn", "start_train"]
+__all__ = ["PRELOAD", "TrainRun", "audit_file_access", "run_script", "spawn", "start_train"]

@@ -142,15 +142,46 @@ def test_records_are_read_one_batch_ahead_at_most(run_dir, textvqa, monkeypatch,
         [0.6457, 1.0], abs=1e-3), "correct": 7}  # fmt: skip
 
 
-def test_server_splits_get_the_official_submission_files(run_dir, tmp_path, monkeypatch):
+def test_server_splits_get_the_official_submission_files(run_dir, tmp_path, monkeypatch, capsys):
+    # the official layout of v2_Questions_Test_mscoco.zip: test-dev's questions are a subset of test2015's
     vqav2 = tmp_path / "vqav2"
     vqav2.mkdir()
-    questions = [{"image_id": 42, "question": "How many?", "question_id": 4200}]
+    test_dev = [
+        {"image_id": 42, "question": "How many?", "question_id": 4200},
+        {"image_id": 43, "question": "What color?", "question_id": 4301},
+    ]
+    test_standard = [
+        {"image_id": 44, "question": "Is it raining?", "question_id": 4402},
+        test_dev[1],
+        {"image_id": 42, "question": "Why?", "question_id": 4201},
+        test_dev[0],
+    ]
     (vqav2 / "v2_OpenEnded_mscoco_test-dev2015_questions.json").write_text(
-        json.dumps({"questions": questions})
+        json.dumps({"questions": test_dev})
     )
     (vqav2 / "test2015").mkdir()
-    Image.new("RGB", (32, 24)).save(vqav2 / "test2015" / "COCO_test2015_000000000042.jpg")
+    for image in (42, 43):
+        Image.new("RGB", (32, 24)).save(vqav2 / "test2015" / f"COCO_test2015_{image:012d}.jpg")
+    # without test2015's questions the submission could not cover the ids the server expects: one line
+    # before the model is built, nothing written
+    out = tmp_path / "eval"
+    command = [
+        "eval",
+        str(run_dir),
+        "--benchmark",
+        f"vqav2={vqav2}",
+        "--split",
+        "test-dev",
+        "--out",
+        str(out),
+    ]
+    assert main(command) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "v2_OpenEnded_mscoco_test2015_questions.json" in err, err
+    assert not out.exists()
+    (vqav2 / "v2_OpenEnded_mscoco_test2015_questions.json").write_text(
+        json.dumps({"questions": test_standard})
+    )
     docvqa = tmp_path / "docvqa" / "test"
     docvqa.mkdir(parents=True)
     data = [{"questionId": 57, "question": "Date?", "image": "documents/d.png", "docId": 3}]
@@ -158,14 +189,16 @@ def test_server_splits_get_the_official_submission_files(run_dir, tmp_path, monk
     (docvqa / "documents").mkdir()
     Image.new("RGB", (32, 24)).save(docvqa / "documents" / "d.png")
     monkeypatch.setattr(benchmark_eval, "generate_texts", lambda m, t, items, *a, **k: ["7"] * len(items))
-    out = tmp_path / "eval"
-    assert main(["eval", str(run_dir), "--benchmark", f"vqav2={vqav2}", "--split", "test-dev", "--out", str(out),
-                 "--dtype", "bf16", "--batch-size", "2", "--device", "cpu"]) == 0  # fmt: skip
+    assert main([*command, "--dtype", "bf16", "--batch-size", "2", "--device", "cpu"]) == 0
     assert main(["eval", str(run_dir), "--benchmark", f"docvqa={tmp_path / 'docvqa'}", "--split", "test",
                  "--out", str(out)]) == 0  # fmt: skip
-    # the formats the servers take (EvalAI for VQAv2, the RRC for DocVQA), written out by hand
+    # the formats the servers take (EvalAI for VQAv2, the RRC for DocVQA), written out by hand: VQAv2's lists
+    # every test2015 id in that file's order, test-dev's answered, the others with the empty placeholder
     assert json.loads((out / "vqav2-test-dev-submission.json").read_text()) == [
-        {"question_id": 4200, "answer": "7"}
+        {"question_id": 4402, "answer": ""},
+        {"question_id": 4301, "answer": "7"},
+        {"question_id": 4201, "answer": ""},
+        {"question_id": 4200, "answer": "7"},
     ]
     assert json.loads((out / "docvqa-test-submission.json").read_text()) == [
         {"questionId": 57, "answer": "7"}

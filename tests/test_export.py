@@ -127,8 +127,8 @@ def check_processor(out: Path, model, config, **load):
     return inputs
 
 
-def assert_same_generation(hf_model, model, out: Path, **load) -> None:
-    """Greedy decoding of two left-padded prompts through the folder equals vlmlab's greedy decoding."""
+def two_prompts(out: Path, **load):
+    """The processor's inputs for two left-padded chat prompts with an image each."""
     from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(out, **load)
@@ -140,6 +140,12 @@ def assert_same_generation(hf_model, model, out: Path, **load) -> None:
     images = [photo(seed=5), photo(70, 90, seed=6)]
     inputs = processor(text=prompts, images=images, padding=True, padding_side="left", return_tensors="pt")
     assert (inputs["attention_mask"][:, 0] == 0).any()  # the shorter prompt is left-padded
+    return inputs
+
+
+def assert_same_generation(hf_model, model, out: Path, **load) -> None:
+    """Greedy decoding of two left-padded prompts through the folder equals vlmlab's greedy decoding."""
+    inputs = two_prompts(out, **load)
     generated = hf_model.generate(**inputs, max_new_tokens=6, do_sample=False)
     segments = torch.where(inputs["attention_mask"].bool(), 0, -1)
     stops = json.loads((out / "generation_config.json").read_text())["eos_token_id"]
@@ -299,6 +305,163 @@ def test_remote_code_round_trip(tmp_path, fusion, tokenizer, format):
     )
     assert saved["eos_token_id"] == [2]  # the tiny tokenizer's <|im_end|>, also its EOS
     assert_same_generation(hf, model, out, trust_remote_code=True)
+
+
+# -- generate: transformers' own loop (GenerationMixin) over the remote-code model ------------------------------
+SAMPLING = {"do_sample": True, "temperature": 0.8, "top_k": 20}
+
+
+def sample_by_hand(model, inputs, steps: int, stops: list[int], pad: int, seed: int) -> torch.Tensor:
+    """Sampling written out over vlmlab's own forward (the whole sequence each step, no cache): the image id
+    suppressed, temperature, top-k, softmax, one multinomial draw per step; finished rows take the pad id."""
+    torch.manual_seed(seed)
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    unfinished = torch.ones(ids.shape[0], dtype=torch.bool)
+    for _ in range(steps):
+        logits = vlmlab_logits(model, ids, mask, inputs["pixel_values"])[:, -1].clone()
+        logits[:, model.image_token_id] = float("-inf")
+        logits = logits / SAMPLING["temperature"]
+        kth = logits.topk(SAMPLING["top_k"]).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+        token = torch.multinomial(logits.softmax(dim=-1), num_samples=1)[:, 0]
+        token = torch.where(unfinished, token, torch.full_like(token, pad))
+        unfinished &= ~torch.isin(token, torch.tensor(stops))
+        ids = torch.cat([ids, token[:, None]], dim=1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        if not unfinished.any():
+            break
+    return ids
+
+
+@pytest.mark.parametrize("fusion", ["mot", "cross_attention"])
+def test_remote_code_generate_is_transformers_generate(tmp_path, fusion):
+    """Return dicts with logits and scores, sampling and beams through the folder, against vlmlab's own forward
+    (logits per step, sampling written out by hand) and against decoding without the cache."""
+    from transformers import AutoModelForImageTextToText
+    from transformers.generation.utils import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
+
+    source = checkpoint(tmp_path, "ckpt", tokenizer="clip-tiny", fusion=fusion)
+    out = export_run(source, tmp_path / "hf", format="remote-code")
+    record = json.loads((out / "vlmlab_export.json").read_text())
+    assert record["checks"]["max_logit_difference"] <= ATOL  # the folder loaded back, against vlmlab
+    assert "trust_remote_code" in record["checks"]["logit_check"]
+    _, model, _, _ = load_for_export(source)
+    hf = AutoModelForImageTextToText.from_pretrained(out, trust_remote_code=True).eval()
+    inputs = two_prompts(out, trust_remote_code=True)
+    start, image = inputs["input_ids"].shape[1], model.image_token_id
+
+    # greedy with a return dict: each step's raw logits are vlmlab's logits at that position of the result
+    result = hf.generate(
+        **inputs, max_new_tokens=6, return_dict_in_generate=True, output_logits=True, output_scores=True
+    )
+    assert isinstance(result, GenerateDecoderOnlyOutput)
+    sequences = result.sequences
+    assert len(result.logits) == len(result.scores) == sequences.shape[1] - start > 0
+    mask = torch.ones_like(sequences)
+    mask[:, :start] = inputs["attention_mask"]
+    full = vlmlab_logits(model, sequences, mask, inputs["pixel_values"])
+    for step, (logits, scores) in enumerate(zip(result.logits, result.scores)):
+        assert (logits - full[:, start - 1 + step]).abs().max().item() <= ATOL
+        assert torch.isinf(scores[:, image]).all()  # the generation config suppresses the image placeholder
+        assert torch.equal(sequences[:, start + step], scores.argmax(dim=-1))
+
+    # sampling: the same draws as sampling by hand over vlmlab's forward with the same seed
+    config = hf.generation_config
+    stops = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
+    torch.manual_seed(3)
+    sampled = hf.generate(**inputs, max_new_tokens=6, **SAMPLING)
+    expected = sample_by_hand(model, inputs, 6, stops, config.pad_token_id, seed=3)
+    assert torch.equal(sampled, expected)
+    torch.manual_seed(4)
+    assert not torch.equal(hf.generate(**inputs, max_new_tokens=6, **SAMPLING), sampled)  # it does sample
+
+    # beams with several returned sequences: the cached decoding equals decoding without the cache
+    beams = {
+        "num_beams": 3,
+        "num_return_sequences": 2,
+        "return_dict_in_generate": True,
+        "output_scores": True,
+    }
+    cached = hf.generate(**inputs, max_new_tokens=5, **beams)
+    uncached = hf.generate(**inputs, max_new_tokens=5, use_cache=False, **beams)
+    assert isinstance(cached, GenerateBeamDecoderOnlyOutput) and cached.sequences.shape[0] == 4
+    assert torch.equal(cached.sequences, uncached.sequences)
+    torch.testing.assert_close(cached.sequences_scores, uncached.sequences_scores, rtol=0, atol=ATOL)
+
+
+def test_beams_repeat_each_rows_images_with_it(tmp_path):
+    """pixel_values hold images, not rows: expanding for beams repeats a row's own images (rows of 2 and 1)."""
+    from transformers import AutoModelForCausalLM
+
+    source = checkpoint(tmp_path, "ckpt", tokenizer="clip-tiny", fusion="cross_attention")
+    out = export_run(source, tmp_path / "hf", format="remote-code")
+    hf = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+    _, model, _, _ = load_for_export(source)
+    input_ids, mask, pixels = batch(model, images_per_row=(2, 1), length=12)
+    ids, kwargs = hf._expand_inputs_for_generation(
+        expand_size=3, input_ids=input_ids, attention_mask=mask, pixel_values=pixels
+    )
+    assert torch.equal(ids, input_ids.repeat_interleave(3, dim=0))
+    assert torch.equal(kwargs["attention_mask"], mask.repeat_interleave(3, dim=0))
+    row_images = [pixels[0:2], pixels[2:3]]
+    assert torch.equal(kwargs["pixel_values"], torch.cat([images for images in row_images for _ in range(3)]))
+
+
+def test_remote_code_generates_as_the_llava_class_does(tmp_path):
+    """One LLaVA-shaped model exported twice: transformers' LlavaForConditionalGeneration and the remote-code
+    model give the same greedy (with logits and scores), sampled and beam-searched answers."""
+    from transformers import AutoModelForImageTextToText, LlavaForConditionalGeneration
+
+    tokenizer = tokenizer_yaml(tmp_path, "clip-tiny", feature_layer=-2)
+    source = checkpoint(tmp_path, "ckpt", tokenizer=tokenizer, fusion="joint_decoder")
+    llava_dir = export_run(source, tmp_path / "llava", format="llava")
+    remote_dir = export_run(source, tmp_path / "remote", format="remote-code")
+    llava = LlavaForConditionalGeneration.from_pretrained(llava_dir).eval()
+    remote = AutoModelForImageTextToText.from_pretrained(remote_dir, trust_remote_code=True).eval()
+    inputs = two_prompts(llava_dir)
+    remote_inputs = two_prompts(remote_dir, trust_remote_code=True)
+    assert torch.equal(inputs["input_ids"], remote_inputs["input_ids"])
+    torch.testing.assert_close(inputs["pixel_values"], remote_inputs["pixel_values"], rtol=0, atol=1e-5)
+
+    options = [
+        {"return_dict_in_generate": True, "output_logits": True, "output_scores": True},
+        {**SAMPLING, "return_dict_in_generate": True, "output_scores": True},
+        {"num_beams": 3, "num_return_sequences": 2, "return_dict_in_generate": True, "output_scores": True},
+    ]
+    for index, option in enumerate(options):
+        results = []
+        for hf in (llava, remote):
+            torch.manual_seed(index)
+            results.append(hf.generate(**inputs, max_new_tokens=5, **option))
+        reference, got = results
+        assert type(got) is type(reference)
+        assert torch.equal(got.sequences, reference.sequences), option
+        for name in ("logits", "scores"):
+            for theirs, ours in zip(getattr(reference, name) or (), getattr(got, name) or ()):
+                finite = torch.isfinite(theirs)
+                assert torch.equal(finite, torch.isfinite(ours))
+                assert (theirs[finite] - ours[finite]).abs().max().item() <= ATOL
+        if "num_beams" in option:
+            torch.testing.assert_close(got.sequences_scores, reference.sequences_scores, rtol=0, atol=ATOL)
+
+
+def test_an_export_whose_logits_drift_is_refused(tmp_path, capsys, monkeypatch):
+    """The logit check reads the written folder back: a weight altered on the way out is caught, nothing left."""
+    import vlmlab.eval.export as export
+
+    source = checkpoint(tmp_path, "ckpt")
+    honest = export.remote_state
+
+    def altered(model):
+        state = honest(model)
+        state["model.lm.lm_head.weight"] = state["model.lm.lm_head.weight"] + 0.01
+        return state
+
+    monkeypatch.setattr(export, "remote_state", altered)
+    assert main(["export", str(source), "--out", str(tmp_path / "x"), "--format", "remote-code"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "trust_remote_code" in err and "differ from vlmlab's" in err
+    assert not (tmp_path / "x").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".x")]
 
 
 # -- the command line on a trained run --------------------------------------------------------------------

@@ -143,15 +143,28 @@ def write_config(
     return path
 
 
-def run_cli(*args: str, fault: str | None = None, env: dict | None = None, ranks: int = 1) -> TrainRun:
+def run_cli(
+    *args: str,
+    fault: str | None = None,
+    env: dict | None = None,
+    ranks: int = 1,
+    nodes: int = 1,
+    fault_rank: int | None = None,
+    audit: tuple[Path, list[Path]] | None = None,
+) -> TrainRun:
     """`vlmlab train ARGS` in a new process; `ranks=2`: two processes started together with torchrun's
     environment, as srun starts a job's tasks (Lightning's own launcher starts rank 1 from rank 0 only once
-    rank 0 has built its model, ten seconds later: tests/test_open_weight.py's FSDP test keeps that path).
-    The processes fork from one that has imported the training stack already (tests/processes.py)."""
+    rank 0 has built its model, ten seconds later: tests/test_open_weight.py's FSDP test keeps that path);
+    `nodes=2`: as two node ranks of torchrun on one host. `fault` (vlmlab/faults.py: SIGKILL, or
+    VLMLAB_FAULT_SIGNAL, at that point) hits every rank, or only `fault_rank`. The processes fork from one
+    that has imported the training stack already (tests/processes.py)."""
     env = {**(env or os.environ), "PYTHONWARNINGS": "ignore", "MASTER_PORT": str(unused_port())}
-    if fault:
-        env["VLMLAB_FAULT"] = fault  # vlmlab/faults.py: SIGKILL (or VLMLAB_FAULT_SIGNAL) at that point
-    return start_train(list(args), env, cwd=REPO, ranks=ranks)
+    rank_env = {}
+    if fault and fault_rank is None:
+        env["VLMLAB_FAULT"] = fault
+    elif fault:
+        rank_env[fault_rank] = {"VLMLAB_FAULT": fault}
+    return start_train(list(args), env, cwd=REPO, ranks=ranks, nodes=nodes, rank_env=rank_env, audit=audit)
 
 
 def cli(*args: str) -> tuple[int, str]:
@@ -326,6 +339,142 @@ def test_two_process_ddp_resumes_every_rank_exactly(tmp_path):
     b = load_file(str(tmp_path / "split" / "final" / "weights.safetensors"))
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+def webdataset_shards(folder: Path, shards: int = 4, per_shard: int = 50) -> Path:
+    """Synthetic VQA samples written as `shards` webdataset tar shards: a source with shards to share out."""
+    from vlmlab.config import DataSourceConfig
+    from vlmlab.data.shards import write_shard
+    from vlmlab.data.sources.synthetic import SyntheticSource
+
+    source = SyntheticSource(
+        DataSourceConfig(
+            kind="synthetic", task="spatialmap", mode="vqa", difficulty=EASY, num_samples=shards * per_shard
+        ),
+        seed=5,
+        image_size=64,
+    )
+    samples = list(source.samples_in_order(limit=shards * per_shard))
+    for index in range(shards):
+        write_shard(samples[index * per_shard : (index + 1) * per_shard], folder / f"shard-{index:04d}.tar")
+    return folder
+
+
+def audited(folder: Path, rank: int) -> list[tuple[str, str]]:
+    """(what, path) of each file access the rank's audit log holds (tests/processes.py audit_file_access)."""
+    lines = (folder / f"rank{rank}.log").read_text().splitlines()
+    return [tuple(line.split(" ", 1)) for line in lines]
+
+
+@pytest.mark.slow(seconds=120)
+def test_two_nodes_train_validate_checkpoint_and_resume_as_one_node(tmp_path):
+    """`train.num_nodes=2`: two node ranks of torchrun on this host, one process each, against one node with two
+    processes and the same global batch. The two-node run, its node 1 process SIGKILLed after step 3 (its
+    checkpoint of step 2 saved) and the run started again on both nodes, ends with the one-node run's weights
+    and validation scores, bit for bit; each node read its own shards of a webdataset source; node 1 wrote
+    nothing in the run folder but its own data-stream state (everything shared is global rank 0's)."""
+    shards = webdataset_shards(tmp_path / "shards")
+    steps = dict(max_steps=4, checkpoint_every_n_steps=2, val_every_n_steps=2, deterministic=True)
+    # a row per sample (no packing, which reads up to its buffer ahead): every reader stays in its first epoch,
+    # whose shares of the shards are disjoint (the next epoch deals the shards out anew)
+    ddp = ["train.strategy=ddp", "train.accelerator=cpu", "data.num_workers=0", "data.packing=false"]
+    one_node, two_nodes = ["train.devices=2"], ["train.devices=1", "train.num_nodes=2"]
+    # one thread per process on both layouts (Lightning would give a node's only process both cores): the same
+    # arithmetic in every process, so the weights can be compared bit for bit
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def config(name: str) -> Path:
+        from omegaconf import OmegaConf
+
+        config = experiment(tmp_path, name, 2, "joint_decoder", **steps)
+        config.data.train = load_config(
+            ExperimentConfig, [{"data": {"train": [{"kind": "webdataset", "path": str(shards)}]}}]
+        ).data.train
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
+        return path
+
+    one = run_cli(str(config("one")), *ddp, *one_node, env=env, ranks=2)
+    assert run_to_end(one) == 0, one.stderr_text()[-3000:]
+
+    two, run = config("two"), tmp_path / "two"
+    logs = [tmp_path / "audit-killed", tmp_path / "audit-resumed"]
+    for folder in logs:
+        folder.mkdir()
+    killed = run_cli(
+        str(two),
+        *ddp,
+        *two_nodes,
+        env=env,
+        ranks=2,
+        nodes=2,
+        fault="step:3",
+        fault_rank=1,
+        audit=(logs[0], [tmp_path]),
+    )
+    assert run_to_end(killed) != 0 and killed.processes[1].exitcode == -signal.SIGKILL
+    assert (
+        torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"]
+        == 2
+    )
+    assert not (run / "result.json").exists()
+    resumed = run_cli(str(two), *ddp, *two_nodes, env=env, ranks=2, nodes=2, audit=(logs[1], [tmp_path]))
+    assert run_to_end(resumed) == 0, resumed.stderr_text()[-3000:]
+
+    records = {name: json.loads((tmp_path / name / "result.json").read_text()) for name in ("one", "two")}
+    assert records["two"]["timings"]["steps"] == 4 and records["two"]["config"]["train"]["num_nodes"] == 2
+    assert (
+        records["two"]["metrics"] == records["one"]["metrics"]
+        and records["two"]["best"] == records["one"]["best"]
+    )
+    reference = load_file(str(tmp_path / "one" / "final" / "weights.safetensors"))
+    weights = load_file(str(run / "final" / "weights.safetensors"))
+    assert reference.keys() == weights.keys()
+    for name in reference:
+        assert torch.equal(reference[name], weights[name]), name
+
+    # each node read its own shards (after the one-sample probe every process makes of a source before it
+    # builds anything: its first shard read)
+    shard_reads = [
+        [Path(path).name for what, path in audited(logs[0], rank) if what == "read" and path.endswith(".tar")]
+        for rank in (0, 1)
+    ]
+    node_reads = [set(reads[1:]) for reads in shard_reads]
+    assert node_reads[0] and node_reads[1] and not node_reads[0] & node_reads[1], shard_reads
+    # node 1 changed nothing in the run folder but its own stream state (making the folders on the way to it
+    # changes nothing shared); the log sees what rank 0 writes
+    state_dir = run / "checkpoints" / "data_state"
+    for folder in logs:
+        changes = [(what, path) for what, path in audited(folder, 1) if what != "read" and str(run) in path]
+        for what, path in changes:
+            target = Path(path.split(" -> ")[-1])
+            assert (what == "mkdir" and target in (state_dir, *state_dir.parents)) or (
+                target.parent == state_dir and "-rank1.pt" in target.name
+            ), (what, path)
+        assert any(what == "rename" for what, _ in changes), changes
+    written = {
+        Path(p.split(" -> ")[-1]).name for folder in logs for what, p in audited(folder, 0) if what != "read"
+    }
+    assert {"config.yaml", "last.ckpt", "result.json"} <= written
+
+
+def test_the_global_rank_under_every_launcher(monkeypatch):
+    """torchrun / srun name the global rank; Lightning's own launcher only the node rank (set by the user on
+    each node) and the local rank: node 1's first process is rank `devices`, not 0 (it must not write the
+    run's shared files or take its lock)."""
+    from vlmlab.train.preflight import launcher_rank
+
+    for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert launcher_rank(2) == 0  # not launched as a distributed job
+    monkeypatch.setenv("NODE_RANK", "1")
+    assert launcher_rank(2) == 2
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert launcher_rank(2) == 3 and launcher_rank(4) == 5
+    monkeypatch.setenv("SLURM_PROCID", "6")
+    assert launcher_rank(2) == 6
+    monkeypatch.setenv("RANK", "7")  # torchrun's, whatever else is set
+    assert launcher_rank(2) == 7
 
 
 def test_non_finite_values_stop_the_run_naming_step_and_groups():

@@ -64,6 +64,7 @@ __all__ = [
     "benchmark_from_config",
     "iter_all",
     "load_benchmark",
+    "vqav2_test_question_ids",
 ]
 
 IN_DOMAIN: tuple[str, ...] = ("vqav2", "aokvqa", "chartqa", "textvqa", "docvqa")
@@ -422,6 +423,17 @@ def _official_vqav2(root: Path, split: str) -> tuple[list[Path], Callable[[], Ro
             yield row, [root / image_subset, root / "images" / image_subset]
 
     return [questions[0], *annotations[:1]], rows
+
+
+def vqav2_test_question_ids(folder: str | os.PathLike[str]) -> tuple[Path, list[int]] | None:
+    """(the file, its question ids in order) of the official `v2_OpenEnded_mscoco_test2015_questions.json`
+    under `folder`: every id the EvalAI server expects in a test-dev or test-standard submission; None if
+    the folder lacks it."""
+    found = _official_vqav2(Path(folder).expanduser(), "test")
+    if found is None:
+        return None
+    path = found[0][0]
+    return path, [int(question["question_id"]) for question in _load_json(path)["questions"]]
 
 
 def _official_aokvqa(root: Path, split: str) -> tuple[list[Path], Callable[[], Rows]] | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from vlmlab.data.benchmarks import benchmark_from_config
+from vlmlab.data.benchmarks import benchmark_from_config, vqav2_test_question_ids
 from vlmlab.errors import ConfigError, unknown_choice
 from vlmlab.eval.rendered import rendered_question_segments
 from vlmlab.files import atomic_write_text
@@ -68,6 +69,31 @@ SUBMISSION_SPLITS = {  # benchmark -> (splits only the official server scores, t
     "textvqa": (("test",), "question_id"),
     "docvqa": (("test",), "questionId"),
 }
+# EvalAI takes a VQAv2 submission (test-dev or test-standard) only if it answers every test2015 question:
+# test-dev is a subset of test2015, so its answers are padded out with this placeholder, as the VQA
+# challenge's instructions ask (and LLaVA's conversion does)
+VQAV2_FILLER_ANSWER = ""
+
+
+def _needs_test2015_ids(name: str, split: str | None) -> bool:
+    return name == "vqav2" and str(split or "") in SUBMISSION_SPLITS["vqav2"][0]
+
+
+def check_submission_inputs(entries: Sequence[Mapping[str, Any]]) -> None:
+    """Before anything is built: a VQAv2 server split needs the folder's test2015 question file (every id the
+    server expects), else one line naming the file to add."""
+    for entry in entries:
+        if _needs_test2015_ids(entry["name"], entry.get("split")) and not vqav2_test_question_ids(
+            entry["path"]
+        ):
+            raise ConfigError(
+                f"--split {entry.get('split')}: the EvalAI server takes a VQAv2 submission only if it covers "
+                f"every test2015 question id, and {str(entry['path'])!r} lacks "
+                "v2_OpenEnded_mscoco_test2015_questions.json (in the official v2_Questions_Test_mscoco.zip, "
+                "beside the test-dev questions); add it there."
+            )
+
+
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -172,17 +198,30 @@ def score_metric(name: str, predictions: Path) -> dict[str, Any] | None:
     return entry
 
 
-def write_submission(name: str, split: str, predictions: Path) -> Path | None:
+def write_submission(name: str, split: str, predictions: Path, folder: Path | None = None) -> Path | None:
     """The official submission file of a server-scored split (VQAv2 test-dev / test and TextVQA test on
     EvalAI: [{"question_id": int, "answer": str}]; DocVQA test on the RRC: [{"questionId": int, "answer":
-    str}]); None for other splits."""
+    str}]); None for other splits. VQAv2's lists every test2015 question id of the benchmark `folder` in
+    that file's order: the predicted answers, `VQAV2_FILLER_ANSWER` for the rest."""
     splits, id_field = SUBMISSION_SPLITS.get(name, ((), ""))
     if split not in splits:
         return None
-    rows = [
-        {id_field: int(row["id"]), "answer": row["prediction"]}
-        for row in _read_predictions(predictions).values()
-    ]
+    answers = {int(row["id"]): row["prediction"] for row in _read_predictions(predictions).values()}
+    if _needs_test2015_ids(name, split):
+        found = vqav2_test_question_ids(folder) if folder is not None else None
+        if found is None:
+            raise ConfigError(f"{str(folder)!r} lacks v2_OpenEnded_mscoco_test2015_questions.json.")
+        questions, ids = found
+        outside = len(set(answers) - set(ids))
+        if outside:  # the server rejects ids it does not know
+            print(
+                f"vlmlab eval: {outside} predicted question id(s) are not in {questions}; left out of the "
+                "submission.",
+                file=sys.stderr,
+            )
+        rows = [{id_field: qid, "answer": answers.get(qid, VQAV2_FILLER_ANSWER)} for qid in ids]
+    else:
+        rows = [{id_field: qid, "answer": answer} for qid, answer in answers.items()]
     path = predictions.with_name(predictions.name.removesuffix(".jsonl") + "-submission.json")
     atomic_write_text(path, json.dumps(rows))
     return path
@@ -208,6 +247,7 @@ def evaluate_benchmarks(
     test-dev, TextVQA / DocVQA test) get their submission file."""
     if dtype not in DTYPES:
         raise unknown_choice("--dtype", dtype, DTYPES)
+    check_submission_inputs(entries)
     started = time.time()
     config, model = load_run(run_dir)
     if device is not None:
@@ -245,7 +285,7 @@ def evaluate_benchmarks(
             value = score_metric(entry["name"], path)
             if value is not None:
                 metrics[key] = value
-            submission = write_submission(entry["name"], str(split or ""), path)
+            submission = write_submission(entry["name"], str(split or ""), path, Path(entry["path"]))
             if submission is not None:
                 files[f"{key}.submission"] = str(submission)
     path = run_dir / "eval.json"

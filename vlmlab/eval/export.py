@@ -32,9 +32,17 @@ model's image tokens, as vlmlab's encoder does):
   `num_additional_image_tokens` set so that one `<|image_pad|>` expands to vlmlab's `tokens_per_image` (the
   connector's count; one for Cross-Attention's marker).
 
+  Its `generate` is transformers' own (GenerationMixin over a cached forward): sampling, beams, return
+  dicts with scores / logits, as for any transformers model.
+
 `auto` picks `llava` where it applies, else `remote-code`; `llava` refuses any other model with one line
-saying why. The folder is written under a temporary name next to DIR and renamed into place when complete.
-`vlmlab_export.json` records the source checkpoint chain, the format and why, and the checks' differences.
+saying why. The folder is written under a temporary name next to DIR and renamed into place when complete,
+after its last check: the written folder, loaded back as a client loads it (LlavaForConditionalGeneration,
+or the Auto class with trust_remote_code), must give vlmlab's logits (else one line, nothing exported).
+`generation_config.json` stops at vlmlab's stop tokens and suppresses the image placeholder id, as vlmlab's
+decoding does. `vlmlab_export.json` records the source checkpoint chain, the format and why, and the checks'
+differences (`max_logit_difference` of every export, `max_feature_difference` of LLaVA's vision features,
+`max_pixel_difference` of the processor).
 """
 
 from __future__ import annotations
@@ -514,6 +522,50 @@ def check_llava(model: Any, llava: Any) -> dict[str, float]:
     return {"max_feature_difference": features, "max_logit_difference": logit_difference}
 
 
+@torch.no_grad()
+def check_folder(model: Any, folder: Path, llava: bool) -> dict[str, Any]:
+    """Load the written folder back the way a client does (plain transformers for LLaVA, the Auto class with
+    trust_remote_code otherwise) and compare its logits with vlmlab's on the same inputs."""
+    from transformers import AutoModelForImageTextToText, LlavaForConditionalGeneration
+    from transformers.utils import HF_MODULES_CACHE
+    from transformers.utils import logging as hf_logging
+
+    dtype = next(model.parameters()).dtype
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a self-check, not the user's load: no "Loading weights" bar
+    modules = Path(HF_MODULES_CACHE) / "transformers_modules"  # where trust_remote_code copies the code
+    before = set(modules.iterdir()) if modules.is_dir() else set()
+    try:
+        if llava:
+            loaded = LlavaForConditionalGeneration.from_pretrained(str(folder), dtype=dtype)
+            how = "LlavaForConditionalGeneration.from_pretrained"
+        else:
+            loaded = AutoModelForImageTextToText.from_pretrained(
+                str(folder), dtype=dtype, trust_remote_code=True
+            )
+            how = "AutoModelForImageTextToText.from_pretrained(trust_remote_code=True)"
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
+        # the copy made for the folder's temporary name would stay in the user's cache for good
+        suffix = folder.name.rsplit(".", 1)[-1]
+        for path in set(modules.iterdir()) - before if modules.is_dir() else ():
+            if path.name.endswith(suffix):
+                shutil.rmtree(path, ignore_errors=True)
+    input_ids, pixels = _dummy_inputs(model)
+    pixels = pixels.to(dtype)
+    reference = model(input_ids, pixel_values=pixels).logits
+    got = loaded.eval()(input_ids=input_ids, pixel_values=pixels).logits
+    del loaded
+    difference, relative = _relative_difference(got, reference)
+    if not relative <= _CHECK_TOLERANCE:  # (NaN fails too)
+        raise ConfigError(
+            f"vlmlab export: the written folder, loaded back with {how}, gives logits that differ from "
+            f"vlmlab's by {difference:.3g} (allowed {_CHECK_TOLERANCE:g} relative); nothing was exported."
+        )
+    return {"max_logit_difference": difference, "logit_check": f"{how} against vlmlab, {dtype}"}
+
+
 # -- the processor (both formats) ---------------------------------------------------------------------------
 PIL_PROCESSOR_FILE = "image_processing_vlmlab.py"
 
@@ -703,13 +755,16 @@ def stop_ids(tokenizer: Any) -> list[int]:
     return list(dict.fromkeys(int(token) for token in ids if token is not None))
 
 
-def _generation_config(tokenizer: Any) -> Any:
+def _generation_config(tokenizer: Any, image_token_id: int) -> Any:
+    """Greedy by default; stops as vlmlab's decoding does and, like it, never emits the image placeholder id
+    (as an input it would mark an image slot that has no image)."""
     from transformers import GenerationConfig
 
     stops = stop_ids(tokenizer)
     return GenerationConfig(
         eos_token_id=stops if len(stops) > 1 else stops[0],
         pad_token_id=tokenizer.pad_token_id,
+        suppress_tokens=[int(image_token_id)],
         do_sample=False,
         max_new_tokens=64,
     )
@@ -804,14 +859,16 @@ def export_run(
     try:
         shareable(tmp, folder=True)
         if llava is not None:
-            llava.generation_config = _generation_config(tokenizer)
+            llava.generation_config = _generation_config(tokenizer, model.image_token_id)
             llava.save_pretrained(str(tmp))
         else:
             write_remote(model, tokenizer, tmp)
-            _generation_config(tokenizer).save_pretrained(str(tmp))
+            _generation_config(tokenizer, model.image_token_id).save_pretrained(str(tmp))
         processor.save_pretrained(str(tmp))
         if needs_pil_processor(model.image_tokenizer.spec):  # the class its preprocessor_config.json maps
             shutil.copyfile(TEMPLATES / PIL_PROCESSOR_FILE, tmp / PIL_PROCESSOR_FILE)
+        llava = None  # the written folder is checked from disk: the in-memory copy is not needed any more
+        record["checks"] = {**record["checks"], **check_folder(model, tmp, record["format"] == "llava")}
         atomic_write_text(tmp / "vlmlab_export.json", json.dumps(record, indent=2))
         for path in tmp.rglob("*"):
             if path.is_file():

@@ -199,16 +199,19 @@ class VisionLanguageModel(nn.Module):
         segment_ids: torch.Tensor,  # [B, T] 0 on prompt tokens, -1 on left padding
         pixel_values: torch.Tensor | None,
         cache: object,
+        all_logits: bool = False,
+        position_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """Encode the prompts into `cache`; -> (last-position logits [B, V], last positions [B, 1], extras)."""
+        """Encode the prompts into `cache`; -> (last-position logits [B, V], or every position's [B, T, V] with
+        `all_logits`, last positions [B, 1], extras). Positions default to counting each row's tokens from 0."""
         embeds, features = self.embed(input_ids, pixel_values)
-        ctx = self._context(embeds, input_ids, segment_ids, None, features, cache=cache)
+        ctx = self._context(embeds, input_ids, segment_ids, position_ids, features, cache=cache)
         hidden = self.fusion(self.lm, embeds, ctx)
         extras = ctx.extras
         if "image_mask" in extras:  # a new token sees what the last prompt token sees: every image of its row
             extras["image_mask"] = extras["image_mask"][:, :, -1:]
             extras["sees_image"] = extras["sees_image"][:, -1:]
-        logits = self.lm.lm_head(self.lm.model.norm(hidden[:, -1]))
+        logits = self.lm.lm_head(self.lm.model.norm(hidden if all_logits else hidden[:, -1]))
         return logits, ctx.position_ids[:, -1:], extras
 
     def decode_step(

@@ -307,13 +307,18 @@ class RunLock:
             self.handle.close()
 
 
-def launcher_rank() -> int:
-    """This process's global rank as the launcher set it (0 when not launched as a distributed job)."""
-    for variable in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+def launcher_rank(devices_per_node: int = 1) -> int:
+    """This process's global rank as the launcher set it (0 when not launched as a distributed job).
+
+    torchrun and srun give it (RANK, SLURM_PROCID); Lightning's own launcher gives a node's processes only
+    their node rank (NODE_RANK, which the user sets on each node) and local rank, from which the global rank
+    follows: a node's first process is not global rank 0 unless its node is node 0."""
+    for variable in ("RANK", "SLURM_PROCID"):
         value = os.environ.get(variable)
         if value and value.isdigit():
             return int(value)
-    return 0
+    local, node = (os.environ.get(name, "0") for name in ("LOCAL_RANK", "NODE_RANK"))
+    return int(node) * devices_per_node + int(local) if local.isdigit() and node.isdigit() else 0
 
 
 LEFTOVER_PREFIXES = (".final.", ".best.", ".result.json.", ".config.yaml.")

@@ -141,7 +141,7 @@ def train(config: ExperimentConfig) -> dict[str, Any]:
     if done is not None:
         log.info("%s is already done (result.json exists, same config); nothing to do", out)
         return done
-    rank = launcher_rank()
+    rank = launcher_rank(config.train.devices)
     with RunLock(out) if rank == 0 else contextlib.nullcontext():
         if rank == 0:
             for path in remove_leftovers(out):
@@ -321,8 +321,10 @@ def _fit_and_export(
     )
     if resume_from:
         log.info("resuming from %s (step %d)", resume_from, done_steps)
-    # once the model, data and Trainer are built: a run that failed before leaves nothing to resume
-    atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
+    # once the model, data and Trainer are built: a run that failed before leaves nothing to resume; shared
+    # files are global rank 0's alone (other nodes' processes too)
+    if launcher_rank(config.train.devices) == 0:
+        atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
     try:
         trainer.fit(module, ckpt_path=str(resume_from) if resume_from else None, weights_only=True)
     finally:
