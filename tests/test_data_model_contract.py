@@ -19,7 +19,7 @@ from vlmlab.models.vlm import build_vlm
 
 
 def model_inputs(batch: dict) -> dict:
-    return {k: v for k, v in batch.items() if k != "num_real_tokens"}
+    return {k: v for k, v in batch.items() if k not in ("num_real_tokens", "shape")}
 
 
 @pytest.mark.parametrize("fusion", ["joint_decoder", "cross_attention"])

@@ -707,6 +707,10 @@ def check_keys(data: Any, schema: type, where: str = "") -> None:
 def _check_container(path: str, value: Any, field_type: Any) -> None:
     """A mapping where the schema has a list, or the other way round (OmegaConf would say "Cannot merge
     incompatible container types" naming neither key nor value)."""
+    if (
+        isinstance(value, str) and "${" in value
+    ):  # an interpolation (a sweep's `${vars.*}`): checked once resolved
+        return
     text = field_type if isinstance(field_type, str) else getattr(field_type, "__name__", "")
     wants_mapping = text.startswith("dict") or _dataclass_of(field_type) is not None
     wants_list = text.startswith("list")
