@@ -73,6 +73,9 @@ EXECUTION_KEYS = (
     "model.attn_implementation",
     "data.num_workers",
     "train.loss_impl",  # every implementation is exact (vlmlab/models/loss.py)
+    "train.loggers",  # where metrics go and what is measured on the side: never what is learned
+    "train.tracking",
+    "eval",
 )
 # keys that came after runs were hashed, with their defaults (identity_view)
 _LATER_KEYS = {

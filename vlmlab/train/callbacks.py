@@ -27,10 +27,22 @@ class AtomicLastCheckpoint(L.Callback):
     the resume point.
     """
 
-    def __init__(self, path: Path, every_n_steps: int) -> None:
+    def __init__(self, path: Path, every_n_steps: int, hold_every_n: int = 0) -> None:
         self.path = Path(path)
         self.every = max(1, every_n_steps)
         self._saved_at = self._seen_step = -1
+        # eval.every_n_checkpoints: every n-th checkpoint (by step, so a resume holds the same ones) is also
+        # linked into `checkpoints/eval/` for the evaluator beside the run (vlmlab/eval/checkpoints.py)
+        self.hold_every = hold_every_n * self.every
+
+    @property
+    def saved_at(self) -> int:
+        """The step of the newest resume checkpoint on disk (or resumed from)."""
+        return self._saved_at
+
+    @property
+    def hold_dir(self) -> Path:
+        return self.path.parent / "eval"
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         # the state resumed from (or the fresh start) needs no checkpoint of its own
@@ -49,6 +61,8 @@ class AtomicLastCheckpoint(L.Callback):
             os.replace(tmp, self.path)
             for stale in self.path.parent.glob("hpc_ckpt_*.ckpt"):  # superseded emergency checkpoints
                 stale.unlink(missing_ok=True)
+            if self.hold_every and trainer.global_step % self.hold_every == 0:
+                hold_for_evaluation(self.path, self.hold_dir, trainer.global_step)
         trainer.strategy.barrier()
         self._saved_at = trainer.global_step
         inject_fault(f"checkpoint:{trainer.global_step}")
@@ -64,6 +78,26 @@ class AtomicLastCheckpoint(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self.save(trainer, module)
+
+
+def hold_for_evaluation(checkpoint: Path, folder: Path, step: int) -> Path:
+    """A second name for the complete checkpoint of `step` in `folder`: a hard link costs no copy and no time
+    on the training path, and keeps the file's contents when the next checkpoint replaces `last.ckpt` or the
+    finished run deletes it. The evaluator removes the link once it has read the checkpoint, so the file is
+    never read while being written (it was renamed into place first) nor deleted before it is read."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"step{step:09d}.ckpt"
+    tmp = folder / f".{target.name}.tmp"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(checkpoint, tmp)
+    except OSError:  # a file system without hard links: a copy, as atomically
+        import shutil
+
+        shutil.copyfile(checkpoint, tmp)
+        fsync_file(tmp)
+    os.replace(tmp, target)
+    return target
 
 
 class NonFiniteWeightsError(TrainingStopped):

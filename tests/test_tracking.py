@@ -1,0 +1,180 @@
+"""Experiment tracking (vlmlab/train/tracking.py), read back through the trackers' own readers: MLflow's client
+against a real tracking server on localhost (tests/conftest.py), W&B's own reader of its offline run files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from ports import unused_port
+from test_training import cli, run_cli, write_config
+
+from vlmlab.presets import preset_root
+from vlmlab.sweep.expand import expand, write_run_files
+from vlmlab.sweep.spec import load_sweep
+
+PRESETS = preset_root()
+TRACKED = ["train.log_every_n_steps=1", "data.val=[]", "train.select_best=false"]
+
+
+def sweep_file(tmp: Path, uri: str) -> Path:
+    """Two stages on tiny models, one grid axis (MoT's stage 1 is the Joint-Decoder run: 1 + 2 runs)."""
+    common = (
+        "max_steps: 2, global_batch_size: 4, checkpoint_every_n_steps: 1, log_every_n_steps: 1, "
+        f"loggers: [csv, mlflow], tracking: {{uri: '{uri}'}}"
+    )
+    data = "micro_batch_size: 4, max_length: 96, val: []"
+    source = "{kind: synthetic, task: spatialmap, mode: %s, difficulty: {num_objects: 2}}"
+    path = tmp / "tracked.yaml"
+    path.write_text(
+        f"""
+name: tracked-{unused_port()}
+base: {PRESETS}/model/tiny.yaml
+axes:
+  fusion: [joint_decoder, mot]
+stages:
+  1: {{config: {{train: {{{common}}}, data: {{{data}, train: [{source % "caption"}]}}}}}}
+  2: {{config: {{train: {{{common}}}, data: {{{data}, train: [{source % "vqa"}]}}}}}}
+"""
+    )
+    return path
+
+
+def steps_of(client, run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def csv_steps(run: Path, key: str = "train/loss") -> list[int]:
+    with open(run / "logs" / "metrics.csv", newline="") as handle:
+        return sorted(int(row["step"]) for row in csv.DictReader(handle) if row.get(key))
+
+
+@pytest.mark.slow(seconds=60)
+def test_a_two_stage_sweep_logs_params_grid_tags_parents_and_steps_to_mlflow(tmp_path, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    spec = load_sweep(sweep_file(tmp_path, mlflow_server), output_dir=tmp_path / "out")
+    dag = expand(spec)
+    write_run_files(dag)
+    for run in dag:  # what the local backend runs, in dependency order, in this process
+        code, error = cli(str(run.config_path))
+        assert code == 0, error
+
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name(spec.name)
+    assert experiment is not None
+    found = {r.data.tags["vlmlab.run"]: r for r in client.search_runs([experiment.experiment_id])}
+    assert set(found) == {run.id for run in dag}  # one tracker run per stage run
+    for run in dag:
+        tracked = found[run.id]
+        tracking = json.loads((run.run_dir / "tracking.json").read_text())["mlflow"]
+        assert tracked.info.run_id == tracking["run_id"] and tracked.info.status == "FINISHED"
+        params = tracked.data.params
+        assert params["model.fusion"] == run.config["model"]["fusion"]
+        assert params["train.stage"] == str(run.stage) and params["optim.lr.adapter"]
+        for key, value in run.labels.items():  # every grid-axis value as a tag
+            assert tracked.data.tags[f"axis.{key}"] == str(value)
+        if run.parents:  # the stage hand-off as MLflow's own parent link
+            parent = dag.runs[run.parents[0]]
+            assert tracked.data.tags["vlmlab.parent_run"] == parent.id
+            assert tracked.data.tags["mlflow.parentRunId"] == found[parent.id].info.run_id
+        assert steps_of(client, tracked.info.run_id, "train/loss") == [0, 1]
+        assert steps_of(client, tracked.info.run_id, "lr/adapter") == [0, 1]
+        result = json.loads(run.result_path.read_text())
+        summary = {k: v for k, v in tracked.data.metrics.items() if k.startswith("result/")}
+        assert summary == {f"result/{k}": v for k, v in result["metrics"].items()}
+        assert csv_steps(run.run_dir) == [0, 1]
+
+
+@pytest.mark.slow(seconds=40)
+def test_a_killed_and_resumed_run_is_one_tracker_run_with_every_step_once(tmp_path, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    settings = [*TRACKED, "train.loggers=[csv,mlflow]", f"train.tracking.uri={mlflow_server}"]
+    settings.append(f"train.tracking.experiment=resume-{unused_port()}")
+    config = write_config(tmp_path, "victim", max_steps=4, checkpoint_every_n_steps=2, global_batch_size=4)
+    victim = run_cli(str(config), *settings, fault="step:3")  # killed after step 3, checkpoint at step 2
+    assert victim.wait(timeout=300) == -signal.SIGKILL, victim.stderr_text()
+    run = tmp_path / "victim"
+    first = json.loads((run / "tracking.json").read_text())["mlflow"]["run_id"]
+    code, error = cli(str(config), *settings)
+    assert code == 0, error
+    assert json.loads((run / "tracking.json").read_text())["mlflow"]["run_id"] == first
+
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name(settings[-1].split("=", 1)[1])
+    runs = client.search_runs([experiment.experiment_id])
+    assert [r.info.run_id for r in runs] == [first]
+    for key in ("train/loss", "lr/adapter"):  # tokens_per_s starts at a process's second step
+        assert steps_of(client, first, key) == [0, 1, 2, 3], key
+    assert csv_steps(run) == [0, 1, 2, 3]  # the CSV log kept the rows of before the kill, and no replay twice
+
+
+def test_a_tracker_that_refuses_connections_never_stops_training(tmp_path):
+    refused = f"http://127.0.0.1:{unused_port()}"  # nothing listens there
+    config = write_config(tmp_path, "offline", max_steps=2, checkpoint_every_n_steps=1, global_batch_size=4)
+    settings = [*TRACKED, "train.loggers=[csv,mlflow]", f"train.tracking.uri={refused}"]
+    code, error = cli(str(config), *settings, "train.tracking.retry_seconds=3600")
+    assert code == 0, error
+    run = tmp_path / "offline"
+    assert (run / "result.json").exists() and csv_steps(run) == [0, 1]
+    # one warning (the run's log handler writes to stderr), though the thread tried at least twice
+    assert error.count("mlflow is not reachable") == 1, error
+    # the rows wait in the outbox for a resume (or the tracker) to take them
+    kept = [json.loads(line) for line in (run / "logs" / "mlflow-outbox.jsonl").read_text().splitlines()]
+    assert sorted({row["step"] for row in kept if "train/loss" in row["metrics"]}) == [0, 1]
+
+
+def wandb_history(folder: Path) -> list[dict]:
+    """Every history row of the offline run files under `folder`, through wandb's own reader."""
+    from wandb.proto import wandb_internal_pb2
+    from wandb.sdk.internal import datastore
+
+    rows = []
+    for path in sorted(folder.rglob("*.wandb")):
+        store = datastore.DataStore()
+        store.open_for_scan(str(path))
+        while (data := store.scan_data()) is not None:
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(data)
+            if record.WhichOneof("record_type") == "history":
+                rows.append(
+                    {
+                        item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                        for item in record.history.item
+                    }
+                )
+    return rows
+
+
+@pytest.mark.slow(seconds=40)
+def test_wandb_offline_run_files_hold_the_same_keys_once_per_step_across_a_resume(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    settings = [*TRACKED, "train.loggers=[csv,wandb]", "train.tracking.project=vlmlab-test"]
+    config = write_config(tmp_path, "wb", max_steps=4, checkpoint_every_n_steps=2, global_batch_size=4)
+    victim = run_cli(str(config), *settings, fault="step:3", env={**__import__("os").environ})
+    assert victim.wait(timeout=300) == -signal.SIGKILL, victim.stderr_text()
+    code, error = cli(str(config), *settings)
+    assert code == 0, error
+    run = tmp_path / "wb"
+    rows = [row for row in wandb_history(run / "logs") if "train/loss" in row]
+    steps = Counter(row["trainer/global_step"] for row in rows)
+    assert steps == {0: 1, 1: 1, 2: 1, 3: 1}
+    with open(run / "logs" / "metrics.csv", newline="") as handle:
+        csv_keys = {
+            k
+            for row in csv.DictReader(handle)
+            for k, v in row.items()
+            if v and k.startswith(("train/", "lr/"))
+        }
+    assert csv_keys <= set().union(*rows)  # the same keys as the local CSV log
+    tracking = json.loads((run / "tracking.json").read_text())["wandb"]
+    assert {p.name.rsplit("-", 1)[-1] for p in (run / "logs" / "wandb").glob("offline-run-*")} == {
+        tracking["id"]
+    }
