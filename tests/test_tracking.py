@@ -178,3 +178,77 @@ def test_wandb_offline_run_files_hold_the_same_keys_once_per_step_across_a_resum
     assert {p.name.rsplit("-", 1)[-1] for p in (run / "logs" / "wandb").glob("offline-run-*")} == {
         tracking["id"]
     }
+
+
+def async_sweep_file(tmp: Path, uri: str) -> Path:
+    """One tiny run that holds every 2nd of its 4 checkpoints for an evaluator beside it."""
+    train = (
+        "max_steps: 4, global_batch_size: 4, checkpoint_every_n_steps: 1, log_every_n_steps: 1, "
+        f"select_best: false, keep_resume_state: true, loggers: [csv, mlflow], tracking: {{uri: '{uri}'}}"
+    )
+    data = "micro_batch_size: 4, max_length: 96, val: [], train: [{kind: synthetic, task: spatialmap, mode: caption}]"
+    evaluation = "every_n_checkpoints: 2, transfer_samples: 2, tasks: [spatialmap]"
+    path = tmp / "async.yaml"
+    path.write_text(
+        f"""
+name: async-{unused_port()}
+base: {PRESETS}/model/tiny.yaml
+stages:
+  1: {{config: {{train: {{{train}}}, data: {{{data}}}, eval: {{{evaluation}}}}}}}
+"""
+    )
+    return path
+
+
+@pytest.mark.slow(seconds=90)
+def test_local_sweep_evaluates_held_checkpoints_beside_the_run_into_the_tracker(tmp_path, mlflow_server):
+    import contextlib
+    import io
+
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from vlmlab.cli import main as vlmlab_main
+    from vlmlab.eval.checkpoints import load_checkpoint_model
+    from vlmlab.runs.load import load_run
+    from vlmlab.scoring.transfer import evaluate_transfer
+    from vlmlab.sweep.local import run_local
+
+    file = async_sweep_file(tmp_path, mlflow_server)
+    spec = load_sweep(file, output_dir=tmp_path / "out")
+    dag = expand(spec)
+    said = io.StringIO()
+    assert run_local(dag, spec, out=said) == 0, said.getvalue()
+    (run,) = list(dag)
+    assert "started the evaluator of" in said.getvalue() and "evaluator of" in said.getvalue()
+
+    # results of the chosen checkpoints (every 2nd: steps 2 and 4) in the run folder, nothing held any more
+    results = {
+        int(p.stem.removeprefix("step")): json.loads(p.read_text())
+        for p in (run.run_dir / "eval" / "checkpoints").glob("step*.json")
+    }
+    assert sorted(results) == [2, 4] and all(r["tracked"] for r in results.values())
+    assert not list((run.run_dir / "checkpoints" / "eval").iterdir())
+    # the checkpoint of the last step holds the final weights: the evaluator's loader gives the model that
+    # `vlmlab eval` loads from final/ (another file, another loader), tensor for tensor, and the same scores
+    config, finished = load_run(run.run_dir)
+    held = load_checkpoint_model(config, run.run_dir / "checkpoints" / "last.ckpt").state_dict()
+    assert held.keys() == finished.state_dict().keys()
+    assert all(torch.equal(held[k], v) for k, v in finished.state_dict().items())
+    final = evaluate_transfer(run.run_dir, ["spatialmap"], 2, write=False)["metrics"]["spatialmap"]
+    assert results[4]["scores"]["spatialmap"] == final
+
+    # in the tracker, at the row of the step whose update made those weights (Lightning's row k - 1)
+    client = MlflowClient(mlflow_server)
+    run_id = json.loads((run.run_dir / "tracking.json").read_text())["mlflow"]["run_id"]
+    for key in ("spatialmap.vqa.ind", "spatialmap.tqa.ood"):
+        history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, f"eval/{key}"))
+        assert history == [(1, results[2]["flat"][key]), (3, results[4]["flat"][key])], key
+
+    # --status shows the evaluator as part of the sweep
+    shown = io.StringIO()
+    with contextlib.redirect_stdout(shown):
+        assert vlmlab_main(["sweep", str(file), "--status", "--json", "--output", str(tmp_path / "out")]) == 0
+    (evaluator,) = json.loads(shown.getvalue())["evaluators"]
+    assert evaluator["id"] == run.id and evaluator["state"] == "done"
+    assert evaluator["detail"] == "2 evaluated, 0 waiting"

@@ -574,6 +574,10 @@ class RLConfig:
     use_vllm: bool = False  # generate the rollouts with vLLM (GPU only; TRL's colocate mode)
 
 
+# the synthetic tasks of the transfer protocol (vlmlab/scoring/transfer.py: TASKS)
+SYNTHETIC_TASKS = ("spatialmap", "grid", "ring")
+
+
 @dataclass
 class EvalSettings:
     """Evaluation of intermediate checkpoints off the training path (vlmlab/eval/checkpoints.py).
@@ -584,7 +588,10 @@ class EvalSettings:
     training goes on. Not part of run ids: it changes what is measured, not what is learned."""
 
     every_n_checkpoints: int = 0  # 0 = off
-    transfer_samples: int = 0  # the transfer protocol on the run's synthetic tasks, samples per cell
+    transfer_samples: int = 0  # the transfer protocol (VQA / TQA x test / OOD), samples per cell
+    tasks: list[str] = field(
+        default_factory=list
+    )  # its synthetic tasks; [] = those the run trains on, else all
     benchmarks: dict[str, str] = field(default_factory=dict)  # `vlmlab eval --benchmark`: name -> folder
     benchmark_limit: int | None = None  # first N items of each benchmark
     device: str | None = None  # where the evaluator runs (e.g. cuda:1); None = cpu
@@ -594,6 +601,9 @@ class EvalSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"eval.{name}={value!r} is not a count (valid: an integer >= 0, 0 = off).")
+        for task in self.tasks:
+            if task not in SYNTHETIC_TASKS:
+                raise unknown_choice("synthetic task (eval.tasks)", task, SYNTHETIC_TASKS)
         if self.every_n_checkpoints and not (self.transfer_samples or self.benchmarks):
             raise ConfigError(
                 f"eval.every_n_checkpoints={self.every_n_checkpoints} holds checkpoints for evaluation but "
@@ -820,6 +830,7 @@ __all__ = [
     "LOGGERS",
     "TrackingSettings",
     "EvalSettings",
+    "SYNTHETIC_TASKS",
     "CROSS_ATTENTION_LAYOUTS",
     "FUSIONS",
     "FUSION_NAMES",

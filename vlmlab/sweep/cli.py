@@ -19,7 +19,13 @@ from vlmlab.sweep.spec import BACKENDS
 def _sweep(args: argparse.Namespace) -> int:
     from vlmlab.sweep.expand import expand
     from vlmlab.sweep.spec import load_sweep
-    from vlmlab.sweep.state import SweepState, format_statuses, run_statuses, statuses_json
+    from vlmlab.sweep.state import (
+        SweepState,
+        evaluator_statuses,
+        format_statuses,
+        run_statuses,
+        statuses_json,
+    )
 
     spec = load_sweep(args.file, output_dir=args.output, command=args.command)
     dag = expand(spec)
@@ -27,15 +33,17 @@ def _sweep(args: argparse.Namespace) -> int:
         print(json.dumps(dag.to_json(), indent=2) if args.json else dag.format_text())
         return 0
     if args.status:
-        from vlmlab.sweep.slurm import recorded_jobs
+        from vlmlab.sweep.slurm import recorded_evaluator_jobs, recorded_jobs
 
         state = SweepState(dag.output_dir)
         slurm_runs = any(e.get("backend") == "slurm" for e in state.runs.values())
         statuses = run_statuses(dag, state, recorded_jobs(state) if slurm_runs else {})
+        slurm_evals = any(e.get("backend") == "slurm" for e in state.data.get("evaluators", {}).values())
+        evaluators = evaluator_statuses(dag, state, recorded_evaluator_jobs(state) if slurm_evals else {})
         print(
-            json.dumps(statuses_json(dag, statuses), indent=2)
+            json.dumps(statuses_json(dag, statuses, evaluators), indent=2)
             if args.json
-            else format_statuses(dag, statuses)
+            else format_statuses(dag, statuses, evaluators)
         )
         return 0
     if args.cancel:
