@@ -4,6 +4,7 @@ against a real tracking server on localhost (tests/conftest.py), W&B's own reade
 from __future__ import annotations
 
 import csv
+import io
 import json
 import signal
 from collections import Counter
@@ -15,6 +16,7 @@ from test_training import cli, run_cli, write_config
 
 from vlmlab.presets import preset_root
 from vlmlab.sweep.expand import expand, write_run_files
+from vlmlab.sweep.report import report_to_trackers
 from vlmlab.sweep.spec import load_sweep
 
 PRESETS = preset_root()
@@ -38,7 +40,8 @@ axes:
   fusion: [joint_decoder, mot]
 stages:
   1: {{config: {{train: {{{common}}}, data: {{{data}, train: [{source % "caption"}]}}}}}}
-  2: {{config: {{train: {{{common}}}, data: {{{data}, train: [{source % "vqa"}]}}}}}}
+  2: {{config: {{train: {{{common}, transfer_eval_samples: 2}}, data: {{{data}, train: [{source % "vqa"}]}}}}}}
+results: [--layout, transfer]
 """
     )
     return path
@@ -88,6 +91,21 @@ def test_a_two_stage_sweep_logs_params_grid_tags_parents_and_steps_to_mlflow(tmp
         summary = {k: v for k, v in tracked.data.metrics.items() if k.startswith("result/")}
         assert summary == {f"result/{k}": v for k, v in result["metrics"].items()}
         assert csv_steps(run.run_dir) == [0, 1]
+
+    # the end of the sweep: the results tables and figures (the file's `results:`: the transfer layout) as
+    # artifacts of a report run in the sweep's experiment
+    said = io.StringIO()
+    logged = report_to_trackers(dag, spec, said)
+    assert set(logged) == {"mlflow"}, said.getvalue()
+    report = client.get_run(logged["mlflow"])
+    assert (
+        report.info.experiment_id == experiment.experiment_id and report.data.tags["vlmlab.report"] == "true"
+    )
+    stored = {Path(a.path).name for a in client.list_artifacts(logged["mlflow"], "report")}
+    written = {p.name for p in (spec.output_dir / "report").iterdir()}
+    assert stored == written and {"transfer_vqa.md", "transfer_vqa.png"} <= stored, said.getvalue()
+    copy = Path(client.download_artifacts(logged["mlflow"], "report/transfer_vqa.md", str(tmp_path)))
+    assert copy.read_bytes() == (spec.output_dir / "report" / "transfer_vqa.md").read_bytes()
 
 
 @pytest.mark.slow(seconds=40)

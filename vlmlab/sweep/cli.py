@@ -5,6 +5,7 @@ vlmlab sweep tiny --backend local --parallel 2  # train here, in dependency orde
 vlmlab sweep design_space --backend slurm       # submit job arrays (again: only what is missing)
 vlmlab sweep design_space --status [--json]     # done / running / pending / failed (why) / ...
 vlmlab sweep design_space --cancel              # scancel (or kill) the sweep's jobs
+vlmlab sweep design_space --report              # the results tables and figures into the runs' trackers
 """
 
 from __future__ import annotations
@@ -46,6 +47,12 @@ def _sweep(args: argparse.Namespace) -> int:
             else format_statuses(dag, statuses, evaluators)
         )
         return 0
+    if args.report:
+        from vlmlab.sweep.report import report_to_trackers
+
+        if not report_to_trackers(dag, spec):
+            print(f"sweep {dag.name}: nothing logged (no run logs to mlflow or wandb, or no report)")
+        return 0
     if args.cancel:
         from vlmlab.sweep.local import cancel_local
 
@@ -81,6 +88,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     action.add_argument("--dry-run", action="store_true", help="print the DAG (runs per stage, dependencies)")
     action.add_argument("--status", action="store_true", help="print each run's state")
     action.add_argument("--cancel", action="store_true", help="cancel the sweep's queued and running jobs")
+    action.add_argument(
+        "--report",
+        action="store_true",
+        help="make the finished sweep's report (`vlmlab results`, the file's `results:` options) and log its "
+        "tables and figures to the runs' trackers (the local backend does it when the sweep ends)",
+    )
     parser.add_argument("--json", action="store_true", help="with --dry-run or --status: JSON output")
     parser.add_argument(
         "--backend", choices=BACKENDS, help="where runs train (default: the file's `backend`)"

@@ -26,6 +26,7 @@ from vlmlab.errors import ConfigError
 from vlmlab.eval.checkpoints import needs_evaluator
 from vlmlab.sweep.dag import Run, SweepDag
 from vlmlab.sweep.expand import write_run_files
+from vlmlab.sweep.report import report_to_trackers
 from vlmlab.sweep.spec import SweepSpec
 from vlmlab.sweep.state import SweepState, local_process_alive, now, process_start, sweep_lock
 
@@ -71,6 +72,7 @@ class _Executor:
     def _run(self) -> int:
         todo = [run for run in self.dag if not run.is_done()]
         done_before = len(self.dag) - len(todo)
+        todo_before = bool(todo)  # a sweep that had nothing to do logs no report again
         for run in todo:
             entry = self.state.runs.get(run.id)
             if entry and entry.get("backend") == "local" and entry.get("state") == "running":
@@ -95,6 +97,13 @@ class _Executor:
         failed, blocked = len(self.failed), len(self.blocked)
         finished = sum(run.is_done() for run in self.dag)
         self.say(f"sweep {self.dag.name}: {finished} done, {failed} failed, {blocked} blocked")
+        if finished == len(self.dag) and todo_before:
+            try:  # the tables and figures into the trackers; a tracker that fails does not fail the sweep
+                report_to_trackers(self.dag, self.spec, self.out)
+            except Exception as error:
+                self.say(
+                    f"sweep {self.dag.name}: the report was not logged ({' '.join(str(error).split())[:200]})"
+                )
         return 0 if not failed and not blocked else 1
 
     def _step(self, todo: list[Run]) -> list[Run]:
