@@ -112,7 +112,9 @@ def test_a_two_stage_sweep_logs_params_grid_tags_parents_and_steps_to_mlflow(tmp
 def test_a_killed_and_resumed_run_is_one_tracker_run_with_every_step_once(tmp_path, mlflow_server):
     from mlflow.tracking import MlflowClient
 
-    settings = [*TRACKED, "train.loggers=[csv,mlflow]", f"train.tracking.uri={mlflow_server}"]
+    # validation every 2 steps: its scores too go to the tracker once, at their step
+    settings = ["train.log_every_n_steps=1", "train.select_best=false", "train.val_every_n_steps=2"]
+    settings += ["data.val_samples=4", "train.loggers=[csv,mlflow]", f"train.tracking.uri={mlflow_server}"]
     settings.append(f"train.tracking.experiment=resume-{unused_port()}")
     config = write_config(tmp_path, "victim", max_steps=4, checkpoint_every_n_steps=2, global_batch_size=4)
     victim = run_cli(str(config), *settings, fault="step:3")  # killed after step 3, checkpoint at step 2
@@ -129,7 +131,9 @@ def test_a_killed_and_resumed_run_is_one_tracker_run_with_every_step_once(tmp_pa
     assert [r.info.run_id for r in runs] == [first]
     for key in ("train/loss", "lr/adapter"):  # tokens_per_s starts at a process's second step
         assert steps_of(client, first, key) == [0, 1, 2, 3], key
+    assert steps_of(client, first, "val/mean_accuracy") == [1, 3]  # after steps 2 (before the kill) and 4
     assert csv_steps(run) == [0, 1, 2, 3]  # the CSV log kept the rows of before the kill, and no replay twice
+    assert csv_steps(run, "val/mean_accuracy") == [1, 3]
 
 
 def test_a_tracker_that_refuses_connections_never_stops_training(tmp_path):

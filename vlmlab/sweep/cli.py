@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from vlmlab.sweep.spec import BACKENDS
+from vlmlab.sweep.spec import BACKENDS, SweepSpec
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -29,6 +29,8 @@ def _sweep(args: argparse.Namespace) -> int:
     )
 
     spec = load_sweep(args.file, output_dir=args.output, command=args.command)
+    if args.set:
+        add_execution_overrides(spec, args.set)
     dag = expand(spec)
     if args.dry_run:
         print(json.dumps(dag.to_json(), indent=2) if args.json else dag.format_text())
@@ -75,6 +77,26 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_execution_overrides(spec: SweepSpec, items: list[str]) -> None:
+    """`--set KEY=VALUE` onto every stage of `spec`: only keys that say how runs execute or log (where
+    metrics go, what is measured beside them), never what they learn, so that no run's id changes."""
+    from vlmlab.errors import ConfigError
+    from vlmlab.sweep.expand import EXECUTION_KEYS
+
+    for item in items:
+        key, sep, _ = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}.")
+        settable = [k for k in EXECUTION_KEYS if k != "train.output_dir"]  # each run has its own folder
+        if not any(key == k or key.startswith(k + ".") for k in settable):
+            raise ConfigError(
+                f"--set {key}: only settings that leave a run's id unchanged can be set for a whole sweep "
+                f"(valid: {', '.join(settable)} and the keys under them); put {key} in the sweep file."
+            )
+    for stage in spec.stages.values():
+        stage.overrides = [*stage.overrides, *items]
+
+
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     add_quickstart_command(subparsers)
     parser = subparsers.add_parser(
@@ -100,6 +122,14 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--parallel", type=int, default=1, help="local backend: runs at a time (default 1)")
     parser.add_argument("--output", help="sweep output folder (default: the file's `output_dir`)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an execution setting for every run (repeatable), e.g. 'train.loggers=[csv,mlflow]', "
+        "train.tracking.uri=http://127.0.0.1:5000, eval.every_n_checkpoints=4: never what runs learn",
+    )
     parser.add_argument(
         "--command",
         help="what a run executes (default: the file's `command`, else `vlmlab train`); "

@@ -127,9 +127,17 @@ class PeriodicValidation(L.Callback):
             return
         self._last = self.evaluate()
         self._done_at = trainer.global_step
-        for name, value in self._last.items():
-            module.log(f"val/{name}", value, on_step=True, rank_zero_only=True)
+        self._log(trainer)
         self.on_result(trainer.global_step, self._last)
+
+    def _log(self, trainer: L.Trainer) -> None:
+        """The scores into every logger at the row of the step they score (Lightning logs optimizer step k
+        as row k - 1), whether or not `log_every_n_steps` logs that step's training metrics."""
+        if trainer.is_global_zero and self._last:
+            for logger in trainer.loggers:
+                logger.log_metrics(
+                    {f"val/{k}": v for k, v in self._last.items()}, step=trainer.global_step - 1
+                )
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
         if self.every and trainer.global_step > 0 and trainer.global_step % self.every == 0:
@@ -141,4 +149,5 @@ class PeriodicValidation(L.Callback):
         if trainer.global_step != self._done_at:  # the final weights are always evaluated
             self._last = self.evaluate()
             self._done_at = trainer.global_step
+            self._log(trainer)
             self.on_result(trainer.global_step, self._last)
