@@ -274,3 +274,20 @@ def test_local_sweep_evaluates_held_checkpoints_beside_the_run_into_the_tracker(
     (evaluator,) = json.loads(shown.getvalue())["evaluators"]
     assert evaluator["id"] == run.id and evaluator["state"] == "done"
     assert evaluator["detail"] == "2 evaluated, 0 waiting"
+
+
+def test_the_csv_log_of_a_resume_keeps_the_rows_its_checkpoint_covers_and_drops_a_torn_line(tmp_path):
+    from vlmlab.train.tracking import HistoryCSVLogger
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    rows = "".join(f"{0.5 + s},{s},{s / 10}\n" for s in range(6))
+    (logs / "metrics.csv").write_text("lr/adapter,step,train/loss\n" + rows + "0.9,1")  # killed mid-append
+    logger = HistoryCSVLogger(tmp_path, resumed_step=3)  # last.ckpt holds step 3: rows 0-2 stay
+    logger.log_metrics({"train/loss": 0.33}, step=3)  # step 4, trained again after the resume
+    logger.checkpointed(5)
+    logger.log_metrics({"train/loss": 0.44, "val/acc": 1.0}, step=4)  # a new column: the file is rewritten
+    logger.checkpointed(5)
+    with open(logs / "metrics.csv", newline="") as handle:
+        got = [(int(r["step"]), r["train/loss"], r.get("val/acc", "")) for r in csv.DictReader(handle)]
+    assert got == [(0, "0.0", ""), (1, "0.1", ""), (2, "0.2", ""), (3, "0.33", ""), (4, "0.44", "1.0")]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import logging
 import os
@@ -54,36 +55,51 @@ def _row_step(value: Any) -> int | None:
 
 
 class _HistoryWriter(ExperimentWriter):
-    """Lightning's CSV writer, keeping the rows of the steps a resumed run does not train again."""
+    """Lightning's CSV writer, keeping the rows of the steps a resumed run does not train again.
+
+    Rows are appended while the columns stay the same (the file is rewritten, atomically, only when a new
+    column appears and once on a resume), so the cost per checkpoint does not grow with the run's length; a
+    line torn by a kill during an append is dropped on the resume."""
 
     def __init__(self, log_dir: str, keep_through: int) -> None:
         self._keep_through = keep_through
         self._history: list[dict[str, Any]] = []
+        self._columns: list[str] = []
         super().__init__(log_dir)
 
     def _check_log_dir_exists(self) -> None:  # Lightning deletes metrics.csv here
         path = Path(self.metrics_file_path)
         if not path.is_file():
             return
-        with open(path, newline="") as handle:
-            rows = list(csv.DictReader(handle))
+        text = path.read_text()
+        if text and not text.endswith("\n"):  # the last append was cut short
+            text = text[: text.rfind("\n") + 1]
         kept = []
-        for row in rows:
+        for row in csv.DictReader(io.StringIO(text)):
             step = _row_step(row.get("step"))
             if step is not None and step <= self._keep_through:
-                kept.append({k: v for k, v in row.items() if v not in ("", None)})
+                kept.append({k: v for k, v in row.items() if k is not None and v not in ("", None)})
         self._history = kept
+        self._rewrite()
+
+    def _rewrite(self) -> None:
+        self._columns = sorted(set().union(*self._history)) if self._history else []
+        with atomic_open(self.metrics_file_path, "w") as handle:  # a kill leaves the old file or the new
+            writer = csv.DictWriter(handle, fieldnames=self._columns, restval="")
+            if self._columns:
+                writer.writeheader()
+            writer.writerows(self._history)
 
     def save(self) -> None:
         if not self.metrics:
             return
-        self._history.extend(self.metrics)
-        self.metrics = []
-        keys = sorted(set().union(*self._history))
-        with atomic_open(self.metrics_file_path, "w") as handle:  # a kill leaves the old file or the new
-            writer = csv.DictWriter(handle, fieldnames=keys, restval="")
-            writer.writeheader()
-            writer.writerows(self._history)
+        rows, self.metrics = self.metrics, []
+        self._history.extend(rows)
+        if not self._columns or not set().union(*rows) <= set(self._columns):
+            self._rewrite()
+            return
+        with open(self.metrics_file_path, "a", newline="") as handle:
+            csv.DictWriter(handle, fieldnames=self._columns, restval="").writerows(rows)
 
 
 class HistoryCSVLogger(CSVLogger):
@@ -397,7 +413,10 @@ class TrackerLogger(Logger):
         if parent:
             config["tag.vlmlab.parent_wandb_run"] = parent
         run.config.update(config, allow_val_change=True)
-        update_tracking(self.out, "wandb", dir=str(Path(run.dir).parent))
+        # what the checkpoint evaluator needs to log beside this run (vlmlab/runs/tracking.py)
+        update_tracking(
+            self.out, "wandb", dir=str(Path(run.dir).parent), group=self._experiment_name(), entity=run.entity
+        )
         return logger
 
     def _send_row(self, step: int, metrics: dict[str, float]) -> None:
