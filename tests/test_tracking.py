@@ -201,6 +201,19 @@ def test_wandb_offline_run_files_hold_the_same_keys_once_per_step_across_a_resum
         tracking["id"]
     }
 
+    # a checkpoint evaluator's scores: a run of their own beside it (W&B takes no second writer into a live
+    # run), in the same group, plotted against the checkpoint's step
+    from vlmlab.runs.tracking import log_to_wandb_group
+
+    assert log_to_wandb_group(run, "wb", {"eval/grid.vqa.ind": 0.25}, 3, "checkpoint/step")
+    evaluation = list((run / "logs" / "wandb").glob(f"offline-run-*-{tracking['id']}-eval"))
+    assert len(evaluation) == 1
+    (row,) = [r for r in wandb_history(evaluation[0]) if "eval/grid.vqa.ind" in r]
+    assert {k: v for k, v in row.items() if not k.startswith("_")} == {
+        "checkpoint/step": 3,
+        "eval/grid.vqa.ind": 0.25,
+    }
+
 
 def async_sweep_file(tmp: Path, uri: str) -> Path:
     """One tiny run that holds every 2nd of its 4 checkpoints for an evaluator beside it."""
