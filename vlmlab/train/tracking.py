@@ -31,6 +31,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
 from vlmlab.config import ExperimentConfig
@@ -112,6 +113,7 @@ class HistoryCSVLogger(CSVLogger):
         self._covered = self._keep_through
 
     @property
+    @rank_zero_experiment  # other ranks get Lightning's dummy: one process owns the file
     def experiment(self) -> _HistoryWriter:
         if self._experiment is None:
             os.makedirs(self.root_dir, exist_ok=True)
