@@ -8,13 +8,14 @@ do at the same steps do not count). The evaluator's only work on the training pa
 checkpoint; its cost is timed on its own too.
 
 Goal: the median step time with the evaluator within 10 % of the time without it (the mean of a run before
-and one after, whose difference shows the machine's own noise). The evaluator runs where
+and one after, whose difference shows the machine's own noise), and the training process's own CPU seconds
+per step likewise. A control run puts a busy loop where the evaluator runs: what any process there costs. The evaluator runs where
 `eval.device` puts it (here: the CPU); on a machine with spare cores (or the evaluator on another GPU / node)
 it takes nothing from the training. On a machine whose cores the training already uses, give the evaluator
 a core of its own (the default here: the training on core 0, the evaluator on core 1, one thread each), as a
 real deployment gives it its own device.
 
-    python benchmarks/bench_async_eval.py [--steps 40] [--checkpoint-every 5] [--samples 4] [--nice 0] [--no-pin]
+    python benchmarks/bench_async_eval.py [--steps 300] [--checkpoint-every 25] [--samples 4] [--nice 0] [--no-pin]
 """
 
 from __future__ import annotations
@@ -96,10 +97,13 @@ def main() -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     print(f"training on cores {train_cpus or 'any'}, evaluator on {eval_cpus or 'any'} (nice {args.nice})")
     python = sys.executable
-    medians = {}
+    medians: dict[str, list[float]] = {}
+    cpus: dict[str, list[float]] = {}  # the training process's CPU seconds per step
     with tempfile.TemporaryDirectory() as tmp:
         # without, with, without again: the two runs without evaluation show the machine's own noise
-        for variant, hold in (("without", 0), ("with", 1), ("without (again)", 0)):
+        # and a control: no evaluation, a busy loop where the evaluator would run (what any process there costs)
+        variants = [("without", 0), ("with", 1), ("without (again)", 0), ("busy-loop control", 0)]
+        for variant, hold in variants:
             out = Path(tmp) / variant
             config = Path(tmp) / f"{variant}.yaml"
             samples = args.samples if hold else 0
@@ -129,8 +133,14 @@ def main() -> None:
                     env=env,
                     preexec_fn=pinned(eval_cpus),
                 )
+            busy = None
+            if variant.startswith("busy"):
+                busy = subprocess.Popen([python, "-c", "while True: pass"], preexec_fn=pinned(eval_cpus))
             command = [python, "-m", "vlmlab.cli", "train", str(config)]
             gaps, wall, cpu = step_times(command, env, train_cpus)
+            if busy is not None:
+                busy.kill()
+                busy.wait()
             evaluated_during = len(list((out / "eval" / "checkpoints").glob("step*.json")))
             if evaluator is not None:
                 with timed(children=True) as waited:
@@ -141,8 +151,9 @@ def main() -> None:
                     f"{waited.wall:.1f} s more after it ended"
                 )
             medians.setdefault(variant.split()[0], []).append(statistics.median(gaps))
+            cpus.setdefault(variant.split()[0], []).append(cpu / args.steps)
             print(
-                f"{variant:>15} asynchronous evaluation: median step {1000 * statistics.median(gaps):.1f} ms "
+                f"{variant:>17}{'' if variant.startswith('busy') else ' asynchronous evaluation'}: median step {1000 * statistics.median(gaps):.1f} ms "
                 f"(p90 {1000 * statistics.quantiles(gaps, n=10)[-1]:.1f} ms, {len(gaps)} steps); "
                 f"the training process: {wall:.1f} s wall, {cpu:.1f} s CPU ({1000 * cpu / args.steps:.1f} ms a step)"
             )
@@ -158,8 +169,16 @@ def main() -> None:
     ratio = medians["with"][0] / statistics.mean(medians["without"])
     noise = max(medians["without"]) / min(medians["without"])
     print(
-        f"step time with / without (mean of both): {ratio:.3f} (goal <= {GOAL:.2f}: "
+        f"median step time with / without (mean of both): {ratio:.3f} (goal <= {GOAL:.2f}: "
         f"{verdict(ratio, GOAL, higher_is_better=False)}); the two runs without differ by {noise:.3f}x"
+    )
+    control = medians["busy-loop"][0] / statistics.mean(medians["without"])
+    print(f"median step time with a busy loop where the evaluator runs / without: {control:.3f}")
+    work = cpus["with"][0] / statistics.mean(cpus["without"])
+    print(
+        f"the training process's own CPU per step with / without: {work:.3f} (goal <= {GOAL:.2f}: "
+        f"{verdict(work, GOAL, higher_is_better=False)}): what is left of a wall difference is the machine's "
+        "cores shared with the evaluator and other jobs"
     )
 
 
