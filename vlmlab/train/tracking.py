@@ -8,9 +8,10 @@ Three rules make a run's history exact across kills and resumes, with a tracker 
 * The CSV log keeps its history: rows up to the resumed checkpoint stay, rows after it (replayed) are
   dropped, the file is rewritten atomically (Lightning's CSVLogger deletes the file on a restart).
 * A tracker is fed by a thread of its own (training never waits on the network) from an outbox in the run
-  folder (`logs/<tracker>-outbox.jsonl`, fsynced); the last row the tracker acknowledged is recorded in
+  folder (`logs/<tracker>-outbox.jsonl`, fsynced); the last row the tracker has for sure is recorded in
   `tracking.json`, with the tracker run's id, so a resume continues the same tracker run and sends what was
-  left, once. A tracker that fails is reported once, as a warning, and tried again every
+  left, once (MLflow's server has a row when its call returns; W&B's client buffers rows in its service
+  process, so they count as sent when the run finishes, and a killed run sends them again in order). A tracker that fails is reported once, as a warning, and tried again every
   `train.tracking.retry_seconds`; training goes on either way.
 """
 
