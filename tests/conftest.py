@@ -82,3 +82,57 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
         with open(path, "a") as timeline:
             timeline.write(f"{worker}\t{started:.1f}\t{time.time():.1f}\t{item.nodeid}\n")
     return result
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real MLflow tracking server on localhost (sqlite backend and artifacts in a temporary folder) for the
+    session: its URI. Skips when mlflow is not installed (`pip install -e '.[test]'` installs it)."""
+    import shutil
+    import subprocess
+    import sys
+    import urllib.request
+
+    from ports import unused_port
+
+    pytest.importorskip("mlflow")
+    folder = tmp_path_factory.mktemp("mlflow")
+    port = unused_port()
+    mlflow = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or "mlflow"
+    log = open(folder / "server.log", "w")  # noqa: SIM115 - the server's, closed when it stops
+    server = subprocess.Popen(
+        [
+            mlflow,
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{folder / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(folder / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as answer:
+                if answer.status == 200:
+                    break
+        except OSError:
+            pass
+        if server.poll() is not None or time.time() > deadline:
+            server.kill()
+            pytest.fail(f"mlflow server did not start:\n{(folder / 'server.log').read_text()[-3000:]}")
+        time.sleep(0.5)
+    yield uri
+    os.killpg(server.pid, 15)
+    server.wait(timeout=30)
+    log.close()

@@ -199,6 +199,22 @@ def test_a_lora_stage_2_checkpoint_holds_only_adapters_and_loads_back(lora_chain
         torch.testing.assert_close(state[name], value, rtol=0, atol=0, msg=name)
 
 
+def test_the_checkpoint_evaluator_loads_a_lora_runs_resume_checkpoint_as_its_stage_checkpoint(
+    lora_chain: Path,
+) -> None:
+    """eval.every_n_checkpoints reads resume checkpoints (vlmlab/eval/checkpoints.py): for a LoRA stage 2 the
+    model it builds (the parent's chain, this stage's adapters) holds the weights the exported delta gives."""
+    from vlmlab.eval.checkpoints import load_checkpoint_model
+    from vlmlab.runs.load import load_run
+
+    config, exported = load_run(lora_chain / "s2")
+    held = load_checkpoint_model(config, lora_chain / "s2" / "checkpoints" / "last.ckpt").state_dict()
+    assert held.keys() == exported.state_dict().keys()
+    assert any(lora.is_adapter_parameter(name) for name in held)
+    for name, value in exported.state_dict().items():
+        assert torch.equal(held[name], value), name
+
+
 @pytest.mark.slow(seconds=40)
 @pytest.mark.parametrize("handoff", ["carry", "merge"])
 def test_stage_3_carries_or_merges_the_adapters(lora_chain: Path, handoff: str) -> None:

@@ -280,3 +280,42 @@ def test_real_runs_preempted_before_their_first_checkpoint_resume_exactly(
     a = load_file(str(uninterrupted_real_run))
     b = load_file(str(run.run_dir / "final" / "weights.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+EVALUATED = f"""
+name: slurm-eval
+base: {PRESETS}/model/tiny.yaml
+axes:
+  fusion: [joint_decoder, cross_attention]
+stages:
+  1: {{config: {{train: {{max_steps: 6}}, eval: {{every_n_checkpoints: 2, transfer_samples: 4}}}},
+      resources: {{time: "00:10:00", mem: 500M}}}}
+"""
+
+
+def test_checkpoint_evaluators_are_jobs_of_the_dag(cluster: None, tmp_path: Path) -> None:
+    """eval.every_n_checkpoints: an evaluator array beside the training array, started after it, listed by
+    --status, and not submitted again once done (the evaluation itself: tests/test_tracking.py)."""
+    file = tmp_path / "evaluated.yaml"
+    file.write_text(EVALUATED)
+    out = tmp_path / "out"
+    dag = expand(load_sweep(file, output_dir=out))
+    command = FAKE + " --step-seconds 0.5"
+    text = sweep(str(file), "--backend", "slurm", "--output", str(out), "--command", command)
+    assert "submitted stage 1: job array" in text
+    assert "submitted stage 1 checkpoint evaluators: job array" in text and "(2 runs)" in text
+    entries = json.loads((out / "sweep_state.json").read_text())["evaluators"]
+    assert set(entries) == {run.id for run in dag}
+    script = Path(next(iter(entries.values()))["script"]).read_text()
+    trainings = sorted(SweepState(out).runs[run.id]["job_id"] for run in dag)
+    assert f"#SBATCH --dependency=after:{':'.join(trainings)}" in script
+
+    def evaluators() -> dict[str, dict]:
+        shown = json.loads(sweep(str(file), "--status", "--json", "--output", str(out)))
+        return {entry["id"]: entry for entry in shown["evaluators"]}
+
+    wait_until(lambda: all(e["state"] == "done" for e in evaluators().values()), 120, "the evaluators")
+    assert all(run.is_done() for run in dag)
+    assert {e["detail"] for e in evaluators().values()} == {"0 evaluated, 0 waiting"}
+    text = sweep(str(file), "--backend", "slurm", "--output", str(out), "--command", command)
+    assert "submitted" not in text  # done runs whose checkpoints were all evaluated: nothing to submit

@@ -513,6 +513,32 @@ class OptimConfig:
             )
 
 
+# Where a run's metrics go (vlmlab/train/tracking.py): csv and tensorboard files in the run folder, and the
+# experiment trackers MLflow and Weights & Biases (optional: `pip install 'vlmlab[tracking]'`)
+LOGGERS = ("csv", "tensorboard", "mlflow", "wandb")
+
+
+@dataclass
+class TrackingSettings:
+    """Where the trackers of `train.loggers` log. Unset values fall back to the libraries' own environment
+    variables (MLFLOW_TRACKING_URI, WANDB_PROJECT, WANDB_ENTITY, WANDB_MODE), so one config serves a laptop
+    and a cluster. None of this changes what a run learns (not part of run ids)."""
+
+    uri: str | None = None  # MLflow tracking URI (http://host:5000, file:...); None = MLFLOW_TRACKING_URI
+    project: str | None = None  # W&B project; None = WANDB_PROJECT, else "vlmlab"
+    entity: str | None = None  # W&B entity (team or user); None = WANDB_ENTITY / the logged-in default
+    # MLflow experiment / W&B group; None = the sweep's name (sweep_run.json), else "vlmlab"
+    experiment: str | None = None
+    # a tracker that fails is tried again after this many seconds; meanwhile metrics wait on disk
+    retry_seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not self.retry_seconds > 0:
+            raise ConfigError(
+                f"train.tracking.retry_seconds={self.retry_seconds!r} must be positive (valid: e.g. 30)."
+            )
+
+
 # What happens to a parent stage's LoRA adapters when a stage starts (vlmlab.models.lora.hand_off): carry = the
 # same adapters keep training where this stage trains that group through LoRA too (the update stays of rank
 # r); merge = fold them into the base weights (peft's merge_and_unload) and start fresh adapters. A group that
@@ -612,6 +638,9 @@ class TrainConfig:
     compile: bool = False
     # the adapters of groups a recipe trains through LoRA (`lora` in vlmlab/presets/freeze/); unused otherwise
     lora: LoraSettings = field(default_factory=LoraSettings)
+    # where metrics go (LOGGERS above): the CSV log is the local record, the trackers are for comparing runs
+    loggers: list[str] = field(default_factory=lambda: ["csv", "tensorboard"])
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -628,6 +657,11 @@ class TrainConfig:
                 f"train.max_steps={self.max_steps}; the steps after it would run past the cosine's end (valid: "
                 f"{self.max_steps} or more, or null for max_steps)."
             )
+        for name in self.loggers:
+            if name not in LOGGERS:
+                raise unknown_choice("logger (train.loggers)", name, LOGGERS)
+        if len(set(self.loggers)) != len(self.loggers):
+            raise ConfigError(f"train.loggers={list(self.loggers)} names a logger twice (valid: each once).")
         if self.loss_impl not in LOSS_IMPLS:
             raise unknown_choice("loss implementation (train.loss_impl)", self.loss_impl, LOSS_IMPLS)
         if self.method not in TRAIN_METHODS:
@@ -656,6 +690,43 @@ class RLConfig:
     use_vllm: bool = False  # generate the rollouts with vLLM (GPU only; TRL's colocate mode)
 
 
+# the synthetic tasks of the transfer protocol (vlmlab/scoring/transfer.py: TASKS)
+SYNTHETIC_TASKS = ("spatialmap", "grid", "ring")
+
+
+@dataclass
+class EvalSettings:
+    """Evaluation of intermediate checkpoints off the training path (vlmlab/eval/checkpoints.py).
+
+    Every `every_n_checkpoints`-th resume checkpoint (`train.checkpoint_every_n_steps` apart) is held for a
+    separate process (`vlmlab eval --checkpoints RUN --follow`, which `vlmlab sweep` starts beside each run:
+    a process locally, a job of the DAG on Slurm) that scores it and logs the results at its step, while
+    training goes on. Not part of run ids: it changes what is measured, not what is learned."""
+
+    every_n_checkpoints: int = 0  # 0 = off
+    transfer_samples: int = 0  # the transfer protocol (VQA / TQA x test / OOD), samples per cell
+    tasks: list[str] = field(
+        default_factory=list
+    )  # its synthetic tasks; [] = those the run trains on, else all
+    benchmarks: dict[str, str] = field(default_factory=dict)  # `vlmlab eval --benchmark`: name -> folder
+    benchmark_limit: int | None = None  # first N items of each benchmark
+    device: str | None = None  # where the evaluator runs (e.g. cuda:1); None = cpu
+
+    def __post_init__(self) -> None:
+        for name in ("every_n_checkpoints", "transfer_samples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"eval.{name}={value!r} is not a count (valid: an integer >= 0, 0 = off).")
+        for task in self.tasks:
+            if task not in SYNTHETIC_TASKS:
+                raise unknown_choice("synthetic task (eval.tasks)", task, SYNTHETIC_TASKS)
+        if self.every_n_checkpoints and not (self.transfer_samples or self.benchmarks):
+            raise ConfigError(
+                f"eval.every_n_checkpoints={self.every_n_checkpoints} holds checkpoints for evaluation but "
+                "names nothing to evaluate (valid: set eval.transfer_samples or eval.benchmarks too)."
+            )
+
+
 @dataclass
 class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -663,8 +734,15 @@ class ExperimentConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     rl: RLConfig = field(default_factory=RLConfig)
+    eval: EvalSettings = field(default_factory=EvalSettings)
 
     def __post_init__(self) -> None:
+        if self.eval.every_n_checkpoints and self.model.open_weight:
+            raise ConfigError(
+                f"eval.every_n_checkpoints={self.eval.every_n_checkpoints}: checkpoint evaluation during "
+                f"training covers vlmlab's own models, not the open-weight {self.model.open_weight!r} "
+                "(valid here: 0; evaluate its final model with `vlmlab eval`)."
+            )
         towers = len(self.model.towers) if self.model.is_encoder_set else 0
         if self.optim.encoder_lr and len(self.optim.encoder_lr) != towers:
             raise ConfigError(
@@ -736,6 +814,8 @@ _SCHEMAS: dict[str, type] = {
     "OptimConfig": OptimConfig,
     "TrainConfig": TrainConfig,
     "LoraSettings": LoraSettings,
+    "TrackingSettings": TrackingSettings,
+    "EvalSettings": EvalSettings,
     "RLConfig": RLConfig,
     "ExperimentConfig": ExperimentConfig,
 }
@@ -910,6 +990,10 @@ __all__ = [
     "DEFAULT_LORA_TARGETS",
     "LORA_HANDOFFS",
     "LoraSettings",
+    "LOGGERS",
+    "TrackingSettings",
+    "EvalSettings",
+    "SYNTHETIC_TASKS",
     "CROSS_ATTENTION_LAYOUTS",
     "FUSIONS",
     "FUSION_NAMES",

@@ -238,18 +238,20 @@ def evaluate_benchmarks(
     batch_size: int = 16,
     max_new_tokens: int = 32,
     out_dir: str | Path | None = None,
+    loaded: tuple[Any, Any] | None = None,
 ) -> dict[str, Any]:
     """Score `run_dir` on each benchmark entry ({name, path, split?, limit?, image_root?}) under each protocol.
 
     Predictions go to `out_dir` (default RUN/eval/) as `<name>[-<split>][.rendered].jsonl`, one line per
     record; an existing file is continued, not redone. Splits with reference answers are scored into
     `eval.json` as {"score", "n", "ci": [low, high]} (`score_metric`); server-scored splits (VQAv2
-    test-dev, TextVQA / DocVQA test) get their submission file."""
+    test-dev, TextVQA / DocVQA test) get their submission file. `loaded`: the run's config and a model
+    already built (an intermediate checkpoint's: vlmlab/eval/checkpoints.py)."""
     if dtype not in DTYPES:
         raise unknown_choice("--dtype", dtype, DTYPES)
     check_submission_inputs(entries)
     started = time.time()
-    config, model = load_run(run_dir)
+    config, model = loaded or load_run(run_dir)
     if device is not None:
         try:
             model.to(torch.device(device))

@@ -43,7 +43,24 @@ def _with_interval(value: Any, digits: int = 3) -> str:
     return text
 
 
+def _eval_checkpoints(args: argparse.Namespace) -> int:
+    """The checkpoints a run holds for evaluation (eval.every_n_checkpoints; vlmlab/eval/checkpoints.py)."""
+    from vlmlab.eval.checkpoints import evaluate_held, follow, read_results
+
+    for run in args.runs:
+        steps = follow(run, start_grace=args.start_grace) if args.follow else evaluate_held(run)
+        print(f"{run}: evaluated the checkpoints of steps {steps or 'none'}")
+        for step, result in sorted(read_results(run).items()):
+            shown = ", ".join(f"{k} {v:.3f}" for k, v in sorted(result["flat"].items()))
+            print(f"  step {step}: {shown}" + ("" if result.get("tracked") else " (not in a tracker yet)"))
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
+    if args.follow and not args.checkpoints:
+        raise ConfigError("--follow goes with --checkpoints (valid: vlmlab eval --checkpoints --follow RUN).")
+    if args.checkpoints:
+        return _eval_checkpoints(args)
     if args.benchmark:
         return _eval_benchmarks(args)
     from vlmlab.scoring.transfer import TASKS, evaluate_transfer
@@ -169,6 +186,24 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--out", default=None, help="with --benchmark: folder for predictions (default: RUN/eval/)"
+    )
+    parser.add_argument(
+        "--checkpoints",
+        action="store_true",
+        help="evaluate the intermediate checkpoints each run holds for it (eval.every_n_checkpoints), as the "
+        "run's config says, into RUN/eval/checkpoints/ and the run's tracker",
+    )
+    parser.add_argument(
+        "--follow",
+        action="store_true",
+        help="with --checkpoints: keep evaluating new ones until the training is over (what `vlmlab sweep` "
+        "starts beside each such run)",
+    )
+    parser.add_argument(
+        "--start-grace",
+        type=float,
+        default=600.0,
+        help="with --follow: seconds to wait for the training to start (default 600)",
     )
     parser.set_defaults(func=_eval)
 

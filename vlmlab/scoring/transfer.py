@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from vlmlab.config import DataSourceConfig, ExperimentConfig, to_dict
+from vlmlab.config import SYNTHETIC_TASKS, DataSourceConfig, ExperimentConfig, to_dict
 from vlmlab.data.synthetic.generate import generate_split
 from vlmlab.data.synthetic.stats import BASELINE_KINDS, shortcut_baselines
 from vlmlab.data.validation import build_val_set
@@ -29,7 +29,7 @@ from vlmlab.scoring.accuracy import as_metric, evaluate_items
 
 log = logging.getLogger("vlmlab.scoring")
 
-TASKS = ("spatialmap", "grid", "ring")
+TASKS = SYNTHETIC_TASKS
 MODALITIES = ("vqa", "tqa")
 SPLITS = {"test": "ind", "ood": "ood"}
 EVAL_SEED = 0  # generator seed of the held-out sets (the baselines regenerate them with it)
@@ -42,6 +42,7 @@ def evaluate_transfer(
     difficulty: dict[str, dict[str, dict[str, Any]]] | None = None,
     max_length: int | None = None,
     write: bool = True,
+    loaded: tuple[ExperimentConfig, Any] | None = None,
 ) -> dict[str, Any]:
     """Accuracy per task x modality x split. `difficulty[task][split]` overrides the generator settings
     (e.g. the quickstart's easy tasks); by default each split has the paper's settings.
@@ -49,9 +50,10 @@ def evaluate_transfer(
     Each cell is stored as {"score", "n", "ci": [low, high], "correct", "outcomes", "items"}
     (vlmlab.scoring.accuracy.as_metric): the accuracy, the number of samples, its 95 % interval, the number
     answered correctly, and each sample's 0/1 outcome with a digest of the samples (for paired tests
-    between design points, `vlmlab results --compare`)."""
+    between design points, `vlmlab results --compare`). `loaded`: the run's config and a model already built
+    (an intermediate checkpoint's: vlmlab/eval/checkpoints.py)."""
     started = time.time()
-    config, model = load_run(run_dir)
+    config, model = loaded or load_run(run_dir)
     tokenizer, encoder = text_side(config, model, max_length)
     metrics: dict[str, Any] = {}
     chance: dict[str, Any] = {}

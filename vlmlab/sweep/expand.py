@@ -89,6 +89,9 @@ EXECUTION_KEYS = (
     "data.num_workers",
     "train.loss_impl",  # every implementation is exact (vlmlab/models/loss.py)
     "train.compile",  # the same model, compiled (vlmlab/train/compile.py)
+    "train.loggers",  # where metrics go and what is measured on the side: never what is learned
+    "train.tracking",
+    "eval",
 )
 # keys that came after runs were hashed, with their defaults (identity_view)
 _LATER_KEYS = {

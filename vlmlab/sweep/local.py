@@ -4,6 +4,11 @@ A run starts once all its parents have a result.json; a failed run leaves its de
 ("blocked: parent X failed"). Running the sweep again starts only what has no result.json, and the train
 command resumes those from their checkpoints. Runs still alive from an earlier executor that was killed
 (they run in their own session) are waited for, never started twice.
+
+A run with `eval.every_n_checkpoints` gets its evaluator beside it (`vlmlab eval --checkpoints --follow`, a
+process of its own, log `<run>/eval/checkpoints.log`): it scores the checkpoints the training holds for it
+while the training goes on (vlmlab/eval/checkpoints.py). The sweep ends once the evaluators have ended too;
+running it again starts an evaluator for a finished run that still holds checkpoints.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ import time
 from typing import IO
 
 from vlmlab.errors import ConfigError
+from vlmlab.eval.checkpoints import needs_evaluator
 from vlmlab.sweep.dag import Run, SweepDag
 from vlmlab.sweep.expand import write_run_files
+from vlmlab.sweep.report import report_to_trackers
 from vlmlab.sweep.spec import SweepSpec
 from vlmlab.sweep.state import SweepState, local_process_alive, now, process_start, sweep_lock
 
@@ -46,6 +53,7 @@ class _Executor:
         self.adopted: set[str] = set()  # alive from an earlier executor: waited for, not started
         self.failed: dict[str, str] = {}  # run id -> why
         self.blocked: dict[str, str] = {}
+        self.evaluators: dict[str, tuple[subprocess.Popen, IO[str]]] = {}  # run id -> evaluator, log file
 
     def say(self, message: str) -> None:
         print(message, file=self.out, flush=True)
@@ -66,6 +74,7 @@ class _Executor:
     def _run(self) -> int:
         todo = [run for run in self.dag if not run.is_done()]
         done_before = len(self.dag) - len(todo)
+        todo_before = bool(todo)  # a sweep that had nothing to do logs no report again
         for run in todo:
             entry = self.state.runs.get(run.id)
             if entry and entry.get("backend") == "local" and entry.get("state") == "running":
@@ -74,7 +83,10 @@ class _Executor:
                     self.say(f"waiting for {run.key}: still running as pid {entry['pid']}")
         self.say(f"sweep {self.dag.name}: {len(todo)} runs to do, {done_before} done already")
         try:
-            while todo or self.started or self.adopted:  # a run may write result.json before it exits
+            for run in self.dag:  # finished runs whose evaluation was cut short
+                if run.is_done() and self._evaluates(run):
+                    self._start_evaluator(run)
+            while todo or self.started or self.adopted or self.evaluators:  # result.json before exit
                 todo = self._step(todo)
                 time.sleep(POLL_SECONDS)
         except KeyboardInterrupt:
@@ -87,11 +99,20 @@ class _Executor:
         failed, blocked = len(self.failed), len(self.blocked)
         finished = sum(run.is_done() for run in self.dag)
         self.say(f"sweep {self.dag.name}: {finished} done, {failed} failed, {blocked} blocked")
+        if finished == len(self.dag) and todo_before:
+            try:  # the tables and figures into the trackers; a tracker that fails does not fail the sweep
+                report_to_trackers(self.dag, self.spec, self.out)
+            except Exception as error:
+                self.say(
+                    f"sweep {self.dag.name}: the report was not logged ({' '.join(str(error).split())[:200]})"
+                )
         return 0 if not failed and not blocked else 1
 
     def _step(self, todo: list[Run]) -> list[Run]:
         for run_id in list(self.started):
             self._reap(run_id)
+        for run_id in list(self.evaluators):
+            self._reap_evaluator(run_id)
         for run_id in list(self.adopted):
             if not local_process_alive(self.state.runs[run_id]):
                 self.adopted.discard(run_id)
@@ -135,6 +156,60 @@ class _Executor:
         )
         self.state.save()
         self.say(f"started {run.key} (pid {process.pid}; log {run.log_path})")
+        if self._evaluates(run):
+            self._start_evaluator(run)
+
+    def _evaluates(self, run: Run) -> bool:
+        """An evaluator is due for `run` and none is alive (from this executor or an earlier one)."""
+        every = int((run.config.get("eval") or {}).get("every_n_checkpoints") or 0)
+        if run.id in self.evaluators or not needs_evaluator(run.run_dir, every):
+            return False
+        entry = self.state.data.get("evaluators", {}).get(run.id)
+        return not (entry and entry.get("state") == "running" and local_process_alive(entry))
+
+    def _start_evaluator(self, run: Run) -> None:
+        folder = run.run_dir / "eval"
+        folder.mkdir(parents=True, exist_ok=True)
+        log = open(folder / "checkpoints.log", "a", encoding="utf-8")  # noqa: SIM115 - closed when reaped
+        command = [sys.executable, "-m", "vlmlab.cli", "eval", "--checkpoints", "--follow", str(run.run_dir)]
+        log.write(f"\n=== vlmlab sweep {self.dag.name}: {now()}: {' '.join(command)}\n")
+        log.flush()
+        process = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.evaluators[run.id] = (process, log)
+        self.state.data.setdefault("evaluators", {})[run.id] = {
+            "backend": "local",
+            "state": "running",
+            "pid": process.pid,
+            "start": process_start(process.pid),
+            "host": socket.gethostname(),
+            "log": str(folder / "checkpoints.log"),
+            "updated": now(),
+        }
+        self.state.save()
+        self.say(f"started the evaluator of {run.key} (pid {process.pid}; log {folder / 'checkpoints.log'})")
+
+    def _reap_evaluator(self, run_id: str) -> None:
+        process, log = self.evaluators[run_id]
+        code = process.poll()
+        if code is None:
+            return
+        log.close()
+        del self.evaluators[run_id]
+        entry = self.state.data.setdefault("evaluators", {}).get(run_id, {})
+        entry.update(state="exited" if code == 0 else "failed", exit_code=code, updated=now())
+        self.state.save()
+        run = self.dag.runs[run_id]
+        if code:
+            self.say(f"evaluator of {run.key} failed: exit code {code} (log: {entry.get('log')})")
+        else:
+            self.say(f"evaluator of {run.key} done")
 
     def _reap(self, run_id: str) -> None:
         process, log = self.started[run_id]
@@ -178,7 +253,7 @@ class _Executor:
         self.state.save()
 
     def _stop_all(self, why: str) -> None:
-        for process, _ in self.started.values():
+        for process, _ in [*self.started.values(), *self.evaluators.values()]:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
         deadline = time.time() + 10
@@ -196,6 +271,16 @@ class _Executor:
                 run_id, **{**entry, "state": "failed", "exit_code": process.returncode, "reason": why}
             )
         self.started.clear()
+        for run_id, (process, log) in list(self.evaluators.items()):
+            try:
+                process.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            log.close()
+            self.state.data.setdefault("evaluators", {}).get(run_id, {}).update(state="failed", reason=why)
+        self.evaluators.clear()
         self.state.save()
 
 

@@ -15,6 +15,12 @@ submits them again along with their parent. Pre-emption and time limits: `--sign
 `--requeue` let the run checkpoint at its next optimizer step and requeue itself (SIGTERM from a pre-emption
 does the same: vlmlab/train/preemption.py); a task that ends anyway (scancel, node failure) is simply
 submitted again next time and resumes from its checkpoint.
+
+Checkpoint evaluators (eval.every_n_checkpoints, vlmlab/eval/checkpoints.py) are jobs of the DAG too: per
+stage, one array of `vlmlab eval --checkpoints --follow RUN` tasks with `--dependency=after:<training
+tasks>` (they start once their trainings have started, and run beside them, on the resources of
+`eval.device`: a GPU only when it names one). Submitting again submits an evaluator only for a run that
+still needs one (not done, or checkpoints still held) and whose evaluator job is not queued or running.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from pathlib import Path
 from typing import IO
 
 from vlmlab.errors import ConfigError
+from vlmlab.eval.checkpoints import needs_evaluator
 from vlmlab.files import atomic_write_text
 from vlmlab.sweep.dag import Run, SweepDag
 from vlmlab.sweep.expand import write_run_files
@@ -147,13 +154,121 @@ def submit_slurm(dag: SweepDag, spec: SweepSpec, out: IO[str] | None = None) -> 
                     state.save()  # after every sbatch: a crash mid-way never loses a job id
                     after = f" after {', '.join(waits)}" if waits else ""
                     print(f"submitted stage {stage}: job array {job} ({len(chunk)} runs){after}", file=out)
+        submitted += _submit_evaluators(dag, spec, state, job_of, out)
         return submitted
+
+
+def _submit_evaluators(
+    dag: SweepDag, spec: SweepSpec, state: SweepState, job_of: dict[str, str], out: IO[str]
+) -> list[str]:
+    """One evaluator array per stage for the runs that need one and have none queued or running."""
+    jobs = recorded_evaluator_jobs(state)
+    submitted = []
+    for stage in dag.stages():
+        runs = [
+            run
+            for run in dag
+            if run.stage == stage
+            and needs_evaluator(
+                run.run_dir, int((run.config.get("eval") or {}).get("every_n_checkpoints") or 0)
+            )
+            and not (run.id in jobs and jobs[run.id].live)
+        ]
+        for start in range(0, len(runs), MAX_ARRAY):
+            chunk = runs[start : start + MAX_ARRAY]
+            waits = sorted({job_of[run.id] for run in chunk if not run.is_done() and run.id in job_of})
+            script = script_path(dag, stage).with_suffix(".eval.sbatch")
+            atomic_write_text(script, evaluator_script(dag, spec, stage, chunk, waits))
+            check_script(script)
+            job = _sbatch(script)
+            submitted.append(job)
+            evaluators = state.data.setdefault("evaluators", {})
+            for index, run in enumerate(chunk):
+                evaluators[run.id] = {
+                    "backend": "slurm",
+                    "job_id": f"{job}_{index}",
+                    "array_job_id": job,
+                    "script": str(script),
+                }
+            state.save()
+            print(
+                f"submitted stage {stage} checkpoint evaluators: job array {job} ({len(chunk)} runs)",
+                file=out,
+            )
+    return submitted
+
+
+def evaluator_script(dag: SweepDag, spec: SweepSpec, stage: int, runs: list[Run], waits: list[str]) -> str:
+    """The sbatch script of one evaluator array: task i follows runs[i] (`vlmlab eval --checkpoints
+    --follow`), started once the training tasks `waits` have started."""
+    resources = spec.stages[stage].resources
+    logs = dag.output_dir / "slurm" / "logs"
+    options = [
+        f"--job-name=vlmlab-{dag.name}-s{stage}-eval",
+        f"--array=0-{len(runs) - 1}",
+        "--ntasks=1",
+        "--open-mode=append",
+        f"--output={logs}/eval-%A_%a.out",
+    ]
+    devices = {str((run.config.get("eval") or {}).get("device") or "cpu") for run in runs}
+    if any(device.startswith("cuda") for device in devices):
+        options.append("--gpus=1")
+    for name in ("cpus_per_task", "mem", "time", "partition", "account", "qos"):
+        value = getattr(resources, name)
+        if value is not None:
+            options.append(f"--{name.replace('_', '-')}={value}")
+    if waits:
+        options.append(f"--dependency=after:{':'.join(waits)}")
+    for option in options:
+        if not _SAFE_DIRECTIVE.match(option):
+            raise ConfigError(
+                f"sbatch option {option!r} must be one line of the form --name[=value] without quotes."
+            )
+    run_dirs = "\n".join(f"    {shlex.quote(str(run.run_dir))}" for run in runs)
+    setup = "\n".join(resources.setup)
+    return f"""#!/bin/bash
+# vlmlab sweep {dag.name}: stage {stage} checkpoint evaluators, {len(runs)} run(s), one per task.
+# Task i evaluates the checkpoints RUN_DIRS[i] holds for it while it trains (vlmlab/eval/checkpoints.py).
+{chr(10).join(f"#SBATCH {option}" for option in options)}
+
+set -euo pipefail
+
+RUN_DIRS=(
+{run_dirs}
+)
+RUN_DIR="${{RUN_DIRS[${{SLURM_ARRAY_TASK_ID:?this script runs as a task of a job array}}]}}"
+cd {shlex.quote(str(Path.cwd()))}
+{setup}
+mkdir -p "$RUN_DIR/eval"
+exec {shlex.quote(sys.executable)} -m vlmlab.cli eval --checkpoints --follow "$RUN_DIR" >>"$RUN_DIR/eval/checkpoints.log" 2>&1
+"""
+
+
+def recorded_evaluator_jobs(state: SweepState) -> dict[str, JobInfo]:
+    """Run id -> the Slurm job of its checkpoint evaluator, when Slurm still knows it and it is ours."""
+    entries = {
+        r: e
+        for r, e in state.data.get("evaluators", {}).items()
+        if e.get("backend") == "slurm" and e.get("job_id")
+    }
+    jobs = query_jobs(e["job_id"] for e in entries.values()) if entries else {}
+    return {
+        run_id: jobs[entry["job_id"]]
+        for run_id, entry in entries.items()
+        if entry["job_id"] in jobs
+        and (not entry.get("script") or jobs[entry["job_id"]].script == entry["script"])
+    }
 
 
 def cancel_slurm(dag: SweepDag, state: SweepState) -> list[str]:
     """scancel every queued or running job of the sweep; return the job ids cancelled."""
     require_slurm()
     live = [info.job_id for run_id, info in recorded_jobs(state).items() if run_id in dag.runs and info.live]
+    live += [
+        info.job_id
+        for run_id, info in recorded_evaluator_jobs(state).items()
+        if run_id in dag.runs and info.live
+    ]
     if live:
         _run(["scancel", *live])
     return live
@@ -315,7 +430,9 @@ __all__ = [
     "cancel_slurm",
     "check_script",
     "directives",
+    "evaluator_script",
     "query_jobs",
+    "recorded_evaluator_jobs",
     "recorded_jobs",
     "render_script",
     "require_slurm",

@@ -6,6 +6,8 @@
     command: "{python} -m vlmlab.cli train {config} {overrides}"   # optional: what a run executes
     base: ../model/paper-0.6b.yaml         # an ExperimentConfig-shaped mapping, a YAML path, or a list
     resources: {partition: gpu}            # Slurm resources shared by all stages (each stage may override)
+    results: [--layout, transfer]          # `vlmlab results` options of the sweep's report (default: none);
+                                           # made at the end, logged to the runs' trackers as artifacts
     stages:
       1:
         config: {train: {max_steps: 100000}}    # mapping, path or list, merged onto the base
@@ -48,6 +50,7 @@ import copy
 import functools
 import json
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,7 +77,7 @@ AXIS_ALIASES = {
     "lomo_ratio": "data.lomo.rewrite_ratio",
 }
 TOP_LEVEL_KEYS = ("name", "description", "extends", "output_dir", "backend", "command", "base", "resources")
-TOP_LEVEL_KEYS += ("stages", "axes", "exclude", "seeds")
+TOP_LEVEL_KEYS += ("results", "stages", "axes", "exclude", "seeds")
 SEED_KEY = "train.seed"
 STAGE_KEYS = ("config", "overrides", "resources", "axes")
 VAR_PREFIX = "vars."
@@ -129,6 +132,8 @@ class SweepSpec:
     @property
     def replicated(self) -> bool:
         return bool(self.seeds)
+
+    results: list[str] = field(default_factory=list)  # `vlmlab results` options of its report
 
     @property
     def root(self) -> Path:
@@ -194,6 +199,22 @@ def load_sweep(
         exclude=_exclude(data.get("exclude") or [], all_axes),
         description=str(data.get("description") or ""),
         seeds=seeds,
+        results=_results_options(data.get("results")),
+    )
+
+
+def _results_options(value: Any) -> list[str]:
+    """The sweep's `results:` (options of `vlmlab results`): a list of strings, or one string split as a shell
+    would."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return shlex.split(value)
+    if isinstance(value, list) and all(isinstance(item, str | int | float) for item in value):
+        return [str(item) for item in value]
+    raise ConfigError(
+        f"Sweep key results={value!r} must be `vlmlab results` options: a list of strings (e.g. "
+        "[--layout, transfer]) or one string."
     )
 
 

@@ -180,17 +180,62 @@ def _local_status(
     return RunStatus("not submitted")
 
 
-def format_statuses(dag: Any, statuses: dict[str, RunStatus]) -> str:
+def evaluator_statuses(dag: Any, state: SweepState, jobs: dict[str, Any]) -> dict[str, RunStatus]:
+    """The checkpoint evaluator of each run that has one (eval.every_n_checkpoints: vlmlab/eval/checkpoints.py),
+    from its launch record in sweep_state.json ("evaluators") and, on Slurm, its job (`jobs`: run id -> what
+    Slurm knows of the evaluator's job); the detail counts the checkpoints evaluated and still waiting."""
+    from vlmlab.eval.checkpoints import held_checkpoints, read_results
+
+    found = {}
+    for run in dag:
+        entry = state.data.get("evaluators", {}).get(run.id)
+        if not entry:
+            continue
+        counts = f"{len(read_results(run.run_dir))} evaluated, {len(held_checkpoints(run.run_dir))} waiting"
+        if entry.get("backend") == "local":
+            where = f"pid {entry.get('pid')}"
+            if entry.get("state") == "running" and local_process_alive(entry):
+                found[run.id] = RunStatus("running", f"{where}; {counts}", where)
+            elif entry.get("state") == "exited":
+                found[run.id] = RunStatus("done", counts, where)
+            else:
+                why = entry.get("reason") or f"exit code {entry.get('exit_code')}; log: {entry.get('log')}"
+                found[run.id] = RunStatus("failed", f"{why}; {counts}", where)
+            continue
+        job, info = entry.get("job_id"), jobs.get(run.id)
+        if info is None:
+            found[run.id] = RunStatus("failed", f"job {job} is no longer known to Slurm; {counts}", job)
+        elif info.state == "PENDING":
+            found[run.id] = RunStatus("pending", f"{info.reason}; {counts}", job)
+        elif info.live:
+            found[run.id] = RunStatus("running", f"job {job}; {counts}", job)
+        elif info.state == "COMPLETED":
+            found[run.id] = RunStatus("done", counts, job)
+        else:
+            found[run.id] = RunStatus("failed", f"{info.state.lower()} (job {job}); {counts}", job)
+    return found
+
+
+def format_statuses(
+    dag: Any, statuses: dict[str, RunStatus], evaluators: dict[str, RunStatus] | None = None
+) -> str:
     counts = {s: sum(st.state == s for st in statuses.values()) for s in STATES}
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     lines = [f"sweep {dag.name}: {len(statuses)} runs: {summary}"]
     width = max(len(run.key) for run in dag)
     for run in dag:
         lines.append(f"  {run.key.ljust(width)}  {statuses[run.id].text()}")
+    if evaluators:
+        lines.append("checkpoint evaluators (eval.every_n_checkpoints):")
+        for run in dag:
+            if run.id in evaluators:
+                lines.append(f"  {run.key.ljust(width)}  {evaluators[run.id].text()}")
     return "\n".join(lines)
 
 
-def statuses_json(dag: Any, statuses: dict[str, RunStatus]) -> dict[str, Any]:
+def statuses_json(
+    dag: Any, statuses: dict[str, RunStatus], evaluators: dict[str, RunStatus] | None = None
+) -> dict[str, Any]:
     return {
         "sweep": dag.name,
         "output_dir": str(dag.output_dir),
@@ -207,12 +252,18 @@ def statuses_json(dag: Any, statuses: dict[str, RunStatus]) -> dict[str, Any]:
             }
             for run in dag
         ],
+        "evaluators": [
+            {"id": run.id, "state": status.state, "detail": status.detail, "job": status.job}
+            for run in dag
+            if (status := (evaluators or {}).get(run.id))
+        ],
     }
 
 
 __all__ = [
     "RunStatus",
     "blocked_by",
+    "evaluator_statuses",
     "STATES",
     "SweepState",
     "format_statuses",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from vlmlab.errors import TrainingStopped
 from vlmlab.faults import inject_fault
-from vlmlab.files import atomic_open
+from vlmlab.files import atomic_open, fsync_file
 
 log = logging.getLogger("vlmlab.train")
 
@@ -28,10 +29,22 @@ class AtomicLastCheckpoint(L.Callback):
     the resume point.
     """
 
-    def __init__(self, path: Path, every_n_steps: int) -> None:
+    def __init__(self, path: Path, every_n_steps: int, hold_every_n: int = 0) -> None:
         self.path = Path(path)
         self.every = max(1, every_n_steps)
         self._saved_at = self._seen_step = -1
+        # eval.every_n_checkpoints: every n-th checkpoint (by step, so a resume holds the same ones) is also
+        # linked into `checkpoints/eval/` for the evaluator beside the run (vlmlab/eval/checkpoints.py)
+        self.hold_every = hold_every_n * self.every
+
+    @property
+    def saved_at(self) -> int:
+        """The step of the newest resume checkpoint on disk (or resumed from)."""
+        return self._saved_at
+
+    @property
+    def hold_dir(self) -> Path:
+        return self.path.parent / "eval"
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         # the state resumed from (or the fresh start) needs no checkpoint of its own
@@ -48,6 +61,8 @@ class AtomicLastCheckpoint(L.Callback):
         if trainer.is_global_zero:
             for stale in self.path.parent.glob("hpc_ckpt_*.ckpt"):  # superseded emergency checkpoints
                 stale.unlink(missing_ok=True)
+            if self.hold_every and trainer.global_step % self.hold_every == 0:
+                hold_for_evaluation(self.path, self.hold_dir, trainer.global_step)
         trainer.strategy.barrier()
         self._saved_at = trainer.global_step
         inject_fault(f"checkpoint:{trainer.global_step}")
@@ -78,6 +93,26 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, handle)
 
 
+def hold_for_evaluation(checkpoint: Path, folder: Path, step: int) -> Path:
+    """A second name for the complete checkpoint of `step` in `folder`: a hard link costs no copy and no time
+    on the training path, and keeps the file's contents when the next checkpoint replaces `last.ckpt` or the
+    finished run deletes it. The evaluator removes the link once it has read the checkpoint, so the file is
+    never read while being written (it was renamed into place first) nor deleted before it is read."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"step{step:09d}.ckpt"
+    tmp = folder / f".{target.name}.tmp"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(checkpoint, tmp)
+    except OSError:  # a file system without hard links: a copy, as atomically
+        import shutil
+
+        shutil.copyfile(checkpoint, tmp)
+        fsync_file(tmp)
+    os.replace(tmp, target)
+    return target
+
+
 class NonFiniteWeightsError(TrainingStopped):
     """The weights became NaN / inf: nothing was saved for this step."""
 
@@ -105,9 +140,17 @@ class PeriodicValidation(L.Callback):
             return
         self._last = self.evaluate()
         self._done_at = trainer.global_step
-        for name, value in self._last.items():
-            module.log(f"val/{name}", value, on_step=True, rank_zero_only=True)
+        self._log(trainer)
         self.on_result(trainer.global_step, self._last)
+
+    def _log(self, trainer: L.Trainer) -> None:
+        """The scores into every logger at the row of the step they score (Lightning logs optimizer step k
+        as row k - 1), whether or not `log_every_n_steps` logs that step's training metrics."""
+        if trainer.is_global_zero and self._last:
+            for logger in trainer.loggers:
+                logger.log_metrics(
+                    {f"val/{k}": v for k, v in self._last.items()}, step=trainer.global_step - 1
+                )
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
         if self.every and trainer.global_step > 0 and trainer.global_step % self.every == 0:
@@ -119,4 +162,5 @@ class PeriodicValidation(L.Callback):
         if trainer.global_step != self._done_at:  # the final weights are always evaluated
             self._last = self.evaluate()
             self._done_at = trainer.global_step
+            self._log(trainer)
             self.on_result(trainer.global_step, self._last)

@@ -27,7 +27,16 @@ from vlmlab.models.loss import resolve_loss_impl
 from vlmlab.recipes import list_recipes, load_recipe
 
 # keys that change how a run executes or logs, not what it computes: they may differ on a re-run
-EXECUTION_KEYS = ("train.log_every_n_steps", "train.accelerator", "train.loss_impl", "train.compile")
+# (a key names itself and everything under it: train.tracking covers train.tracking.uri)
+EXECUTION_KEYS = (
+    "train.log_every_n_steps",
+    "train.accelerator",
+    "train.loss_impl",
+    "train.compile",
+    "train.loggers",
+    "train.tracking",
+    "eval",
+)
 
 
 def _positive(name: str, value: Any, allow_none: bool = False) -> None:
@@ -217,7 +226,7 @@ def first_difference(old: Any, new: Any, where: str = "") -> str | None:
         # a key only one side has is a setting added or removed between vlmlab versions: not a difference
         for key in sorted(set(old) & set(new), key=str):
             found = first_difference(old.get(key), new.get(key), f"{where}.{key}" if where else str(key))
-            if found and found not in EXECUTION_KEYS:
+            if found and not any(found == k or found.startswith(k + ".") for k in EXECUTION_KEYS):
                 return found
         return None
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):

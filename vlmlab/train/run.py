@@ -4,7 +4,11 @@ Run folder layout (`train.output_dir`):
     config.yaml            the resolved config
     checkpoints/last.ckpt  full training state for resume (written atomically every n steps)
     final/, best/          stage checkpoints: the trained delta + a pointer to the parent (checkpoint.py)
-    logs/                  CSV and TensorBoard logs
+    logs/                  CSV and TensorBoard logs (metrics.csv keeps its history across resumes), tracker
+                           outboxes (vlmlab/train/tracking.py)
+    tracking.json          the MLflow / W&B run this stage run logs to (a resume continues it)
+    checkpoints/eval/      checkpoints held for the evaluator beside the run (eval.every_n_checkpoints)
+    eval/checkpoints/      its results, one file per checkpoint step (vlmlab/eval/checkpoints.py)
     result.json            written last, atomically: its existence means the run is done
 """
 
@@ -40,6 +44,7 @@ from vlmlab.models.open_weight import OpenWeightVLM, load_open_weight
 from vlmlab.models.vlm import VisionLanguageModel, build_vlm
 from vlmlab.recipes import load_recipe
 from vlmlab.runs.record import run_record, write_record
+from vlmlab.runs.tracking import numeric_metrics
 from vlmlab.scoring.transfer import evaluate_transfer_after
 from vlmlab.train.callbacks import AtomicCheckpointIO, AtomicLastCheckpoint, PeriodicValidation
 from vlmlab.train.data import TrainData
@@ -54,6 +59,7 @@ from vlmlab.train.preflight import (
     train_device,
     validate,
 )
+from vlmlab.train.tracking import FlushCovered, build_loggers, tracker_session, trackers
 
 log = logging.getLogger("vlmlab.train")
 
@@ -215,13 +221,21 @@ def _evaluate_only(config: ExperimentConfig, out: Path, resolved: dict[str, Any]
 
 def _train(config: ExperimentConfig, out: Path, resolved: dict[str, Any], accumulate: int) -> dict[str, Any]:
     last_ckpt = out / "checkpoints" / "last.ckpt"
-    checkpointer = AtomicLastCheckpoint(last_ckpt, config.train.checkpoint_every_n_steps)
-    with Preemption(checkpointer) as preemption:  # SIGUSR1 / SIGTERM: "checkpoint at the next step, requeue"
-        return _fit_and_export(config, out, resolved, accumulate, preemption)
+    checkpointer = AtomicLastCheckpoint(
+        last_ckpt, config.train.checkpoint_every_n_steps, hold_every_n=config.eval.every_n_checkpoints
+    )
+    # SIGUSR1 / SIGTERM: "checkpoint at the next step, requeue"; the trackers are closed however it ends
+    with Preemption(checkpointer) as preemption, contextlib.ExitStack() as closing:
+        return _fit_and_export(config, out, resolved, accumulate, preemption, closing)
 
 
 def _fit_and_export(
-    config: ExperimentConfig, out: Path, resolved: dict[str, Any], accumulate: int, preemption: Preemption
+    config: ExperimentConfig,
+    out: Path,
+    resolved: dict[str, Any],
+    accumulate: int,
+    preemption: Preemption,
+    closing: contextlib.ExitStack,
 ) -> dict[str, Any]:
     result_path = out / "result.json"
     checkpointer = preemption.checkpoint
@@ -276,6 +290,8 @@ def _fit_and_export(
         rank=rank, world_size=world_size, keep=accumulate + 3
     )
     module.data_state_dir = out / "checkpoints" / "data_state"
+    loggers = build_loggers(config, out, resolved, done_steps)
+    closing.enter_context(tracker_session(loggers))
     callbacks = [
         # validation before the checkpoint of the same step: once last.ckpt holds step k, the score of step k
         # (and best/, if it won) is on disk, so a run killed right after that checkpoint and resumed picks the
@@ -288,15 +304,12 @@ def _fit_and_export(
         ),
         checkpointer,
         preemption,
+        FlushCovered(checkpointer, loggers),  # after every callback that may write a checkpoint
         L.pytorch.callbacks.TQDMProgressBar(refresh_rate=max(1, accumulate)),
     ]
     plugins: list[Any] = [AtomicCheckpointIO()]  # checkpoints staged in their own folder, not $TMPDIR
     if SLURMEnvironment.detect():  # vlmlab handles the requeue signal itself (vlmlab/train/preemption.py)
         plugins.append(SLURMEnvironment(auto_requeue=False))
-    loggers = [
-        L.pytorch.loggers.CSVLogger(out, name="logs", version=""),
-        L.pytorch.loggers.TensorBoardLogger(out, name="logs", version="tensorboard"),
-    ]
     trainer = L.Trainer(
         accelerator=config.train.accelerator,
         devices=config.train.devices,
@@ -375,6 +388,10 @@ def _fit_and_export(
     trainer.strategy.barrier()  # every process reads the checkpoint rank 0 wrote
     evaluate_transfer_after(config, out, rank_zero=trainer.is_global_zero)
     if trainer.is_global_zero:  # last: result.json means done, so a kill during the evaluation repeats it
+        for tracker in trackers(loggers):  # at the last row's step (Lightning logs step k as row k - 1)
+            tracker.log_summary(
+                numeric_metrics(record.get("metrics", {}), "result/"), trainer.global_step - 1
+            )
         write_record(record, result_path)
         if not config.train.keep_resume_state:  # done: only the weight delta (final/, best/) is needed now
             for path in [last_ckpt, *last_ckpt.parent.glob("hpc_ckpt_*.ckpt")]:
