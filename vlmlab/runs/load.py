@@ -42,7 +42,9 @@ def text_side(
     tokenizer = load_text_tokenizer(config.data.text_tokenizer, spec.vocab_size, spec.image_token_id)
     plan, image_spec = model.tiling_plan, model.image_tokenizer.spec
     # tiled: tokens_per_image counts one tile's placeholders, and the tiler cuts and normalises the tiles
-    tiler = None if plan is None else ImageTiler(plan, build_tile_transform(image_spec), image_spec.interpolation)
+    tiler = (
+        None if plan is None else ImageTiler(plan, build_tile_transform(image_spec), image_spec.interpolation)
+    )
     encoder = SampleEncoder(
         tokenizer,
         model.image_tokenizer.image_transform(),  # an encoder set's: each tower's own view, stacked

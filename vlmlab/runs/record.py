@@ -56,10 +56,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import re
-import logging
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -266,7 +266,9 @@ def read_records(root: str | os.PathLike[str], *, stage: int | None = None) -> l
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             # one line (a warning would print its source line too): one broken run cannot hide the rest
             empty = text is not None and not text.strip()
-            log.warning("vlmlab: skipped %s: %s", path, "it is empty" if empty else f"not readable JSON ({error})")
+            log.warning(
+                "vlmlab: skipped %s: %s", path, "it is empty" if empty else f"not readable JSON ({error})"
+            )
             continue
         if not isinstance(data, Mapping) or "run_id" not in data or "metrics" not in data:
             continue
