@@ -120,11 +120,12 @@ def test_a_killed_and_resumed_run_is_one_tracker_run_with_every_step_once(tmp_pa
     victim = run_cli(str(config), *settings, fault="step:3")  # killed after step 3, checkpoint at step 2
     assert victim.wait(timeout=300) == -signal.SIGKILL, victim.stderr_text()
     run = tmp_path / "victim"
-    first = json.loads((run / "tracking.json").read_text())["mlflow"]["run_id"]
+    # the victim opened its tracker run while it built the model, unless the server was slower than its steps
+    opened = json.loads((run / "tracking.json").read_text()) if (run / "tracking.json").exists() else {}
     code, error = cli(str(config), *settings)
     assert code == 0, error
-    assert json.loads((run / "tracking.json").read_text())["mlflow"]["run_id"] == first
-
+    first = json.loads((run / "tracking.json").read_text())["mlflow"]["run_id"]
+    assert opened.get("mlflow", {}).get("run_id", first) == first  # the resume continued the victim's run
     client = MlflowClient(mlflow_server)
     experiment = client.get_experiment_by_name(settings[-1].split("=", 1)[1])
     runs = client.search_runs([experiment.experiment_id])
@@ -197,9 +198,9 @@ def test_wandb_offline_run_files_hold_the_same_keys_once_per_step_across_a_resum
         }
     assert csv_keys <= set().union(*rows)  # the same keys as the local CSV log
     tracking = json.loads((run / "tracking.json").read_text())["wandb"]
-    assert {p.name.rsplit("-", 1)[-1] for p in (run / "logs" / "wandb").glob("offline-run-*")} == {
-        tracking["id"]
-    }
+    # one W&B run: every offline folder is `offline-run-<start time>-<id>` (wandb may add `-1` to a resumed
+    # run's folder when the name exists already)
+    assert {p.name.split("-")[3] for p in (run / "logs" / "wandb").glob("offline-run-*")} == {tracking["id"]}
 
     # a checkpoint evaluator's scores: a run of their own beside it (W&B takes no second writer into a live
     # run), in the same group, plotted against the checkpoint's step

@@ -148,6 +148,7 @@ class TrackerLogger(Logger):
         self.settings = config.train.tracking
         self.outbox = out / "logs" / f"{kind}-outbox.jsonl"
         self._covered = resumed_step - 1
+        self._resuming = resumed_step > 0
         self._pending: list[tuple[int, dict[str, float]]] = []  # logged, not yet covered
         self._queue: list[dict[str, Any]] = []  # covered, in the outbox, not yet acknowledged
         self._seq = 0
@@ -232,6 +233,9 @@ class TrackerLogger(Logger):
         self._seq = max([sent, *(r["seq"] for r in rows)])
         # only covered rows ever enter the outbox, so none of these is trained (and logged) again
         self._queue = [r for r in rows if r["seq"] > sent]
+        # a kill between a row's delivery and the record of it leaves the row in doubt: the tracker is asked
+        # before it is sent again (MLflow keeps every point it is sent, a second one would be a duplicate)
+        self._in_doubt = {r["seq"] for r in self._queue}
         self.outbox.parent.mkdir(parents=True, exist_ok=True)
         with atomic_open(self.outbox, "w") as handle:  # compacted: what is still to send
             handle.writelines(json.dumps(r) + "\n" for r in self._queue)
@@ -307,7 +311,8 @@ class TrackerLogger(Logger):
             if not batch:
                 return
             for entry in batch:
-                self._send_row(entry["step"], entry["metrics"])
+                if not self._delivered_before(entry):
+                    self._send_row(entry["step"], entry["metrics"])
                 with self._lock:
                     self._queue.pop(0)
             # MLflow's server has the rows once the call returns. W&B's client hands them to its service
@@ -379,7 +384,7 @@ class TrackerLogger(Logger):
             run_name=self._run_name(),
             tracking_uri=uri,
             tags=tags,
-            run_id=entry.get("run_id"),
+            run_id=entry.get("run_id") or self._unrecorded_mlflow_run(uri, tags["vlmlab.run_dir"]),
         )
         run_id = logger.run_id  # creates the experiment and the run, or finds the run of before
         if not entry.get("run_id"):
@@ -388,6 +393,22 @@ class TrackerLogger(Logger):
             logger.log_hyperparams(self._params())
             update_tracking(self.out, "mlflow", params_logged=True)
         return logger
+
+    def _unrecorded_mlflow_run(self, uri: str | None, run_dir: str) -> str | None:
+        """The MLflow run a killed process of this run created but did not live to record in tracking.json
+        (found by its `vlmlab.run_dir` tag), so that a resume never makes a second tracker run."""
+        from mlflow.tracking import MlflowClient
+
+        if not self._resuming or "'" in run_dir:  # a fresh start, or a path MLflow's filter cannot quote
+            return None
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name(self._experiment_name())
+        if experiment is None:
+            return None
+        found = client.search_runs(
+            [experiment.experiment_id], filter_string=f"tags.`vlmlab.run_dir` = '{run_dir}'", max_results=1
+        )
+        return found[0].info.run_id if found else None
 
     def _open_wandb(self) -> Any:
         import wandb
@@ -424,6 +445,17 @@ class TrackerLogger(Logger):
 
     def _send_row(self, step: int, metrics: dict[str, float]) -> None:
         self.inner.log_metrics(metrics, step=step)
+
+    def _delivered_before(self, entry: dict[str, Any]) -> bool:
+        """Whether a row in doubt (sent by a killed process, its delivery not recorded) is in the MLflow run
+        already: a point of its first metric at its step. W&B's rows are sent again in order instead: its
+        client drops a step it already has."""
+        if self.kind != "mlflow" or entry["seq"] not in self._in_doubt:
+            return False
+        self._in_doubt.discard(entry["seq"])
+        key = next(iter(entry["metrics"]))
+        history = self.inner.experiment.get_metric_history(self.inner.run_id, key)
+        return any(point.step == entry["step"] for point in history)
 
     def _end_run(self) -> None:
         if self.kind == "mlflow":
