@@ -150,9 +150,10 @@ def run_results(args: argparse.Namespace) -> int:
     compared: list[str] = []
     if compare is not None:  # before any table: a bad key or value fails at once
         from vlmlab.reports import replicates
+        from vlmlab.reports.frame import format_comparison
 
         found = replicates.compare(_where_records(records, where), *compare)
-        compared = [replicates.format_comparison(item) for item in found]
+        compared = [format_comparison(item) for item in found]
     out = Path(args.out) if args.out else Path(args.dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
 

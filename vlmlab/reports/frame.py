@@ -23,6 +23,7 @@ import pandas as pd
 
 from vlmlab.config import FUSION_NAMES, FUSIONS
 from vlmlab.recipes import list_recipes
+from vlmlab.reports.replicates import Comparison, merge_replicates, seeds_phrase
 from vlmlab.runs.record import flatten_metrics
 from vlmlab.scoring.intervals import wilson
 
@@ -159,8 +160,6 @@ def _indexed(value: Any) -> Any:
 def records_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """One row per record (see the module docstring), replicates merged; an empty frame with the record
     fields for none."""
-    from vlmlab.reports.replicates import merge_replicates
-
     rows = []
     for record in merge_replicates(records):
         evidence = metric_evidence(record["metrics"])
@@ -341,3 +340,26 @@ def filter_frame(frame: pd.DataFrame, where: Mapping[str, Sequence[str]] | None)
         )
         keep &= ~forms.map(wanted.isdisjoint).astype(bool)
     return frame[keep]
+
+
+def format_comparison(item: Comparison) -> str:
+    """One line: the difference in points with its interval, the p-value, seeds and whether it holds."""
+    r = item.result
+    fixed = ", ".join(f"{k.split('.')[-1]}={display_value(v)}" for k, v in item.fixed.items())
+    low, high = (100 * v for v in r.ci)
+    seeds = seeds_phrase(r.seeds[0]) if r.seeds[0] == r.seeds[1] else f"{r.seeds[0]} vs {r.seeds[1]} seeds"
+    test = "exact" if r.exact else "9999 random"
+    if r.holds:
+        verdict = "holds across seeds" if r.across_seeds else "holds, on one seed only"
+    elif r.p_value < 0.05 and min(r.seeds) >= 2 and not r.across_seeds:
+        verdict = "not across seeds (seeds disagree in sign)"
+    else:
+        verdict = "no effect shown"
+    per_seed = ""
+    if len(r.per_seed) > 1:
+        per_seed = "; per seed " + " / ".join(f"{100 * d:+.1f}" for d in r.per_seed)
+    return (
+        f"{item.metric} ({fixed}): {display_value(item.a)} - {display_value(item.b)} = "
+        f"{100 * r.difference:+.1f} points [{low:+.1f}, {high:+.1f}], p = {r.p_value:.4f} "
+        f"({test} paired permutation over {r.n} items), {seeds}{per_seed}: {verdict}"
+    )

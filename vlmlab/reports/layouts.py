@@ -30,6 +30,7 @@ from vlmlab.reports.frame import (
     prefixed,
     records_frame,
 )
+from vlmlab.reports.replicates import DESIGN_AXES
 from vlmlab.reports.table import Column, Table
 
 AVERAGE_LABELS = {"avg_ind": "Avg In-domain", "avg_ood": "Avg Out-of-domain", "avg_all": "Avg All"}
@@ -45,8 +46,6 @@ DEFAULT_GROUP_BY: dict[str, tuple[str, ...]] = {
 }
 # the config path of the resize rule (vlmlab.config.IMAGE_RESIZE_RULES), the column groups of `resize_table`
 RESIZE_KEY = "model.image_resize"
-# Config paths that define a design point; if one varies inside a table row, the table says so.
-DESIGN_AXES = ("model.tokenizer", "model.fusion", "model.backbone", "train.freeze", "stage")
 # Where a stage-3 run's config says what it was fine-tuned on (vlmlab.config: data.train[0].{task,mode}).
 TRAIN_MODALITY_KEY = "data.train.0.mode"
 TRAIN_TASK_KEY = "data.train.0.task"

@@ -23,22 +23,25 @@ from dataclasses import dataclass
 from typing import Any
 
 from vlmlab.errors import ConfigError
-from vlmlab.runs.record import config_hash
+from vlmlab.runs.record import EXECUTION_KEYS, config_hash
 from vlmlab.scoring.replicates import PairedComparison, paired_comparison, seed_interval
-from vlmlab.sweep.expand import EXECUTION_KEYS
 
 SEED_KEY = "train.seed"
 # keys in which replicates of one design point differ: the seed, and where each run lived
+# Config paths that define a design point (the seeds of one are its replicates); if one varies inside a
+# table row, the table says so (vlmlab/reports/layouts.py).
+DESIGN_AXES = ("model.tokenizer", "model.fusion", "model.backbone", "train.freeze", "stage")
 REPLICATE_KEYS = (SEED_KEY, "train.output_dir", "train.init_from", *EXECUTION_KEYS)
 
 __all__ = [
     "Comparison",
+    "DESIGN_AXES",
     "REPLICATE_KEYS",
     "compare",
     "design_point",
-    "format_comparison",
     "merge_replicates",
     "metric_entries",
+    "seeds_phrase",
 ]
 
 
@@ -230,8 +233,6 @@ def compare(
 
 
 def _design_settings(config: Mapping[str, Any]) -> dict[str, Any]:
-    from vlmlab.reports.layouts import DESIGN_AXES
-
     settings = {axis: _get(config, axis) for axis in DESIGN_AXES if axis != "stage"}
     return {axis: value for axis, value in settings.items() if value is not None}
 
@@ -252,30 +253,5 @@ def _outcomes(records: Sequence[Mapping[str, Any]]) -> dict[str, tuple[str, list
     return rows
 
 
-def _seeds_phrase(count: int) -> str:
+def seeds_phrase(count: int) -> str:
     return "1 seed" if count == 1 else f"{count} seeds"
-
-
-def format_comparison(item: Comparison) -> str:
-    """One line: the difference in points with its interval, the p-value, seeds and whether it holds."""
-    from vlmlab.reports.frame import display_value
-
-    r = item.result
-    fixed = ", ".join(f"{k.split('.')[-1]}={display_value(v)}" for k, v in item.fixed.items())
-    low, high = (100 * v for v in r.ci)
-    seeds = _seeds_phrase(r.seeds[0]) if r.seeds[0] == r.seeds[1] else f"{r.seeds[0]} vs {r.seeds[1]} seeds"
-    test = "exact" if r.exact else "9999 random"
-    if r.holds:
-        verdict = "holds across seeds" if r.across_seeds else "holds, on one seed only"
-    elif r.p_value < 0.05 and min(r.seeds) >= 2 and not r.across_seeds:
-        verdict = "not across seeds (seeds disagree in sign)"
-    else:
-        verdict = "no effect shown"
-    per_seed = ""
-    if len(r.per_seed) > 1:
-        per_seed = "; per seed " + " / ".join(f"{100 * d:+.1f}" for d in r.per_seed)
-    return (
-        f"{item.metric} ({fixed}): {display_value(item.a)} - {display_value(item.b)} = "
-        f"{100 * r.difference:+.1f} points [{low:+.1f}, {high:+.1f}], p = {r.p_value:.4f} "
-        f"({test} paired permutation over {r.n} items), {seeds}{per_seed}: {verdict}"
-    )

@@ -68,7 +68,29 @@ from typing import Any
 from vlmlab.errors import ConfigError
 from vlmlab.files import atomic_write_text
 
+# Keys that say how a run executes (hardware layout, logging), not what it learns: left out of run ids so the
+# same run has the same folder on a laptop and on a 4-node allocation. `vlmlab sweep` replaces init_from
+# by parent ids (vlmlab/sweep/expand.py).
+EXECUTION_KEYS = (
+    "train.output_dir",
+    "train.devices",
+    "train.num_nodes",
+    "train.accelerator",
+    "train.strategy",
+    "train.log_every_n_steps",
+    "train.checkpoint_every_n_steps",
+    "model.gradient_checkpointing",
+    "model.attn_implementation",
+    "data.num_workers",
+    "train.loss_impl",  # every implementation is exact (vlmlab/models/loss.py)
+    "train.compile",  # the same model, compiled (vlmlab/train/compile.py)
+    "train.loggers",  # where metrics go and what is measured on the side: never what is learned
+    "train.tracking",
+    "eval",
+)
+
 __all__ = [
+    "EXECUTION_KEYS",
     "RECORD_KEYS",
     "config_hash",
     "flatten_metrics",

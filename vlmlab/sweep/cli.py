@@ -82,7 +82,7 @@ def add_execution_overrides(spec: SweepSpec, items: list[str]) -> None:
     """`--set KEY=VALUE` onto every stage of `spec`: only keys that say how runs execute or log (where
     metrics go, what is measured beside them), never what they learn, so that no run's id changes."""
     from vlmlab.errors import ConfigError
-    from vlmlab.sweep.expand import EXECUTION_KEYS
+    from vlmlab.runs.record import EXECUTION_KEYS
 
     for item in items:
         key, sep, _ = item.partition("=")

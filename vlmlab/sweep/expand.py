@@ -61,6 +61,7 @@ from vlmlab.config import (
 from vlmlab.errors import ConfigError
 from vlmlab.files import atomic_write_text
 from vlmlab.recipes import list_recipes, load_recipe
+from vlmlab.runs.record import EXECUTION_KEYS
 from vlmlab.sweep.dag import Run, SweepDag
 from vlmlab.sweep.spec import (
     SEED_KEY,
@@ -74,25 +75,6 @@ from vlmlab.sweep.spec import (
     tokenizer_size,
 )
 
-# Keys that say how a run executes (hardware layout, logging), not what it learns: left out of run ids so the
-# same run has the same folder on a laptop and on a 4-node allocation. init_from is replaced by parent ids.
-EXECUTION_KEYS = (
-    "train.output_dir",
-    "train.devices",
-    "train.num_nodes",
-    "train.accelerator",
-    "train.strategy",
-    "train.log_every_n_steps",
-    "train.checkpoint_every_n_steps",
-    "model.gradient_checkpointing",
-    "model.attn_implementation",
-    "data.num_workers",
-    "train.loss_impl",  # every implementation is exact (vlmlab/models/loss.py)
-    "train.compile",  # the same model, compiled (vlmlab/train/compile.py)
-    "train.loggers",  # where metrics go and what is measured on the side: never what is learned
-    "train.tracking",
-    "eval",
-)
 # keys that came after runs were hashed, with their defaults (identity_view)
 _LATER_KEYS = {
     "model.open_weight": None,
@@ -511,4 +493,4 @@ def _same_config(run: Run) -> bool:
         return False
 
 
-__all__ = ["EXECUTION_KEYS", "expand", "identity_view", "run_id", "write_run_files"]
+__all__ = ["expand", "identity_view", "run_id", "write_run_files"]

@@ -33,9 +33,8 @@ from torch.nn import functional as F
 from vlmlab.config import ENCODER_FUSIONS
 from vlmlab.errors import ConfigError, unknown_choice
 from vlmlab.models.tokenizers.base import ImageTokenizer, TokenizerSpec
+from vlmlab.models.tokenizers.preprocess import ENCODER_SET, build_set_transform
 
-# the `library` of a set's own spec: no backend builds it, and no single-tower preprocessing fits it
-ENCODER_SET = "encoder_set"
 TOWER_PREFIX = "image_tokenizer.towers."  # parameter names of tower i start with TOWER_PREFIX + f"{i}."
 
 
@@ -138,8 +137,6 @@ class EncoderSet(ImageTokenizer):
         return [tower.spec for tower in self.towers]
 
     def image_transform(self) -> Callable[[Any], torch.Tensor]:
-        from vlmlab.models.tokenizers.preprocess import build_set_transform
-
         return build_set_transform(self.tower_specs)
 
     def views(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:

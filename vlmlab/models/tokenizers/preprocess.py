@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
 from torchvision.transforms import v2 as T
 
 from vlmlab.errors import ConfigError, unknown_choice
-from vlmlab.models.tokenizers.base import TokenizerSpec
-from vlmlab.models.tokenizers.encoder_set import ENCODER_SET
+
+if (
+    TYPE_CHECKING
+):  # specs are only read here; the tokenizers (base.py) build their transforms from this module
+    from vlmlab.models.tokenizers.base import TokenizerSpec
+
+# the `library` of an encoder set's spec (vlmlab/models/tokenizers/encoder_set.py): its views, not one image
+ENCODER_SET = "encoder_set"
 
 _INTERPOLATIONS = {
     "bicubic": T.InterpolationMode.BICUBIC,
