@@ -419,3 +419,26 @@ def test_every_continuous_tower_is_cut_into_its_blocks(tokenizer: str) -> None:
     assert len(blocks) == _preset_depth(tokenizer) >= 2
     assert len({type(block) for _, block in blocks}) == 1
     assert all(any(p.numel() for p in block.parameters()) for _, block in blocks)
+
+
+@pytest.mark.slow(seconds=60)
+def test_compiled_blocks_under_fsdp_and_activation_checkpointing_train_as_eager_fsdp(tmp_path: Path) -> None:
+    """train.compile with FSDP2 and activation checkpointing: a stage-2 MoT run (its split layers compiled
+    before they are sharded, recomputed inside checkpointing) ends with the eager FSDP run's weights and
+    metrics, with no graph break."""
+    import json
+
+    compiled = ("train.compile=true", "model.gradient_checkpointing=true")
+    for name, overrides in (("mot-eager", ()), ("mot-compiled", compiled)):
+        code, error = _run(tmp_path, name, 2, "mot", "fsdp", overrides=overrides, max_steps=2)
+        assert code == 0, error
+    eager, done = _weights(tmp_path / "mot-eager"), _weights(tmp_path / "mot-compiled")
+    assert eager.keys() == done.keys()
+    for name in eager:
+        torch.testing.assert_close(done[name], eager[name], rtol=1e-4, atol=1e-5, msg=name)
+    records = {
+        n: json.loads((tmp_path / n / "result.json").read_text()) for n in ("mot-eager", "mot-compiled")
+    }
+    assert records["mot-compiled"]["metrics"] == records["mot-eager"]["metrics"]
+    assert records["mot-compiled"]["timings"]["compile"]["graph_breaks"] == 0
+    assert "compile" not in records["mot-eager"]["timings"]
