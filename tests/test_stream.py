@@ -186,6 +186,42 @@ def test_resume_state_is_constant_size_and_survives_torch_load_weights_only(tmp_
             assert torch.load(buffer, weights_only=True)["batches"] == count
     # the state holds positions and the packer's pending records, not the history
     assert sizes[200] < 1.5 * sizes[20], sizes
+    # and a pending sample of a local tar as where it starts in its shard, not its image bytes
+    state = loader.state_after(200)
+    assert bytes_in(state) == 0 and "__shard_sample__" in repr(state)
+
+
+def bytes_in(value) -> int:
+    """Bytes held by bytes objects anywhere inside `value` (a stream state)."""
+    if isinstance(value, bytes | bytearray):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(bytes_in(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(bytes_in(v) for v in value)
+    return 0
+
+
+def test_a_shard_changed_under_a_pending_sample_is_refused_on_resume(tmp_path, encoder):
+    """A pending sample is kept as (shard, byte offset, key): a shard rewritten before the resume would give
+    other samples, so the resume refuses it naming the shard and the sample."""
+    sources = [wds(tmp_path / "shards")]
+    shard_set(tmp_path / "shards", 2, 6)
+    loader = train_loader(TrainStream(sources, encoder, seed=0, micro_batch_size=2), keep=10)
+    next(iter(loader))
+    state = loader.state_after(1)
+    assert "__shard_sample__" in repr(state["loader"])  # the packer holds samples not yet trained on
+    again = train_loader(TrainStream(sources, encoder, seed=0, micro_batch_size=2))
+    again.restore(state)
+    next(iter(again))  # the same shards: resumes
+    for shard in (tmp_path / "shards").glob("*.tar"):
+        write_tar(shard, [f"other{shard.stem}x{i}" for i in range(6)])
+    changed = train_loader(TrainStream(sources, encoder, seed=0, micro_batch_size=2))
+    changed.restore(state)
+    with pytest.raises(
+        ConfigError, match=r"s00\d\.tar.* holds .*other.* where the checkpoint's stream had 's"
+    ):
+        next(iter(changed))
 
 
 def test_a_changed_world_size_or_worker_count_is_refused(tmp_path, encoder):

@@ -369,8 +369,8 @@ class _Reader:
             "slot": self.slot,
             "batches": self.batches,
             "readers": [reader.state_dict() for reader in self.readers],
-            "packer": self.packer.state_dict(),
-            "rows": [list(row) for row in self.rows],
+            "packer": self._packer_state(self.packer.state_dict(), self._compact),
+            "rows": [[self._compact(item) for item in row] for row in self.rows],
             "drops": list(self.drops),
             "health": self.health.state_dict(),
         }
@@ -380,10 +380,27 @@ class _Reader:
         self.slot, self.batches = int(state["slot"]), int(state["batches"])
         for reader, reader_state in zip(self.readers, state["readers"]):
             reader.load_state_dict(reader_state)
-        self.packer.load_state_dict(state["packer"])
-        self.rows = [[tuple(item) for item in row] for row in state["rows"]]
+        self.packer.load_state_dict(self._packer_state(state["packer"], self._expand))
+        self.rows = [[self._expand(item) for item in row] for row in state["rows"]]
         self.drops = [int(d) for d in state["drops"]]
         self.health.load_state_dict(state["health"])
+
+    # records read but not trained on travel in the state as their sources keep them (Source.compact)
+    def _compact(self, item: Item) -> Item:
+        choice, record, length = item
+        return (choice, self.sources[choice].compact(record), length)
+
+    def _expand(self, item: Any) -> Item:
+        choice, kept, length = item
+        return (int(choice), self.sources[int(choice)].expand(kept), int(length))
+
+    @staticmethod
+    def _packer_state(state: dict[str, Any], convert: Any) -> dict[str, Any]:
+        return {
+            **state,
+            "buffer": [[length, convert(item)] for length, item in state["buffer"]],
+            "open": [[used, [convert(item) for item in items]] for used, items in state["open"]],
+        }
 
 
 def check_state(state: dict[str, Any], stream: TrainStream, worker: int | None, num_workers: int) -> None:

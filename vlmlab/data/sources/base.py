@@ -81,6 +81,15 @@ class Source:
     def text_sample(self, record: Record) -> dict[str, Any]:
         raise NotImplementedError
 
+    def compact(self, record: Record) -> Record:
+        """What a checkpointed stream state keeps of a record read but not yet trained on (the packer's
+        queue): the record itself, or a small reference that `expand` reads back (the same record)."""
+        return record
+
+    def expand(self, kept: Record) -> Record:
+        """The record `compact` kept."""
+        return kept
+
     def full_sample(self, record: Record) -> dict[str, Any]:
         raise NotImplementedError
 

@@ -283,6 +283,32 @@ class WebDatasetSource(Source):
         """The sample with decoded RGB images."""
         return self._sample(record, load=True)
 
+    def compact(self, record: Record) -> Record:
+        # a sample of a local uncompressed shard is kept as where it starts (a few dozen bytes instead of its
+        # images: the stream state travels from each loader worker with every batch and into checkpoints)
+        if record.get(START_KEY) is None:
+            return record
+        return {REFERENCE_KEY: [record["__url__"], record[START_KEY], record["__key__"]]}
+
+    def expand(self, kept: Record) -> Record:
+        if REFERENCE_KEY not in kept:
+            return kept
+        url, start, key = kept[REFERENCE_KEY]
+        try:
+            record, _ = next(iter_shard(url, start=int(start)))
+        except (StopIteration, ShardReadError) as error:
+            raise ConfigError(
+                f"source {self.name!r}: {url!r} no longer holds sample {key!r} at byte {start} ({error or 'ended'}); "
+                "a resumed run must read the shards it was checkpointed on."
+            ) from error
+        if record.get("__key__") != key:
+            raise ConfigError(
+                f"source {self.name!r}: {url!r} holds {record.get('__key__')!r} at byte {start} where the "
+                f"checkpoint's stream had {key!r}: the shard changed; resume on the same shards (or start a new run)."
+            )
+        record[START_KEY] = int(start)
+        return record
+
     def samples_in_order(self, limit: int | None = None) -> Iterator[dict[str, Any]]:
         """Full samples in shard order (validation sets); bad ones are skipped and logged."""
         health = DataHealth(1.0)
@@ -297,6 +323,10 @@ class WebDatasetSource(Source):
                 produced += 1
             except BadSample as error:
                 health.skip(self.name, self.place(record, error), self.key(record), "bad sample", str(error))
+
+
+START_KEY = "__start__"  # the byte offset a sample of a seekable shard starts at (WebDatasetSource.compact)
+REFERENCE_KEY = "__shard_sample__"  # a compacted sample: [url, start, key]
 
 
 def _members(record: Record) -> list[str]:
@@ -389,6 +419,7 @@ class ShardReader(SourceReader):
         while True:
             try:
                 url, modulo = self._open()
+                start = self.byte
                 record, self.byte = next(self._samples)  # type: ignore[arg-type]
             except StopIteration:
                 self._shard_ended(self.urls[self.assignment(self.epoch)[0][self.shard]], None)
@@ -402,6 +433,8 @@ class ShardReader(SourceReader):
                 continue
             self.produced_in_epoch += 1
             self.health.read(self.source.name)
+            if start is not None and self.byte is not None:  # a seekable shard: where the sample starts
+                record[START_KEY] = start
             return record
 
     def state_dict(self) -> dict[str, Any]:
