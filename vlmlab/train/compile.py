@@ -30,8 +30,6 @@ from vlmlab.models.open_weight import OpenWeightVLM
 from vlmlab.models.vlm import VisionLanguageModel
 from vlmlab.train.sharding import tokenizer_blocks
 
-# entry points a block runs through besides `forward` (MoT's split layer, the cross-attention's image keys)
-BLOCK_METHODS = ("attention_inputs", "attention_outputs", "image_keys_values")
 CACHE_ARGUMENTS = ("past_key_values", "past_key_value", "cache")  # transformers' names, old and new
 
 
@@ -58,11 +56,11 @@ def compile_blocks(model: VisionLanguageModel | OpenWeightVLM) -> list[str]:
 
 
 def _compile(module: nn.Module) -> None:
-    # the instance's `forward` (and other entry points) shadow the class's: nn.Module's __call__ (its hooks,
-    # FSDP's gathering) stays eager around the compiled body
-    for method in ("forward", *BLOCK_METHODS):
-        if hasattr(module, method):
-            setattr(module, method, _compiled(getattr(module, method)))
+    # the instance's `forward` shadows the class's: nn.Module's __call__ (its hooks, FSDP's gathering) stays
+    # eager around the compiled body. A layer's other entry points are the ones it declares for FSDP
+    # (MoT's split attention halves, the cross-attention's image keys / values): compiled the same way.
+    for method in ("forward", *getattr(module, "fsdp_forward_methods", ())):
+        setattr(module, method, _compiled(getattr(module, method)))
 
 
 def _compiled(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -93,4 +91,4 @@ def compile_counters() -> dict[str, Any]:
     }
 
 
-__all__ = ["BLOCK_METHODS", "compile_blocks", "compile_counters"]
+__all__ = ["compile_blocks", "compile_counters"]
